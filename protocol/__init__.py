@@ -1,0 +1,74 @@
+"""A sans-IO HTTP/1.1 server core on h11: bytes and the current time in, actions out.
+
+This package does no I/O and never sleeps; it imports h11 and the standard library's
+pure parts only. A transport (trio, asyncio, threads, or your own loop) owns the
+socket and the clock and drives one `ServerConnection` per connection:
+
+1. Ask `conn.next_action(now)` and perform what it says:
+   - `Receive(deadline)`: read some bytes, then `conn.receive_data(data, now)`;
+     pass b"" when the peer closed its side.
+   - `Send(data, deadline)`: write all of `data`.
+   - `SendFile(file, offset, count, deadline)`: write that part of the file.
+   - `Run(step)`: call `step()` where blocking is allowed (a worker thread in an event
+     loop; inline in a threaded server). It never raises.
+   - `HalfClose()`: shut down the writing side; keep reading.
+   - `Close()`: close the socket; the connection is over.
+2. If an action's deadline passes before it completes, call `conn.timeout(now)` instead.
+3. If the socket fails (reset, broken pipe), call `conn.connection_lost()`.
+4. Repeat from 1 until `Close`. To stop a server gracefully, call `conn.shutdown()` on
+   every connection and abandon any `Receive` in progress on an idle one.
+
+`now` is any monotonic clock in seconds; deadlines are on the same clock. All HTTP
+decisions (keep-alive, pipelining, 100-continue, error statuses, timeouts, lingering
+close) are made here, so every transport behaves the same.
+
+A complete blocking server for one connection, without timeouts::
+
+    import os, socket, time
+    from protocol import Config, ServerConnection, Receive, Send, SendFile, Run, HalfClose, Close
+
+    def serve(sock: socket.socket, app) -> None:
+        conn = ServerConnection(app, Config(), now=time.monotonic())
+        while True:
+            action = conn.next_action(time.monotonic())
+            if isinstance(action, Receive):
+                conn.receive_data(sock.recv(65536), time.monotonic())
+            elif isinstance(action, Send):
+                sock.sendall(action.data)
+            elif isinstance(action, SendFile):
+                sock.sendfile(action.file, action.offset, action.count)
+            elif isinstance(action, Run):
+                action.step()
+            elif isinstance(action, HalfClose):
+                sock.shutdown(socket.SHUT_WR)
+            else:
+                sock.close()
+                return
+
+The application is an `App`: a callable from `Request` to `Response`, or to an
+`Exchange` when it reads the request body or its work may block (see `messages`).
+"""
+
+from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile
+from .config import Config
+from .connection import Phase, ServerConnection
+from .messages import App, Exchange, FileBody, Headers, Request, Response
+
+__all__ = [
+    "Action",
+    "App",
+    "Close",
+    "Config",
+    "Exchange",
+    "FileBody",
+    "HalfClose",
+    "Headers",
+    "Phase",
+    "Receive",
+    "Request",
+    "Response",
+    "Run",
+    "Send",
+    "SendFile",
+    "ServerConnection",
+]

@@ -1,0 +1,35 @@
+"""Limits and timeouts of the HTTP core. Times are in seconds, sizes in bytes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    max_head_size: int = 16 * 1024
+    """Request line plus header fields; larger heads get 431."""
+    max_target_length: int = 8 * 1024
+    """Request target; longer targets get 414."""
+    max_header_count: int = 100
+    """Header fields in one request; more get 431."""
+    max_body_size: int = 100 * 1024 * 1024
+    """Request body, declared or chunked; larger bodies get 413."""
+    keep_alive_timeout: float = 5.0
+    """An idle connection (no byte of a next request) is closed silently after this."""
+    head_timeout: float = 10.0
+    """A whole request head must arrive within this from its first byte, else 408."""
+    body_timeout: float = 30.0
+    """The request body must make progress at least this often, else 408."""
+    send_timeout: float = 30.0
+    """Each write must complete within this, else the connection is dropped."""
+    linger_timeout: float = 2.0
+    """After a closing response, unread input is discarded for at most this long."""
+    send_chunk_size: int = 1024 * 1024
+    """File bodies are sent in pieces of at most this size (each under send_timeout)."""
+    date_header: bool = False
+    """Add a Date header to every response."""
+    server_header: bytes = b""
+    """When not empty, the value of a Server header added to every response."""
+    access_log: bool = True
+    """Log one line per response to the `httpserver.access` logger."""

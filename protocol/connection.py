@@ -1,0 +1,491 @@
+"""One HTTP/1.1 server connection as a sans-IO state machine on top of h11.
+
+The transport's loop is the only caller, one call at a time:
+
+    action = conn.next_action(now)      # Receive | Send | SendFile | Run | HalfClose | Close
+    ... perform it, then report:
+    conn.receive_data(data, now)        # after Receive (b"" for end of input)
+    conn.timeout(now)                   # when the action's deadline passed first
+    conn.connection_lost()              # when the socket failed (reset, broken pipe)
+    conn.shutdown()                     # the server is stopping (any time)
+
+Invariants:
+- `next_action` always returns an action; once it returned `Close`, it returns `Close`.
+- At most one request is in progress; responses leave in request order, and bytes of
+  pipelined responses are coalesced into one `Send` where nothing waits between them.
+- An `Exchange` gets exactly one `respond()` or one `abort()`; `abort()` also follows a
+  `receive()` or `respond()` that raised.
+- Every file handed over in a `FileBody` is closed, whatever happens to the connection.
+- Nothing read after a request that ends the connection is processed.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections import deque
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Final, cast
+
+import h11
+
+from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile
+from .config import Config
+from .messages import App, Exchange, FileBody, Request, Response
+
+access_log: Final = logging.getLogger("httpserver.access")
+error_log: Final = logging.getLogger("httpserver.error")
+
+# RFC 9110's reason phrases where Python 3.11's http.HTTPStatus still has older ones.
+_REASONS: Final = {status.value: status.phrase.encode() for status in HTTPStatus} | {
+    413: b"Content Too Large",
+    422: b"Unprocessable Content",
+}
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+
+
+class Phase(enum.Enum):
+    IDLE = enum.auto()  # between requests; no byte of the next one yet
+    HEAD = enum.auto()  # part of a request head has arrived
+    BODY = enum.auto()  # reading the request body into an exchange
+    STEP = enum.auto()  # a blocking step is out with the transport
+    RESPONDING = enum.auto()  # sending a file body piece by piece
+    DRAIN = enum.auto()  # response sent; discarding the rest of the request body
+    LINGER = enum.auto()  # output shut; discarding input until end or deadline
+    CLOSED = enum.auto()
+
+
+class _Placeholder:
+    """Stands in for file bytes in h11's accounting; the transport sends the real ones."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+
+_NOT_RUN: Final = object()
+
+
+class ServerConnection:
+    """The server side of one connection. See the module docstring for the contract."""
+
+    def __init__(self, app: App, config: Config, *, now: float, peer: str = "-") -> None:
+        self._app = app
+        self._config = config
+        self._peer = peer
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_head_size)
+        self._phase = Phase.IDLE
+        self._deadline: float | None = now + config.keep_alive_timeout
+        self._queue: deque[Action] = deque()
+        self._out: list[bytes] = []  # bytes to go out in the next Send
+        self._waiting_on: Action | None = None  # the last action handed out
+        self._request: Request | None = None
+        self._started = now
+        self._exchange: Exchange | None = None
+        self._step_outcome: object = None
+        self._step_finishes_body = False
+        self._body_size = 0
+        self._file: FileBody | None = None
+        self._file_remaining = 0
+        self._status = 0
+        self._body_length = 0
+        self._close_after_response = False
+        self._stopping = False
+        self._eof = False
+        self._now = now  # the time of the call in progress, for deadlines
+
+    # --- the transport's side -------------------------------------------------------
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    def next_action(self, now: float) -> Action:
+        """What the transport should do next."""
+        self._now = now
+        queue = self._queue
+        while not queue:
+            self._advance(now)
+        action = queue.popleft()
+        self._waiting_on = action
+        return action
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Bytes the peer sent after a `Receive`; b"" means it will send no more."""
+        self._now = now
+        phase = self._phase
+        if phase is Phase.LINGER:
+            if not data:
+                self._phase = Phase.CLOSED
+            return
+        if not data:
+            self._eof = True
+        self._h11.receive_data(data)
+        if phase is Phase.IDLE:
+            if data:
+                self._phase = Phase.HEAD
+                self._deadline = now + self._config.head_timeout
+        elif phase is Phase.BODY or phase is Phase.DRAIN:
+            self._deadline = now + self._config.body_timeout
+
+    def timeout(self, now: float) -> None:
+        """The deadline of the action handed out last passed before it completed."""
+        self._now = now
+        if isinstance(self._waiting_on, (Send, SendFile)):
+            self.connection_lost()
+            return
+        phase = self._phase
+        if phase is Phase.HEAD or phase is Phase.BODY:
+            self._fail(408, now)
+        elif phase is Phase.LINGER:
+            self._phase = Phase.CLOSED
+        else:
+            self._begin_close(now, linger=False)
+
+    def connection_lost(self) -> None:
+        """The socket failed: undo what is in progress and close without sending."""
+        self._eof = True
+        self._queue.clear()
+        self._out.clear()
+        self._drop_exchange()
+        self._drop_file()
+        self._phase = Phase.CLOSED
+
+    def shutdown(self) -> None:
+        """Stop after the request in progress; an idle connection closes at once.
+
+        A transport waiting on `Receive` for an idle connection abandons that wait and
+        asks for the next action.
+        """
+        self._stopping = True
+
+    # --- the state machine -----------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        """Make progress until at least one action is queued."""
+        phase = self._phase
+        if phase is Phase.IDLE or phase is Phase.HEAD:
+            if self._stopping and phase is Phase.IDLE:
+                self._begin_close(now, linger=False)
+            else:
+                self._read_head(now)
+        elif phase is Phase.BODY:
+            self._read_body(now)
+        elif phase is Phase.STEP:
+            self._after_step(now)
+        elif phase is Phase.RESPONDING:
+            self._send_file_piece(now)
+        elif phase is Phase.DRAIN:
+            self._drain(now)
+        elif phase is Phase.LINGER:
+            self._emit(Receive(self._deadline))
+        else:
+            self._out.clear()
+            self._emit(Close())
+
+    def _emit(self, action: Action) -> None:
+        """Queue `action` after the bytes gathered so far."""
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._queue.append(Send(data, self._now + self._config.send_timeout))
+        self._queue.append(action)
+
+    def _read_head(self, now: float) -> None:
+        try:
+            event = self._h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            self._fail(exc.error_status_hint, now)
+            return
+        if event is h11.NEED_DATA:
+            self._emit(Receive(self._deadline))
+        elif type(event) is h11.Request:
+            self._start_request(event, now)
+        else:  # ConnectionClosed: the peer finished cleanly between requests
+            self._begin_close(now, linger=False)
+
+    def _start_request(self, event: h11.Request, now: float) -> None:
+        request = Request(event.method, event.target, event.headers, event.http_version)
+        self._request = request
+        self._started = now
+        self._phase = Phase.BODY
+        self._deadline = now + self._config.body_timeout
+        status = self._check(request)
+        if status:
+            self._fail(status, now)
+            return
+        try:
+            reply = self._app(request)
+        except Exception:
+            error_log.exception("handler failed for %r", request)
+            self._fail(500, now)
+            return
+        if type(reply) is Response:
+            if self._h11.they_are_waiting_for_100_continue:
+                # The client holds its body back; answering without reading it means
+                # its next bytes may be that body, so this connection cannot go on.
+                self._close_after_response = True
+            self._respond(reply, now)
+            return
+        self._exchange = cast(Exchange, reply)
+        if self._h11.they_are_waiting_for_100_continue:
+            self._out.append(
+                self._h11.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
+            )
+
+    def _check(self, request: Request) -> int:
+        """The error status for a request head we refuse, or 0."""
+        config = self._config
+        version = request.http_version
+        if version[:2] != b"1.":
+            return 505
+        if len(request.target) > config.max_target_length:
+            return 414
+        headers = request.headers
+        if len(headers) > config.max_header_count:
+            return 431
+        size = len(request.method) + len(request.target) + 12
+        length = encoding = None
+        for name, value in headers:
+            size += len(name) + len(value) + 4
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                encoding = value
+        if size > config.max_head_size:
+            return 431
+        if length is not None:
+            if encoding is not None:  # RFC 9112 §6.1: a smuggling vector; refuse it
+                return 400
+            if int(length) > config.max_body_size:
+                return 413
+        return 0
+
+    def _read_body(self, now: float) -> None:
+        chunks: list[bytes | bytearray] = []
+        limit = self._config.max_body_size
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._fail(exc.error_status_hint, now)
+                return
+            if type(event) is not h11.Data:
+                break
+            self._body_size += len(event.data)
+            if self._body_size > limit:
+                self._fail(413, now)
+                return
+            chunks.append(event.data)
+        finished = type(event) is h11.EndOfMessage
+        if not chunks and not finished:
+            self._emit(Receive(self._deadline))
+            return
+        data = b"".join(chunks)
+        exchange = self._exchange
+        assert exchange is not None
+        if exchange.may_block:
+            self._step_finishes_body = finished
+            self._step_outcome = _NOT_RUN
+            self._phase = Phase.STEP
+            self._emit(Run(lambda: self._step(exchange, data, finished)))
+            return
+        self._step(exchange, data, finished)
+        self._phase = Phase.STEP
+        self._after_step(now)
+
+    def _step(self, exchange: Exchange, data: bytes, finished: bool) -> None:
+        """Feed body bytes to the exchange and, at the end, ask it for the response."""
+        try:
+            if data:
+                exchange.receive(data)
+            self._step_outcome = exchange.respond() if finished else None
+        except Exception as exc:
+            self._step_outcome = exc
+
+    def _after_step(self, now: float) -> None:
+        outcome = self._step_outcome
+        if outcome is _NOT_RUN:
+            raise RuntimeError("next_action called before the Run step was run")
+        self._step_outcome = None
+        if outcome is None:
+            self._phase = Phase.BODY
+        elif isinstance(outcome, Response):
+            self._exchange = None
+            self._respond(outcome, now)
+        else:
+            error_log.error("handler failed for %r", self._request, exc_info=cast(Exception, outcome))
+            self._fail(500, now)
+
+    def _respond(self, response: Response, now: float) -> None:
+        """Send `response`'s head, and its body unless it is a file to stream."""
+        h = self._h11
+        request = self._request
+        status = response.status
+        body = response.body
+        length = len(body) if type(body) is bytes else cast(FileBody, body).length
+        headers = list(response.headers)
+        if status not in _NO_BODY_STATUSES:
+            headers.append((b"Content-Length", b"%d" % length))
+        if self._close_after_response or self._stopping:
+            headers.append((b"Connection", b"close"))
+        config = self._config
+        if config.date_header:
+            headers.append((b"Date", _http_date()))
+        if config.server_header:
+            headers.append((b"Server", config.server_header))
+        out = self._out
+        out.append(h.send(h11.Response(status_code=status, headers=headers, reason=_reason(status))))
+        self._status = status
+        self._body_length = length
+        if length and (request is None or request.method != b"HEAD") and status not in _NO_BODY_STATUSES:
+            if type(body) is bytes:
+                out.append(h.send(h11.Data(data=body)))
+            else:
+                self._file = cast(FileBody, body)
+                self._file_remaining = length
+                self._phase = Phase.RESPONDING
+                return
+        elif type(body) is FileBody:
+            body.file.close()
+        out.append(h.send(h11.EndOfMessage()))
+        self._finish_response(now)
+
+    def _send_file_piece(self, now: float) -> None:
+        body = self._file
+        assert body is not None
+        remaining = self._file_remaining
+        if not remaining:
+            self._drop_file()
+            self._out.append(self._h11.send(h11.EndOfMessage()))
+            self._finish_response(now)
+            return
+        count = min(remaining, self._config.send_chunk_size)
+        offset = body.offset + body.length - remaining
+        self._file_remaining = remaining - count
+        pieces = self._h11.send_with_data_passthrough(h11.Data(data=cast(bytes, _Placeholder(count))))
+        for piece in pieces or ():
+            if isinstance(piece, _Placeholder):
+                self._emit(SendFile(body.file, offset, count, now + self._config.send_timeout))
+            elif piece:
+                self._out.append(piece)
+
+    def _finish_response(self, now: float) -> None:
+        """The response is complete: log it, then go on with the connection or end it."""
+        if self._config.access_log and access_log.isEnabledFor(logging.INFO):
+            request = self._request
+            access_log.info(
+                '%s - "%s %s HTTP/%s" %d %d %.1fms',
+                self._peer,
+                request.method.decode("latin-1") if request else "-",
+                request.target.decode("latin-1") if request else "-",
+                request.http_version.decode("latin-1") if request else "-",
+                self._status,
+                self._body_length,
+                (now - self._started) * 1000,
+            )
+        self._request = None
+        h = self._h11
+        if h.our_state is h11.MUST_CLOSE:
+            self._begin_close(now, linger=True)
+        elif h.their_state is h11.DONE:
+            self._next_cycle(now)
+        else:
+            self._phase = Phase.DRAIN
+            self._deadline = now + self._config.body_timeout
+
+    def _drain(self, now: float) -> None:
+        """Discard the rest of a request body after its response went out."""
+        try:
+            event = self._h11.next_event()
+        except h11.RemoteProtocolError:
+            self._begin_close(now, linger=False)
+            return
+        if type(event) is h11.Data:
+            self._body_size += len(event.data)
+            if self._body_size > self._config.max_body_size:
+                self._begin_close(now, linger=False)
+        elif type(event) is h11.EndOfMessage:
+            self._next_cycle(now)
+        else:
+            self._emit(Receive(self._deadline))
+
+    def _next_cycle(self, now: float) -> None:
+        h = self._h11
+        h.start_next_cycle()
+        self._body_size = 0
+        if h.trailing_data[0]:
+            self._phase = Phase.HEAD
+            self._deadline = now + self._config.head_timeout
+        else:
+            self._phase = Phase.IDLE
+            self._deadline = now + self._config.keep_alive_timeout
+
+    # --- errors and endings ----------------------------------------------------------
+
+    def _fail(self, status: int, now: float) -> None:
+        """Answer `status` and close if no response has started; else just close."""
+        if self._eof or self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            self._begin_close(now, linger=False)
+            return
+        self._close_after_response = True
+        message = b"%d %s\n" % (status, _reason(status))
+        self._respond(Response(status, ((b"Content-Type", b"text/plain"),), message), now)
+
+    def _begin_close(self, now: float, *, linger: bool) -> None:
+        self._drop_exchange()
+        self._drop_file()
+        h = self._h11
+        unread = h.trailing_data[0] or h.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
+        if linger and unread and not self._eof:
+            # Closing with unread input makes the kernel send RST, which can destroy
+            # the response before the client reads it: shut output, drain, then close.
+            self._emit(HalfClose())
+            self._phase = Phase.LINGER
+            self._deadline = now + self._config.linger_timeout
+        else:
+            self._phase = Phase.CLOSED
+
+    def _drop_exchange(self) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            return
+        self._exchange = None
+        if exchange.may_block:
+            self._emit(Run(lambda: _abort(exchange)))
+        else:
+            _abort(exchange)
+
+    def _drop_file(self) -> None:
+        if self._file is not None:
+            self._file.file.close()
+            self._file = None
+
+
+def _abort(exchange: Exchange) -> None:
+    try:
+        exchange.abort()
+    except Exception:
+        error_log.exception("aborting %r failed", exchange)
+
+
+def _reason(status: int) -> bytes:
+    return _REASONS.get(status, b"")
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _http_date() -> bytes:
+    """The Date header's value, formatted once per second."""
+    global _date_cache
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache = (second, formatdate(second, usegmt=True).encode())
+    return _date_cache[1]

@@ -1,0 +1,74 @@
+"""The messages handlers see: a request head in, a response out.
+
+These are the core's own types; h11 stays private to `protocol`. Header names in a
+`Request` are lower-case bytes, exactly as h11 normalised them. A handler that wants
+the request body, or whose work may block, returns an `Exchange` instead of a
+`Response`, and the core feeds it the body and asks it for the response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request head. The body, if any, goes to the `Exchange` a handler returns."""
+
+    method: bytes
+    target: bytes
+    headers: Headers
+    http_version: bytes = b"1.1"
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header `name` (lower-case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class FileBody:
+    """`length` bytes of an open file from `offset`. The core closes the file when done."""
+
+    file: BinaryIO
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A final response. The core adds the framing headers (Content-Length, Connection)."""
+
+    status: int
+    headers: Headers = ()
+    body: bytes | FileBody = b""
+
+
+class Exchange(Protocol):
+    """A handler's side of one request whose body it reads, or whose work may block.
+
+    The core calls `receive` zero or more times with body bytes, then `respond` once
+    the body is complete; or `abort` instead, once, if the request fails or the client
+    goes away (then no response is wanted and anything half-done must be undone).
+    When `may_block` is true, the core hands these calls to the transport to run where
+    blocking is allowed; otherwise it calls them directly.
+    """
+
+    @property
+    def may_block(self) -> bool: ...
+
+    def receive(self, data: bytes) -> None: ...
+
+    def respond(self) -> Response: ...
+
+    def abort(self) -> None: ...
+
+
+App = Callable[[Request], "Response | Exchange"]
+"""Maps a request head to a response, or to an exchange. Must be quick and never block."""
