@@ -186,8 +186,7 @@ class ServerConnection:
         elif phase is Phase.LINGER:
             self._emit(Receive(self._deadline))
         else:
-            self._out.clear()
-            self._emit(Close())
+            self._emit(Close())  # after any response still gathered in _out
 
     def _emit(self, action: Action) -> None:
         """Queue `action` after the bytes gathered so far."""
@@ -441,9 +440,7 @@ class ServerConnection:
     def _begin_close(self, now: float, *, linger: bool) -> None:
         self._drop_exchange()
         self._drop_file()
-        h = self._h11
-        unread = h.trailing_data[0] or h.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
-        if linger and unread and not self._eof:
+        if linger and not self._eof and self._unread_input():
             # Closing with unread input makes the kernel send RST, which can destroy
             # the response before the client reads it: shut output, drain, then close.
             self._emit(HalfClose())
@@ -451,6 +448,21 @@ class ServerConnection:
             self._deadline = now + self._config.linger_timeout
         else:
             self._phase = Phase.CLOSED
+
+    def _unread_input(self) -> bool:
+        """Whether the peer sent, or may still send, bytes we will not read.
+
+        First reads what is already buffered of the current request: a GET's end of
+        message usually is, so a plain `Connection: close` request closes at once.
+        """
+        h = self._h11
+        try:
+            while h.their_state is h11.SEND_BODY:
+                if h.next_event() is h11.NEED_DATA:
+                    return True
+        except h11.RemoteProtocolError:
+            return True
+        return bool(h.trailing_data[0]) or h.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
 
     def _drop_exchange(self) -> None:
         exchange = self._exchange
