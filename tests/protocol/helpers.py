@@ -92,6 +92,9 @@ class Recorder:
             raise RuntimeError("abort failed")
 
 
+_EXCHANGE_TARGETS = (b"/upload", b"/blocking", b"/fail-receive", b"/fail-respond", b"/blocking-fail-receive")
+
+
 class TrackedFile(io.BytesIO):
     """An in-memory file the test can check was closed."""
 
@@ -126,7 +129,7 @@ class App:
             return Response(200, ((b"Content-Type", b"text/plain"),), target[6:])
         if target.startswith(b"/status/"):
             return Response(int(target[8:]))
-        if target in (b"/upload", b"/blocking", b"/fail-receive", b"/fail-respond", b"/blocking-fail-receive"):
+        if target in _EXCHANGE_TARGETS:
             fail = target.rsplit(b"-", 1)[1].decode() if b"fail" in target else ""
             exchange = Recorder(may_block=b"blocking" in target, fail=fail)
             self.exchanges.append(exchange)
