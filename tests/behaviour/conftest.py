@@ -1,0 +1,223 @@
+"""Start the real server as a subprocess, once per transport, and stop it cleanly.
+
+Each server serves `<tmp>/outside/served/`; `<tmp>/outside/` holds a secret file so tests
+can check that nothing outside the served directory is read, written or created. The
+server's stderr (access log, errors) goes to a file: a pipe would fill up and block it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .client import RawClient, Response, fetch, request
+
+ROOT = Path(__file__).resolve().parents[2]
+TRANSPORTS = ["trio", "asyncio", "threads"]
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+SECRET = b"top secret, outside the served directory\n"
+_LISTENING = re.compile(
+    r"Listening on http://(\[[^\]]+\]|[^\s:/]+):(\d+) \(transport (\w+), directory (.*)\)"
+)
+
+
+@dataclass
+class Server:
+    transport: str
+    host: str
+    port: int
+    directory: Path
+    """The served directory (exists even when the server was started without one)."""
+    outside: Path
+    """The directory's parent: holds `secret.txt`, must gain no other entries."""
+    process: subprocess.Popen[bytes]
+    stderr_path: Path
+    stdout_line: str
+    stopped: bool = False
+    """Set once `stop` succeeded, so teardown does not mistake it for a crash."""
+
+    def client(self, timeout: float = 5.0) -> RawClient:
+        return RawClient(self.host, self.port, timeout)
+
+    def fetch(self, data: bytes, method: str = "GET") -> Response:
+        return fetch(self.host, self.port, data, method)
+
+    def get(self, target: str, headers: list[tuple[str, str]] | None = None) -> Response:
+        return self.fetch(request("GET", target, headers))
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def assert_serving(self) -> None:
+        """A normal request still gets a normal answer (used after every bad request)."""
+        name = uuid.uuid4().hex[:8]
+        response = self.get(f"/echo/{name}")
+        assert (response.status, response.body) == (200, name.encode()), response.raw
+
+    def outside_entries(self) -> set[str]:
+        return set(os.listdir(self.outside))
+
+    def directory_entries(self) -> set[str]:
+        return set(os.listdir(self.directory))
+
+
+def unique(prefix: str = "f") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def _start(transport: str, base: Path, args: list[str], *, directory: bool, trailing_slash: bool) -> Server:
+    base.mkdir(parents=True, exist_ok=True)
+    outside = base / "outside"
+    served = outside / "served"
+    served.mkdir(parents=True)
+    (outside / "secret.txt").write_bytes(SECRET)
+    stdout_path = base / "stdout.txt"
+    stderr_path = base / "stderr.txt"
+    command = [sys.executable, "-m", "transports", "--transport", transport, "--host", "127.0.0.1"]
+    command += ["--port", "0"]
+    if directory:
+        command += ["--directory", str(served) + ("/" if trailing_slash else "")]
+    command += args
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        text = stdout_path.read_text(errors="replace")
+        if "\n" in text:
+            line = text.split("\n", 1)[0]
+            match = _LISTENING.fullmatch(line)
+            if match is None:
+                _kill(process)
+                pytest.fail(f"unexpected start-up line {line!r}; stderr:\n{stderr_path.read_text()}")
+            host, port = match[1].strip("[]"), int(match[2])
+            assert match[3] == transport, line
+            return Server(transport, host, port, served, outside, process, stderr_path, line)
+        if process.poll() is not None or time.monotonic() > deadline:
+            _kill(process)
+            pytest.fail(
+                f"{' '.join(command)} did not print its listening line (exit {process.returncode});"
+                f" stdout {text!r}; stderr:\n{stderr_path.read_text(errors='replace')}"
+            )
+        time.sleep(0.01)
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait(STOP_TIMEOUT)
+
+
+def stop(server: Server, timeout: float = STOP_TIMEOUT) -> float:
+    """SIGTERM the server; fail unless it exits 0 within `timeout`. Returns the time it took."""
+    process = server.process
+    if process.poll() is not None:
+        pytest.fail(f"server had already exited with {process.returncode}; stderr:\n{server.stderr()}")
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _kill(process)
+        pytest.fail(f"server ignored SIGTERM for {timeout}s; stderr:\n{server.stderr()}")
+    elapsed = time.monotonic() - started
+    server.stopped = True
+    if process.returncode != 0:
+        pytest.fail(f"server exited with {process.returncode} on SIGTERM; stderr:\n{server.stderr()}")
+    return elapsed
+
+
+@contextlib.contextmanager
+def running_server(
+    transport: str, base: Path, *args: str, directory: bool = True, trailing_slash: bool = False
+) -> Iterator[Server]:
+    server = _start(transport, base, list(args), directory=directory, trailing_slash=trailing_slash)
+    try:
+        yield server
+    finally:
+        if server.process.poll() is None:
+            stop(server)
+        elif not server.stopped:
+            pytest.fail(f"server died (exit {server.process.returncode}); stderr:\n{server.stderr()}")
+
+
+@pytest.fixture(scope="session", params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class _SharedServer:
+    """One long-lived server per transport; restarted if a test managed to kill it."""
+
+    def __init__(self, transport: str, base: Path) -> None:
+        self.transport = transport
+        self.base = base
+        self.generation = 0
+        self.server: Server | None = None
+
+    def get(self) -> Server:
+        if self.server is None or self.server.process.poll() is not None:
+            self.generation += 1
+            self.server = _start(
+                self.transport, self.base / str(self.generation), [], directory=True, trailing_slash=False
+            )
+        return self.server
+
+
+@pytest.fixture(scope="session")
+def _shared(transport: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_SharedServer]:
+    shared = _SharedServer(transport, tmp_path_factory.mktemp(f"shared-{transport}"))
+    yield shared
+    if shared.server is not None and shared.server.process.poll() is None:
+        stop(shared.server)
+
+
+@pytest.fixture
+def server(_shared: _SharedServer) -> Iterator[Server]:
+    """The shared server of this transport (default options, a directory). Must survive the test."""
+    current = _shared.get()
+    yield current
+    if current.process.poll() is not None:
+        pytest.fail(
+            f"the server died during this test (exit {current.process.returncode}):\n{current.stderr()}"
+        )
+
+
+StartServer = Callable[..., Server]
+
+
+@pytest.fixture
+def start_server(transport: str, tmp_path: Path) -> Iterator[StartServer]:
+    """Start a server of this transport with extra CLI options; it is stopped (exit 0) after the test."""
+    stack = contextlib.ExitStack()
+    count = 0
+
+    def start(*args: str, directory: bool = True, trailing_slash: bool = False) -> Server:
+        nonlocal count
+        count += 1
+        return stack.enter_context(
+            running_server(
+                transport,
+                tmp_path / f"server{count}",
+                *args,
+                directory=directory,
+                trailing_slash=trailing_slash,
+            )
+        )
+
+    with stack:
+        yield start
