@@ -1,0 +1,169 @@
+"""Malformed and refused requests: the status, a closing response, and nothing processed after."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocol import Config, Receive
+
+from .helpers import FRAGMENT_SIZES, App, Driver, chunked, get, parse, parse_one, post
+
+FOLLOW_UP = get(b"/echo/after")
+
+
+def refused(data: bytes, size: int = 1 << 20, config: Config | None = None) -> tuple[int, Driver]:
+    """Feed `data` and a valid follow-up request; check the one closing error response."""
+    d = Driver(App(), config)
+    d.feed(data + FOLLOW_UP, size)
+    response = parse_one(d.take())
+    assert response.closes, "an error response closes the connection"
+    assert response.header(b"content-type") == b"text/plain"
+    assert response.body.startswith(b"%d " % response.status)
+    assert d.closed or d.half_closed
+    assert all(r.target != b"/echo/after" for r in d.app.requests), "nothing after the error is processed"
+    return response.status, d
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
+        (get(b"/", b"Host: other"), 400),  # two Hosts
+        (get(b"/", b"X-Bad : space before colon"), 400),
+        (get(b"/", b"X-Bad: nul\x00here"), 400),
+        (get(b"/", b"X-Bad: cr\rhere"), 400),
+        (get(b"/", b"Content-Length: abc"), 400),
+        (get(b"/", b"Content-Length: -5"), 400),
+        (get(b"/", b"Content-Length: +5"), 400),
+        (get(b"/", b"Content-Length: 0x10"), 400),
+        (get(b"/", b"Content-Length: 5", b"Content-Length: 6"), 400),
+        (get(b"/", b"Content-Length: 5", b"Transfer-Encoding: chunked"), 400),
+        (get(b"/", b"Transfer-Encoding: chunked", b"Content-Length: 5"), 400),
+        (get(b"/", b"Transfer-Encoding: gzip"), 501),
+        (get(b"/", b"Transfer-Encoding: gzip, chunked"), 501),
+        (get(b"/", version=b"2.0"), 505),
+        (get(b"/", version=b"3.0"), 505),
+    ],
+)
+def test_malformed_requests_get_their_status(data: bytes, status: int) -> None:
+    assert refused(data)[0] == status
+
+
+@pytest.mark.parametrize("size", FRAGMENT_SIZES)
+def test_status_does_not_depend_on_fragmentation(size: int) -> None:
+    assert refused(get(b"/", b"Content-Length: 1", b"Transfer-Encoding: chunked"), size)[0] == 400
+    assert refused(get(b"/", version=b"2.0"), size)[0] == 505
+
+
+def test_content_length_and_chunked_together_is_refused_before_the_app_sees_it() -> None:
+    status, d = refused(get(b"/upload", b"Content-Length: 5", b"Transfer-Encoding: chunked") + b"hello")
+    assert status == 400 and d.app.requests == [] and d.app.exchanges == []
+
+
+def test_a_long_target_gets_414() -> None:
+    config = Config(max_target_length=100, access_log=False)
+    assert refused(get(b"/" + b"a" * 100), config=config)[0] == 414
+    d = Driver(App(), config)
+    d.feed(get(b"/echo/" + b"a" * 94))
+    assert parse_one(d.take()).status == 200
+
+
+def test_too_many_header_fields_get_431() -> None:
+    config = Config(max_header_count=5, access_log=False)
+    fields = [b"X-%d: v" % i for i in range(4)]
+    d = Driver(App(), config)
+    d.feed(get(b"/", *fields))  # Host + 4 = 5: allowed
+    assert parse_one(d.take()).status == 200
+    assert refused(get(b"/", *fields, b"X-5: v"), config=config)[0] == 431
+
+
+@pytest.mark.parametrize("size", [1, 1000, 1 << 20])
+def test_an_oversized_head_gets_431_however_it_arrives(size: int) -> None:
+    """h11 bounds incomplete heads only; a complete oversized head is caught by the core."""
+    config = Config(max_head_size=1024, access_log=False)
+    status, _ = refused(get(b"/", b"X-Big: " + b"b" * 1100), size, config)
+    assert status == 431
+
+
+def test_a_head_just_under_the_limit_is_served() -> None:
+    config = Config(max_head_size=1024, access_log=False)
+    d = Driver(App(), config)
+    request = get(b"/")
+    d.feed(get(b"/", b"X-Pad: " + b"p" * (1000 - len(request))))
+    assert parse_one(d.take()).status == 200
+
+
+def test_a_declared_body_over_the_limit_gets_413_before_the_app() -> None:
+    config = Config(max_body_size=100, access_log=False)
+    status, d = refused(get(b"/upload", b"Content-Length: 101"), config=config)
+    assert status == 413 and d.app.exchanges == []
+    status, d = refused(get(b"/upload", b"Content-Length: 99999999999999999999999999"), config=config)
+    assert status in (400, 413) and d.app.exchanges == []  # h11 refuses absurd lengths itself
+
+
+def test_a_body_at_the_limit_is_accepted() -> None:
+    d = Driver(App(), Config(max_body_size=100, access_log=False))
+    d.feed(post(b"/upload", b"x" * 100))
+    assert parse_one(d.take()).body == b"got 100"
+
+
+@pytest.mark.parametrize("size", FRAGMENT_SIZES)
+def test_a_chunked_body_arrives_byte_exact(size: int) -> None:
+    app = App()
+    d = Driver(app)
+    pieces = [b"hello ", b"\r\n0\r\n", bytes(range(256)), b"x" * 5000]
+    d.feed(get(b"/upload", b"Transfer-Encoding: chunked", method=b"POST") + chunked(*pieces) + FOLLOW_UP, size)
+    first, second = parse(d.take(), 2)
+    assert first.body == b"got %d" % sum(map(len, pieces)) and second.body == b"after"
+    assert bytes(app.exchanges[0].body) == b"".join(pieces)
+
+
+@pytest.mark.parametrize("size", [1, 7, 1 << 20])
+def test_a_chunked_body_over_the_limit_gets_413(size: int) -> None:
+    config = Config(max_body_size=1000, access_log=False)
+    head = get(b"/upload", b"Transfer-Encoding: chunked", method=b"POST")
+    status, d = refused(head + chunked(b"a" * 600, b"b" * 600), size, config)
+    assert status == 413
+    assert d.app.exchanges[0].calls[-1] == "abort" and "respond" not in d.app.exchanges[0].calls
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"zz\r\nhello\r\n0\r\n\r\n",  # not hex
+        b"5\r\nhelloXX0\r\n\r\n",  # no CRLF after the data
+        b"-5\r\nhello\r\n0\r\n\r\n",
+        b"ffffffffffffffffffffff\r\n",
+    ],
+)
+def test_a_malformed_chunk_gets_400_and_nothing_after_it_is_processed(body: bytes) -> None:
+    head = get(b"/upload", b"Transfer-Encoding: chunked", method=b"POST")
+    status, d = refused(head + body)
+    assert status in (400, 413)
+    exchange = d.app.exchanges[0]
+    assert exchange.calls[-1] == "abort" and "respond" not in exchange.calls
+
+
+def test_an_error_while_draining_an_unread_body_closes_silently() -> None:
+    """The response went out already; a bad chunk in the ignored body just ends the connection."""
+    d = Driver(App())
+    d.feed(get(b"/echo/x", b"Transfer-Encoding: chunked", method=b"POST") + b"zz\r\n" + FOLLOW_UP)
+    assert parse_one(d.take()).body == b"x"
+    assert d.closed and len(d.app.requests) == 1
+
+
+def test_a_request_after_a_refused_one_on_a_new_connection_is_served() -> None:
+    refused(b"GARBAGE\r\n\r\n")
+    d = Driver(App())
+    d.feed(get(b"/"))
+    assert parse_one(d.take()).status == 200
+
+
+def test_the_error_response_for_an_unparsed_request_is_well_formed() -> None:
+    d = Driver(App())
+    d.feed(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a TLS client hello
+    # h11 needs the whole line before it can tell; a binary line gets 400 once complete.
+    assert isinstance(d.waiting, Receive) or d.half_closed
+    d.feed(b"\r\n\r\n")
+    assert parse_one(d.take()).status == 400
