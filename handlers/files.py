@@ -1,0 +1,300 @@
+"""`/files/{name}`: files of one directory, downloaded (GET, HEAD) and uploaded (POST).
+
+Names: `{name}` is one path segment, percent-decoded once, UTF-8. Refused with 400 without
+touching the disk: empty, `.`, `..`, longer than 255 bytes, or containing `/`, `\\`, `%` (what is
+left of double encoding), NUL or another control character, and names starting with
+`TEMP_PREFIX` (uploads in progress). Before any read or write, DIR/name is resolved with its
+symlinks; if that leads out of the directory, the request is refused (404 to read, 403 to write).
+
+Downloads, as nginx serves static files: streamed as a `FileBody` (never read whole), not
+content-coded (see `coding`), with `ETag` (`"<mtime hex>-<size hex>"`), `Last-Modified` and
+`Accept-Ranges: bytes`. `If-None-Match` (weak comparison), else `If-Modified-Since`, answer 304.
+One byte range answers 206 with `Content-Range`, an unsatisfiable one 416 with
+`Content-Range: bytes */size`; several ranges, an invalid `Range`, or an `If-Range` that does not
+match (strong ETag or exact date) answer 200 with the whole file. Not a regular file: 404.
+
+Uploads: the body goes to a temporary file in the directory (`TEMP_PREFIX...`), which is then
+fsync'd, given the usual permissions (0666 less the umask) and renamed over DIR/name, and the
+directory fsync'd: 201 then means the whole file is durably in place, and a reader sees the old
+file or the new one, never a part. An aborted upload leaves nothing behind. A name that is a
+directory answers 409.
+
+All disk access happens in the `Exchange`, whose `may_block` is true: the core runs it where
+blocking is allowed, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from contextlib import suppress
+from email.utils import formatdate, mktime_tz, parsedate_tz
+from pathlib import Path
+from typing import Final
+from urllib.parse import unquote_to_bytes
+
+from protocol import Exchange, FileBody, Request, Response
+
+from .routing import NOT_FOUND, field_value, text
+
+TEMP_PREFIX: Final = ".upload-"
+"""Temporary files of uploads in progress start with this; such names are never served."""
+
+_NAME_MAX: Final = 255
+_FORBIDDEN_BYTES: Final = bytes(range(0x20)) + b"/\\%\x7f"
+_READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+NO_DIRECTORY: Final = text(404, b"Not Found: this server serves no directory.\n")
+BAD_NAME: Final = text(400, b"Bad Request: not a valid file name.\n")
+FORBIDDEN: Final = text(403, b"Forbidden\n")
+IS_A_DIRECTORY: Final = text(409, b"Conflict: that name is a directory.\n")
+NOT_SATISFIABLE_MESSAGE: Final = b"Range Not Satisfiable\n"
+CREATED: Final = Response(201)
+_OCTET_STREAM: Final = (b"Content-Type", b"application/octet-stream")
+_ACCEPT_RANGES: Final = (b"Accept-Ranges", b"bytes")
+
+
+def file_name(rest: bytes) -> str | None:
+    """The file name a `/files/` path's rest stands for, or None when it is not a safe one."""
+    raw = unquote_to_bytes(rest) if b"%" in rest else rest
+    if raw in (b"", b".", b"..") or len(raw) > _NAME_MAX:
+        return None
+    if len(raw.translate(None, _FORBIDDEN_BYTES)) != len(raw):
+        return None
+    try:
+        name = raw.decode()
+    except UnicodeDecodeError:
+        return None
+    return None if name.startswith(TEMP_PREFIX) else name
+
+
+class Files:
+    """The handler of `/files/{name}`: serves `directory`, or with None answers 404 to all."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.root: str | None = None
+        if directory is not None:
+            root = os.path.realpath(directory)
+            if not os.path.isdir(root):
+                raise NotADirectoryError(f"not a directory: {directory}")
+            self.root = root
+            self._inside = os.path.join(root, "")
+        # The umask is process-wide and can only be read by setting it: do it once, here.
+        umask = os.umask(0o022)
+        os.umask(umask)
+        self.mode: Final = 0o666 & ~umask
+        """Permissions of uploaded files, as `open()` would give them."""
+
+    def __call__(self, request: Request, rest: bytes) -> Response | Exchange:
+        if self.root is None:
+            return NO_DIRECTORY
+        name = file_name(rest)
+        if name is None:
+            return BAD_NAME
+        if request.method == b"POST":
+            return _Upload(self, self.root, name)
+        return _Download(self, request, name)
+
+    def resolve(self, name: str) -> str | None:
+        """DIR/name with all symlinks resolved, or None when that is outside DIR. May block."""
+        assert self.root is not None
+        path = os.path.join(self.root, name)
+        real = os.path.realpath(path)
+        return real if real == path or real.startswith(self._inside) else None
+
+
+class _Download:
+    """GET or HEAD of one file; all of its work is in `respond`."""
+
+    may_block = True
+
+    def __init__(self, files: Files, request: Request, name: str) -> None:
+        self._files = files
+        self._request = request
+        self._name = name
+
+    def receive(self, data: bytes) -> None:
+        """A GET body has no meaning here; it is dropped."""
+
+    def respond(self) -> Response:
+        path = self._files.resolve(self._name)
+        if path is None:
+            return NOT_FOUND
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except PermissionError:
+            return FORBIDDEN
+        except OSError:  # absent, a symlink swapped in since resolving it, a name too long...
+            return NOT_FOUND
+        file = open(fd, "rb", buffering=0)  # noqa: SIM115 - the core closes it after sending
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                file.close()
+                return NOT_FOUND
+            answer = file_answer(self._request, info.st_size, int(info.st_mtime))
+        except BaseException:
+            file.close()
+            raise
+        if isinstance(answer, Response):
+            file.close()
+            return answer
+        status, headers, offset, length = answer
+        return Response(status, headers, FileBody(file, offset, length))
+
+    def abort(self) -> None:
+        pass
+
+
+Part = tuple[int, tuple[tuple[bytes, bytes], ...], int, int]
+"""Status, headers, offset and length of a response that sends (part of) the file."""
+
+
+def file_answer(request: Request, size: int, mtime: int) -> Response | Part:
+    """How to answer a GET or HEAD of a file of `size` bytes modified at `mtime` (epoch seconds):
+    a complete response without the file (304, 416), or the `Part` of the file to send."""
+    etag = b'"%x-%x"' % (mtime, size)
+    last_modified = (b"Last-Modified", formatdate(mtime, usegmt=True).encode())
+    if _not_modified(request, etag, mtime):
+        return Response(304, ((b"ETag", etag), last_modified))
+    headers = (_OCTET_STREAM, _ACCEPT_RANGES, (b"ETag", etag), last_modified)
+    range_value = request.header(b"range")
+    if range_value is not None:
+        if_range = request.header(b"if-range")
+        if if_range is None or _if_range_matches(if_range, etag, mtime):
+            byte_range = parse_range(range_value, size)
+            if byte_range is not None:
+                start, end = byte_range
+                if start >= end:
+                    content_range = (b"Content-Range", b"bytes */%d" % size)
+                    return text(416, NOT_SATISFIABLE_MESSAGE, (_ACCEPT_RANGES, content_range))
+                content_range = (b"Content-Range", b"bytes %d-%d/%d" % (start, end - 1, size))
+                return 206, (*headers, content_range), start, end - start
+    return 200, headers, 0, size
+
+
+def _not_modified(request: Request, etag: bytes, mtime: int) -> bool:
+    """RFC 9110 §13.2.2: If-None-Match decides when present, else If-Modified-Since."""
+    if_none_match = field_value(request, b"if-none-match")
+    if if_none_match is not None:
+        if if_none_match.strip() == b"*":
+            return True
+        # Weak comparison: ours is strong, so only a W/ of theirs is dropped.
+        return any(tag.strip().removeprefix(b"W/") == etag for tag in if_none_match.split(b","))
+    if_modified_since = request.header(b"if-modified-since")
+    if if_modified_since is None:
+        return False
+    since = _http_date(if_modified_since)
+    return since is not None and mtime <= since
+
+
+def _if_range_matches(value: bytes, etag: bytes, mtime: int) -> bool:
+    """RFC 9110 §13.1.5: a strong ETag match, or exactly the Last-Modified date."""
+    value = value.strip()
+    if value[:1] == b'"' or value[:2] == b"W/":
+        return value == etag
+    return _http_date(value) == mtime
+
+
+def _http_date(value: bytes) -> int | None:
+    """An HTTP date as epoch seconds, or None when it is not one."""
+    try:
+        parsed = parsedate_tz(value.decode("latin-1"))
+        return None if parsed is None else mktime_tz(parsed)
+    except (ValueError, OverflowError, TypeError, IndexError):
+        return None
+
+
+def parse_range(value: bytes, size: int) -> tuple[int, int] | None:
+    """A `Range` value as `(start, end)` (end exclusive) within a file of `size` bytes.
+
+    None: ignore the field and send the whole file (not bytes, invalid, or several ranges).
+    An empty range (start >= end): not satisfiable (416).
+    """
+    unit, equals, spec = value.partition(b"=")
+    if not equals or unit.strip().lower() != b"bytes" or b"," in spec:
+        return None
+    first, dash, last = spec.strip().partition(b"-")
+    if not dash or not (first or last) or (first and not first.isdigit()) or (last and not last.isdigit()):
+        return None
+    try:
+        if not first:  # the last `last` bytes
+            suffix = int(last)
+            return (max(size - suffix, 0), size) if suffix else (size, size)
+        start = int(first)
+        if not last:
+            return (start, size) if start < size else (size, size)
+        stop = int(last) + 1
+    except ValueError:  # more digits than int() takes: not a range worth reading
+        return None
+    if stop <= start:
+        return None
+    return (start, min(stop, size)) if start < size else (size, size)
+
+
+class _Upload:
+    """POST of one file: written to a temporary file beside it, renamed into place when complete."""
+
+    may_block = True
+
+    def __init__(self, files: Files, root: str, name: str) -> None:
+        self._files = files
+        self._root = root
+        self._name = name
+        self._checked = False
+        self._refusal: Response | None = None
+        self._fd = -1
+        self._temp: str | None = None
+
+    def _prepare(self) -> None:
+        """Check the target and create the temporary file; once, before the first write."""
+        self._checked = True
+        target = self._files.resolve(self._name)
+        if target is None:
+            self._refusal = FORBIDDEN
+        elif os.path.isdir(target):
+            self._refusal = IS_A_DIRECTORY
+        else:
+            self._fd, self._temp = tempfile.mkstemp(dir=self._root, prefix=TEMP_PREFIX)
+
+    def receive(self, data: bytes) -> None:
+        if not self._checked:
+            self._prepare()
+        fd = self._fd
+        if fd < 0:  # refused: the body is dropped
+            return
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    def respond(self) -> Response:
+        if not self._checked:
+            self._prepare()
+        if self._refusal is not None:
+            return self._refusal
+        fd = self._fd
+        temp = self._temp
+        assert temp is not None
+        os.fchmod(fd, self._files.mode)
+        os.fsync(fd)
+        self._fd = -1
+        os.close(fd)
+        # The entry DIR/name itself is replaced (a symlink inside DIR is replaced, not followed).
+        os.replace(temp, os.path.join(self._root, self._name))
+        self._temp = None
+        directory = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return CREATED
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._temp is not None:
+            with suppress(FileNotFoundError):
+                os.unlink(self._temp)
+            self._temp = None
