@@ -44,6 +44,10 @@ _REASONS: Final = {status.value: status.phrase.encode() for status in HTTPStatus
     422: b"Unprocessable Content",
 }
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+_INTERNAL_ERROR: Final = (
+    b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 26\r\n"
+    b"Connection: close\r\n\r\n500 Internal Server Error\n"
+)
 
 
 class Phase(enum.Enum):
@@ -233,7 +237,7 @@ class ServerConnection:
             self._respond(reply, now)
             return
         self._exchange = cast(Exchange, reply)
-        if self._h11.they_are_waiting_for_100_continue:
+        if self._h11.they_are_waiting_for_100_continue and not self._h11.trailing_data[0]:
             self._out.append(
                 self._h11.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
             )
@@ -340,7 +344,18 @@ class ServerConnection:
         if config.server_header:
             headers.append((b"Server", config.server_header))
         out = self._out
-        out.append(h.send(h11.Response(status_code=status, headers=headers, reason=_reason(status))))
+        try:
+            out.append(h.send(h11.Response(status_code=status, headers=headers, reason=_reason(status))))
+        except h11.LocalProtocolError:
+            # A handler bug (a bad header or status). h11 is unusable now: send fixed bytes.
+            error_log.exception("handler gave an invalid response for %r", request)
+            if type(body) is FileBody:
+                body.file.close()
+            self._close_after_response = True
+            self._status = 500
+            out.append(_INTERNAL_ERROR)
+            self._begin_close(now, linger=True)
+            return
         self._status = status
         self._body_length = length
         if length and (request is None or request.method != b"HEAD") and status not in _NO_BODY_STATUSES:

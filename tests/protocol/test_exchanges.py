@@ -1,0 +1,215 @@
+"""Exchanges (request bodies, blocking steps), 100-continue, and handler failures."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from protocol import Close, Phase, Receive, Run, Send
+
+from .helpers import FRAGMENT_SIZES, App, Driver, chunked, get, parse, parse_one, post
+
+EXPECT = b"Expect: 100-continue"
+
+
+@pytest.mark.parametrize("size", FRAGMENT_SIZES)
+@pytest.mark.parametrize("target", [b"/upload", b"/blocking"])
+def test_an_upload_reaches_the_exchange_whole_and_in_order(target: bytes, size: int) -> None:
+    app = App()
+    d = Driver(app)
+    body = bytes(range(256)) * 40
+    d.feed(post(target, body) + get(b"/echo/next"), size)
+    first, second = parse(d.take(), 2)
+    assert (first.status, first.body, second.body) == (201, b"got %d" % len(body), b"next")
+    exchange = app.exchanges[0]
+    assert bytes(exchange.body) == body
+    assert exchange.calls[-1] == "respond" and set(exchange.calls[:-1]) <= {"receive"}
+    assert (any(isinstance(a, Run) for a in d.actions)) == (target == b"/blocking")
+
+
+def test_an_exchange_without_a_body_is_asked_to_respond_once() -> None:
+    app = App()
+    d = Driver(app)
+    d.feed(get(b"/upload"))
+    assert parse_one(d.take()).body == b"got 0"
+    assert app.exchanges[0].calls == ["respond"]
+
+
+def test_blocking_steps_come_out_as_run_and_nothing_moves_until_they_ran() -> None:
+    app = App()
+    d = Driver(app, run_steps=False)
+    d.feed(post(b"/blocking", b"abc"))
+    run = d.waiting
+    assert isinstance(run, Run) and not d.output and app.exchanges[0].calls == []
+    with pytest.raises(RuntimeError):
+        d.conn.next_action(d.now)  # a transport bug: asking again before running the step
+    run.step()
+    assert app.exchanges[0].calls == ["receive", "respond"]
+    d.advance()
+    assert parse_one(d.take()).status == 201
+
+
+def test_each_body_piece_is_one_run_step() -> None:
+    app = App()
+    d = Driver(app)
+    request = post(b"/blocking", b"x" * 30)
+    d.feed(request[:-20])
+    d.feed(request[-20:-10])
+    d.feed(request[-10:])
+    runs = [a for a in d.actions if isinstance(a, Run)]
+    assert len(runs) == 3 and app.exchanges[0].calls == ["receive", "receive", "receive", "respond"]
+
+
+@pytest.mark.parametrize("target", [b"/fail-receive", b"/fail-respond", b"/blocking-fail-receive"])
+def test_an_exchange_that_raises_gets_500_and_one_abort(target: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    app = App()
+    d = Driver(app)
+    with caplog.at_level(logging.ERROR, "httpserver.error"):
+        d.feed(post(target, b"body") + get(b"/"))
+    response = parse_one(d.take())
+    assert response.status == 500 and response.closes
+    calls = app.exchanges[0].calls
+    assert calls.count("abort") == 1 and calls[-1] == "abort"
+    assert "handler failed" in caplog.text and "failed" in caplog.records[0].exc_text  # type: ignore[operator]
+
+
+def test_an_app_that_raises_gets_500(caplog: pytest.LogCaptureFixture) -> None:
+    d = Driver(App())
+    with caplog.at_level(logging.ERROR, "httpserver.error"):
+        d.feed(get(b"/boom"))
+    response = parse_one(d.take())
+    assert response.status == 500 and response.closes
+    assert "the app failed" in caplog.text
+
+
+def test_a_response_h11_refuses_gets_500_not_an_exception(caplog: pytest.LogCaptureFixture) -> None:
+    d = Driver(App())
+    with caplog.at_level(logging.ERROR, "httpserver.error"):
+        d.feed(get(b"/bad-response") + get(b"/"))
+    response = parse_one(d.take())
+    assert response.status == 500 and response.closes
+    assert d.closed or d.half_closed
+    assert caplog.records
+
+
+@pytest.mark.parametrize("target", [b"/upload", b"/blocking"])
+def test_connection_lost_mid_upload_aborts(target: bytes) -> None:
+    app = App()
+    d = Driver(app)
+    d.feed(post(target, b"x" * 100)[:-10])
+    d.conn.connection_lost()
+    d.advance()
+    assert d.closed and not d.output
+    assert app.exchanges[0].calls == ["receive", "abort"]
+
+
+@pytest.mark.parametrize("target", [b"/upload", b"/blocking"])
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_end_of_input_mid_upload_aborts_without_a_response(target: bytes, framing: str) -> None:
+    app = App()
+    d = Driver(app)
+    if framing == "length":
+        request = post(target, b"x" * 100)[:-10]
+    else:
+        request = get(target, b"Transfer-Encoding: chunked", method=b"POST") + chunked(b"x" * 100)[:-10]
+    d.feed(request, eof=True)
+    assert d.closed and not d.output
+    assert app.exchanges[0].calls == ["receive", "abort"]
+
+
+def test_abort_that_raises_is_logged_and_the_connection_ends(caplog: pytest.LogCaptureFixture) -> None:
+    app = App()
+    d = Driver(app)
+    d.feed(post(b"/upload", b"x" * 100)[:-10])
+    app.exchanges[0].fail = "abort"
+    with caplog.at_level(logging.ERROR, "httpserver.error"):
+        d.conn.connection_lost()
+        d.advance()
+    assert d.closed and "aborting" in caplog.text
+
+
+# --- 100-continue --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [b"/upload", b"/blocking"])
+def test_100_continue_is_sent_when_the_body_is_wanted(target: bytes) -> None:
+    app = App()
+    d = Driver(app)
+    head = get(target, b"Content-Length: 5", EXPECT, method=b"POST")
+    d.feed(head)
+    assert d.take() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    d.feed(b"hello")
+    response = parse_one(d.take())
+    assert (response.status, response.body, response.closes) == (201, b"got 5", False)
+    assert isinstance(d.waiting, Receive) and d.conn.phase is Phase.IDLE
+
+
+def test_100_continue_is_not_sent_when_the_client_sent_the_body_already() -> None:
+    d = Driver(App())
+    d.feed(get(b"/upload", b"Content-Length: 5", EXPECT, method=b"POST") + b"hello")
+    [response] = parse(d.take())
+    assert response.informational == [] and response.status == 201
+
+
+def test_a_declared_body_over_the_limit_gets_413_without_100() -> None:
+    from protocol import Config
+
+    app = App()
+    d = Driver(app, Config(max_body_size=10, access_log=False))
+    d.feed(get(b"/upload", b"Content-Length: 11", EXPECT, method=b"POST"))
+    response = parse_one(d.take())
+    assert response.status == 413 and response.informational == [] and response.closes
+    assert app.exchanges == []
+    # The client may send the body anyway: output is shut, the rest is discarded.
+    assert d.half_closed
+    d.feed(b"x" * 11, eof=True)
+    assert d.closed and not d.output
+
+
+def test_a_response_to_a_waiting_client_closes_the_connection() -> None:
+    """Answering without reading the held-back body: its next bytes may be that body."""
+    app = App()
+    d = Driver(app)
+    d.feed(get(b"/echo/no", b"Content-Length: 5", EXPECT, method=b"POST"))
+    response = parse_one(d.take())
+    assert response.body == b"no" and response.informational == [] and response.closes
+    d.feed(get(b"/echo/smuggled"))
+    assert len(app.requests) == 1 and not d.output
+
+
+def test_expect_on_http_1_0_is_ignored() -> None:
+    d = Driver(App())
+    d.feed(get(b"/upload", b"Content-Length: 2", EXPECT, method=b"POST", version=b"1.0") + b"ab")
+    response = parse_one(d.take())
+    assert response.informational == [] and response.body == b"got 2"
+
+
+# --- responses to unread bodies ------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 7, 1 << 20])
+def test_an_unread_body_is_drained_before_the_next_request(size: int) -> None:
+    app = App()
+    d = Driver(app)
+    d.feed(post(b"/echo/ignored", b"GET /echo/smuggled HTTP/1.1\r\nHost: x\r\n\r\n") + get(b"/echo/next"), size)
+    assert [r.body for r in parse(d.take(), 2)] == [b"ignored", b"next"]
+    assert [r.target for r in app.requests] == [b"/echo/ignored", b"/echo/next"]
+
+
+def test_the_response_goes_out_before_the_unread_body_arrives() -> None:
+    d = Driver(App())
+    d.feed(get(b"/echo/early", b"Content-Length: 1000", method=b"POST"))
+    assert parse_one(d.take()).body == b"early"
+    assert d.conn.phase is Phase.DRAIN and isinstance(d.waiting, Receive)
+    d.feed(b"z" * 1000 + get(b"/echo/next"))
+    assert parse_one(d.take()).body == b"next"
+
+
+def test_send_then_close_order_for_a_failed_blocking_exchange() -> None:
+    app = App()
+    d = Driver(app)
+    d.feed(post(b"/blocking-fail-receive", b"abc"))
+    kinds = [type(a) for a in d.actions]
+    # The 500 goes out, then the abort runs where blocking is allowed, then the close.
+    assert kinds[-3:] == [Send, Run, Close] or kinds[-4:-1] == [Send, Run, Close]
