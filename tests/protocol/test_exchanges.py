@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from protocol import Close, Phase, Receive, Run, Send
+from protocol import Close, Config, Phase, Receive, Run, Send
 
 from .helpers import FRAGMENT_SIZES, App, Driver, chunked, get, parse, parse_one, post
 
@@ -62,7 +62,9 @@ def test_each_body_piece_is_one_run_step() -> None:
 
 
 @pytest.mark.parametrize("target", [b"/fail-receive", b"/fail-respond", b"/blocking-fail-receive"])
-def test_an_exchange_that_raises_gets_500_and_one_abort(target: bytes, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_exchange_that_raises_gets_500_and_one_abort(
+    target: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     app = App()
     d = Driver(app)
     with caplog.at_level(logging.ERROR, "httpserver.error"):
@@ -153,8 +155,6 @@ def test_100_continue_is_not_sent_when_the_client_sent_the_body_already() -> Non
 
 
 def test_a_declared_body_over_the_limit_gets_413_without_100() -> None:
-    from protocol import Config
-
     app = App()
     d = Driver(app, Config(max_body_size=10, access_log=False))
     d.feed(get(b"/upload", b"Content-Length: 11", EXPECT, method=b"POST"))
@@ -192,7 +192,8 @@ def test_expect_on_http_1_0_is_ignored() -> None:
 def test_an_unread_body_is_drained_before_the_next_request(size: int) -> None:
     app = App()
     d = Driver(app)
-    d.feed(post(b"/echo/ignored", b"GET /echo/smuggled HTTP/1.1\r\nHost: x\r\n\r\n") + get(b"/echo/next"), size)
+    smuggled = b"GET /echo/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    d.feed(post(b"/echo/ignored", smuggled) + get(b"/echo/next"), size)
     assert [r.body for r in parse(d.take(), 2)] == [b"ignored", b"next"]
     assert [r.target for r in app.requests] == [b"/echo/ignored", b"/echo/next"]
 
