@@ -1,0 +1,1 @@
+"""The benchmark: `./bench/run.sh [--quick]` (see bench/run.py)."""

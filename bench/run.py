@@ -1,0 +1,539 @@
+"""The benchmark: our three transports against hypercorn, uvicorn and bare h11 loops, in one run.
+
+Run it with `./bench/run.sh [--quick]` (it installs wrk and the peers first). Each server in
+turn runs pinned to core 0 and wrk to core 1; servers are visited round-robin for N rounds
+so that drift (thermal, noisy neighbours) hits every server alike, and the report gives
+medians over rounds and ratios of figures measured in the same round. Only 127.0.0.1 is
+ever contacted, every step is bounded in time, and every server is stopped (its whole
+process group) whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+WORK = RESULTS / "tmp"
+OURS_PY = str(ROOT / ".venv" / "bin" / "python")
+PEERS_PY = str(BENCH / ".venv-peers" / "bin" / "python")
+SERVER_CORE, CLIENT_CORE = "0", "1"
+FILE_NAME = "bench-1MiB.bin"
+ECHO_10K = ("The quick brown fox jumps over the lazy dog " * 240)[:10240].replace(" ", "-")
+IDLE_CONNECTIONS = 1000
+
+# Reference servers for the ratio columns, and the bare loop of each runtime.
+HYPERCORN, UVICORN = "hypercorn-asyncio", "uvicorn-h11"
+BARE = {"asyncio": "bare-asyncio", "trio": "bare-trio", "threads": "bare-threads"}
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    runtime: str
+    ours: bool
+    argv: Callable[[int, Path], list[str]]
+    full: bool = True  # serves gzip and files; the bare loops only echo
+
+
+def _ours(transport: str) -> Server:
+    def argv(port: int, directory: Path) -> list[str]:
+        cmd = [OURS_PY, "-m", "transports", "--transport", transport, "--port", str(port)]
+        return [*cmd, "--no-access-log", "--directory", str(directory)]
+
+    return Server(f"ours-{transport}", transport, True, argv)
+
+
+def _hypercorn(worker: str) -> Server:
+    def argv(port: int, directory: Path) -> list[str]:
+        app = "bench.peers.asgi_app:app"
+        return [PEERS_PY, "-m", "hypercorn", "-k", worker, "-b", f"127.0.0.1:{port}", app]
+
+    return Server(f"hypercorn-{worker}", worker, False, argv)
+
+
+def _uvicorn(port: int, directory: Path) -> list[str]:
+    app = "bench.peers.asgi_app:app"
+    flags = ["--http", "h11", "--loop", "asyncio", "--no-access-log", "--lifespan", "off"]
+    return [PEERS_PY, "-m", "uvicorn", app, *flags, "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _bare(runtime: str) -> Server:
+    def argv(port: int, directory: Path) -> list[str]:
+        return [PEERS_PY, "-m", f"bench.peers.bare_{runtime}", "--port", str(port)]
+
+    return Server(f"bare-{runtime}", runtime, False, argv, full=False)
+
+
+SERVERS = [
+    _ours("asyncio"),
+    _ours("trio"),
+    _ours("threads"),
+    _hypercorn("asyncio"),
+    _hypercorn("trio"),
+    Server(UVICORN, "asyncio", False, _uvicorn),
+    _bare("asyncio"),
+    _bare("trio"),
+    _bare("threads"),
+]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    path: str
+    headers: tuple[str, ...] = ()
+    full_only: bool = False  # needs gzip or files, which the bare loops lack
+
+
+SCENARIOS = [
+    Scenario("keep-alive", "keep-alive GET /echo/abc", "/echo/abc"),
+    Scenario("close", "Connection: close", "/echo/abc", ("Connection: close",)),
+    Scenario("gzip", "10 KiB echo, gzip", "/echo/" + ECHO_10K, ("Accept-Encoding: gzip",), True),
+    Scenario("file", "1 MiB file download", "/files/" + FILE_NAME, (), True),
+]
+
+
+@dataclass
+class Sample:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float  # server CPU time per request
+    mib_s: float
+    errors: int
+
+
+@dataclass
+class Results:
+    runs: dict[tuple[str, str], list[Sample | None]] = field(default_factory=dict)  # None: a failed run
+    idle: dict[str, list[float]] = field(default_factory=dict)  # KiB per idle connection
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, server: str, scenario: str, sample: Sample | None) -> None:
+        self.runs.setdefault((server, scenario), []).append(sample)
+
+
+# --- processes ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants (hypercorn runs its worker in a child process)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+@contextlib.contextmanager
+def running(server: Server, port: int, directory: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `server` on core 0 in its own process group; always stop the whole group."""
+    log = open(WORK / f"{server.name}.log", "ab")  # noqa: SIM115 - closed in finally
+    env = {**os.environ, "BENCH_DIRECTORY": str(directory), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        ["taskset", "-c", SERVER_CORE, *server.argv(port, directory)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers in the group
+        log.close()
+
+
+# --- a small client for readiness and idle connections -------------------------------
+
+
+def get(sock: socket.socket, path: str = "/echo/abc") -> bytes:
+    """One keep-alive GET on `sock`; returns the status line."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before the response head")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before the response body")
+        body += chunk
+    return head.split(b"\r\n")[0]
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, limit: float = 15.0) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+                if b" 200 " in get(sock):
+                    return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def idle_kib_per_connection(root: int, port: int) -> float:
+    """Server RSS growth per idle keep-alive connection (each served one request first)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as sock:
+        for _ in range(200):
+            get(sock)
+    time.sleep(0.3)
+    pids = process_tree(root)
+    before = rss_kib(pids)
+    socks: list[socket.socket] = []
+    try:
+        started = time.monotonic()
+        for _ in range(IDLE_CONNECTIONS):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+            socks.append(sock)
+            get(sock)
+        if time.monotonic() - started > 3.0:  # the peers' keep-alive timeouts are 5 s
+            print("  warning: opening the idle connections took over 3 s", file=sys.stderr)
+        time.sleep(0.5)
+        after = rss_kib(process_tree(root))
+    finally:
+        for sock in socks:
+            sock.close()
+    return (after - before) / IDLE_CONNECTIONS
+
+
+# --- wrk -----------------------------------------------------------------------------
+
+
+def wrk(port: int, scenario: Scenario, seconds: int) -> dict[str, int]:
+    """Run wrk on core 1 with 50 connections; its summary from bench/wrk/bench.lua."""
+    argv = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", "-c50", f"-d{seconds}s", "--latency"]
+    argv += ["-s", str(BENCH / "wrk" / "bench.lua"), f"http://127.0.0.1:{port}{scenario.path}"]
+    if scenario.headers:
+        argv += ["--", *scenario.headers]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH "):
+            return dict(json.loads(line[6:]))
+    raise RuntimeError(f"wrk exited with {done.returncode}: {(done.stdout + done.stderr)[-300:]!r}")
+
+
+def measure(root: int, port: int, scenario: Scenario, seconds: int) -> Sample:
+    pids = process_tree(root)
+    cpu = cpu_seconds(pids)
+    s = wrk(port, scenario, seconds)
+    cpu = cpu_seconds(pids) - cpu
+    requests = max(s["requests"], 1)
+    duration = s["duration_us"] / 1e6
+    errors = s["connect"] + s["read"] + s["write"] + s["status"] + s["timeout"]
+    return Sample(
+        rps=s["requests"] / duration,
+        p50_ms=s["p50_us"] / 1000,
+        p99_ms=s["p99_us"] / 1000,
+        cpu_us=cpu / requests * 1e6,
+        mib_s=s["bytes"] / duration / 2**20,
+        errors=errors,
+    )
+
+
+# --- one server, one round -----------------------------------------------------------
+
+
+def bench_server(server: Server, directory: Path, args: argparse.Namespace, results: Results) -> None:
+    port = free_port()
+    print(f"  {server.name} on port {port}", flush=True)
+    with running(server, port, directory) as proc:
+        if not wait_ready(proc, port):
+            results.problems.append(f"{server.name} did not start (see bench/results/tmp/{server.name}.log)")
+            for scenario in SCENARIOS:
+                results.add(server.name, scenario.name, None)
+            return
+        try:
+            results.idle.setdefault(server.name, []).append(idle_kib_per_connection(proc.pid, port))
+        except OSError as exc:
+            results.problems.append(f"{server.name}: idle connections failed: {exc!r}")
+        for scenario in SCENARIOS:
+            if scenario.full_only and not server.full:
+                continue
+            try:
+                wrk(port, scenario, args.warmup)
+                sample = measure(proc.pid, port, scenario, args.duration)
+            except (subprocess.SubprocessError, RuntimeError, OSError) as exc:
+                results.problems.append(f"{server.name} {scenario.name}: {str(exc)[:300]}")
+                sample = None
+            if sample and sample.errors:
+                results.problems.append(f"{server.name} {scenario.name}: {sample.errors} wrk errors")
+            results.add(server.name, scenario.name, sample)
+            time.sleep(0.3)  # let closed connections settle before the next run
+
+
+# --- report --------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def ratio(results: Results, server: str, ref: str, scenario: str) -> float | None:
+    """Median over rounds of server/ref req/s, each pair measured in the same round."""
+    ours = results.runs.get((server, scenario), [])
+    refs = results.runs.get((ref, scenario), [])
+    pairs = [a.rps / b.rps for a, b in zip(ours, refs, strict=False) if a and b and b.rps]
+    return median(pairs)
+
+
+def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def machine_info() -> str:
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.partition(":")[2].strip()
+            break
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split(" [")[0]
+    return (
+        f"- Machine: {model}, {os.cpu_count()} cores, Linux {platform.release()}\n"
+        f"- Python {platform.python_version()}, {wrk_version}; server on core {SERVER_CORE}, "
+        f"wrk on core {CLIENT_CORE} (1 thread, 50 connections)\n"
+        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def report(results: Results, args: argparse.Namespace, servers: list[Server]) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        machine_info(),
+        f"- Rounds: {args.rounds}, {args.duration} s per run after a {args.warmup} s warm-up; "
+        "medians over rounds; ratios are of req/s measured in the same round",
+        "",
+    ]
+    for scenario in SCENARIOS:
+        lines += [
+            f"## {scenario.title}",
+            "",
+            "| server | req/s | vs hypercorn-asyncio | vs uvicorn-h11 | vs bare loop | p50 ms | p99 ms "
+            "| CPU µs/req | MiB/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for server in servers:
+            samples = [s for s in results.runs.get((server.name, scenario.name), []) if s]
+            if not samples:
+                continue
+            bare = BARE[server.runtime] if not scenario.full_only else None
+            cells = [
+                f"**{server.name}**" if server.ours else server.name,
+                fmt(median([s.rps for s in samples]), ".0f"),
+                fmt(ratio(results, server.name, HYPERCORN, scenario.name)),
+                fmt(ratio(results, server.name, UVICORN, scenario.name)),
+                fmt(ratio(results, server.name, bare, scenario.name) if bare else None),
+                fmt(median([s.p50_ms for s in samples])),
+                fmt(median([s.p99_ms for s in samples])),
+                fmt(median([s.cpu_us for s in samples]), ".0f"),
+                fmt(median([s.mib_s for s in samples]), ".1f"),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        f"## {IDLE_CONNECTIONS} idle keep-alive connections",
+        "",
+        "| server | KiB RSS per connection |",
+        "|---|---:|",
+    ]
+    for server in servers:
+        if server.name in results.idle:
+            lines.append(f"| {server.name} | {fmt(median(results.idle[server.name]), '.1f')} |")
+    lines += ["", *targets(results), ""]
+    if results.problems:
+        lines += ["## Problems", "", *(f"- {p}" for p in results.problems), ""]
+    return "\n".join(lines)
+
+
+def targets(results: Results) -> list[str]:
+    """Issue 4's targets for our transports, checked against this run."""
+    lines = ["## Targets (issue 4)", ""]
+
+    def check(label: str, value: float | None, want: float, above: bool = True) -> None:
+        ok = value is not None and (value >= want if above else value <= want)
+        mark, sign = ("✓" if ok else "✗"), ("≥" if above else "≤")
+        lines.append(f"- {mark} {label}: {fmt(value)} (want {sign} {want:g})")
+
+    def faster(name: str, ref: str, want: float, scenario: str = "keep-alive") -> None:
+        check(f"{name} {scenario} req/s vs {ref}", ratio(results, name, ref, scenario), want)
+
+    def p99(name: str) -> float | None:
+        return median([s.p99_ms for s in results.runs.get((name, "keep-alive"), []) if s])
+
+    minimum = {"asyncio": (2.0, 1.25), "trio": (1.6, 1.0), "threads": (1.8, 1.1)}
+    for runtime, (vs_hypercorn, vs_uvicorn) in minimum.items():
+        name = f"ours-{runtime}"
+        if not any(results.runs.get((name, "keep-alive"), [])):
+            lines.append(f"- ✗ {name}: not measured")
+            continue
+        faster(name, HYPERCORN, vs_hypercorn)
+        faster(name, UVICORN, vs_uvicorn)
+        faster(name, BARE[runtime], 0.9)
+        if runtime == "trio":
+            faster(name, "hypercorn-trio", 4.0)
+        faster(name, HYPERCORN, 2.0, "file")
+        reference = p99(HYPERCORN)
+        if reference is not None:
+            check(
+                f"{name} keep-alive p99 ms (hypercorn-asyncio's is {reference:.2f})",
+                p99(name),
+                reference,
+                False,
+            )
+        if runtime != "threads":
+            check(f"{name} KiB per idle connection", median(results.idle.get(name, [])), 8.0, False)
+    return lines
+
+
+def chart(results: Results, servers: list[Server], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bars, idle) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [3, 1]})
+    width = 0.8 / len(servers)
+    colors = plt.get_cmap("tab10")
+    for i, server in enumerate(servers):
+        values = [ratio(results, server.name, HYPERCORN, sc.name) or 0.0 for sc in SCENARIOS]
+        xs = [j + (i - len(servers) / 2 + 0.5) * width for j in range(len(SCENARIOS))]
+        hatch = None if server.ours else ("//" if server.name.startswith("bare") else None)
+        bars.bar(
+            xs,
+            values,
+            width,
+            label=server.name,
+            color=colors(i),
+            hatch=hatch,
+            edgecolor="black" if server.ours else None,
+        )
+    bars.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
+    bars.set_xticks(range(len(SCENARIOS)), [sc.title for sc in SCENARIOS])
+    bars.set_ylabel("req/s relative to hypercorn-asyncio (same round)")
+    bars.set_title("Throughput, server on one core (higher is better)")
+    bars.legend(fontsize=8, ncol=3)
+    names = [s.name for s in servers if s.name in results.idle]
+    idle.barh(
+        names,
+        [median(results.idle[n]) or 0.0 for n in names],
+        color=[colors(i) for i, s in enumerate(servers) if s.name in results.idle],
+    )
+    idle.invert_yaxis()
+    idle.set_xlabel("KiB RSS per idle keep-alive connection")
+    idle.set_title(f"{IDLE_CONNECTIONS} idle connections (lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- main ----------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 round of short runs (under 3 minutes)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--duration", type=int, default=6, help="seconds per measured run (default 6)")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per run (default 1)")
+    parser.add_argument("--servers", default="", help="comma-separated server names (default: all)")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 1, 2, 1
+    servers = [s for s in SERVERS if not args.servers or s.name in args.servers.split(",")]
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    os.sched_setaffinity(0, {int(CLIENT_CORE)})  # the idle-connection client stays off the server's core
+    WORK.mkdir(parents=True, exist_ok=True)
+    directory = WORK / "files"
+    directory.mkdir(exist_ok=True)
+    (directory / FILE_NAME).write_bytes(os.urandom(2**20))
+
+    results = Results()
+    for round_ in range(args.rounds):
+        print(f"round {round_ + 1}/{args.rounds}", flush=True)
+        shift = round_ % len(servers)
+        for server in servers[shift:] + servers[:shift]:  # vary the order between rounds
+            bench_server(server, directory, args, results)
+
+    text = report(results, args, servers)
+    (RESULTS / "latest.md").write_text(text + "\n")
+    chart(results, servers, RESULTS / "latest.png")
+    print(text)
+    print(f"\nWritten: {RESULTS / 'latest.md'} and {RESULTS / 'latest.png'}")
+
+
+if __name__ == "__main__":
+    main()

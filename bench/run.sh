@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The benchmark: ./bench/run.sh [--quick] [--rounds N] [--duration S] [--servers a,b]
+# Installs wrk (Debian's package) when missing and the peers (hypercorn, uvicorn, matplotlib)
+# in bench/.venv-peers, never in the project's .venv; then runs bench/run.py.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$root/scripts/venv.sh"
+venv_ensure requirements.txt  # the project's own venv, which runs our server
+
+if ! command -v wrk >/dev/null; then
+    echo "Installing wrk..." >&2
+    apt-get update -qq >&2 && apt-get install -y -qq wrk >&2
+fi
+
+peers="$root/bench/.venv-peers"
+req="$root/bench/requirements-peers.txt"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [ ! -f "$peers/.installed" ] || [ "$(cat "$peers/.installed")" != "$want" ]; then
+    echo "Setting up $peers (first run only)..." >&2
+    # The same interpreter as the project's venv, so that every server runs on one Python.
+    [ -x "$peers/bin/python" ] || "$root/.venv/bin/python" -m venv "$peers" >&2
+    "$peers/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
+    echo "$want" > "$peers/.installed"
+fi
+
+cd "$root"
+exec "$peers/bin/python" -m bench.run "$@"
