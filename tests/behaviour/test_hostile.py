@@ -1,0 +1,589 @@
+"""Issue 3, black-box: hostile framing, limits, slow and vanishing clients, soak, shutdown.
+
+Every bad request is followed by a check that the server still serves a normal one, and
+uploads that must not happen are checked on disk (no file, no temporary file).
+"""
+
+from __future__ import annotations
+
+import gzip
+import random
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from .client import RawClient, chunked, request
+from .conftest import Server, StartServer, running_server, stop, unique
+
+MAX_BODY = 1000
+LIMITED = (
+    "--max-body-size",
+    str(MAX_BODY),
+    "--head-timeout",
+    "1",
+    "--keep-alive-timeout",
+    "0.5",
+    "--body-timeout",
+    "1",
+    "--max-head-size",
+    "4096",
+    "--max-header-count",
+    "20",
+    "--max-target-length",
+    "200",
+)
+
+
+@pytest.fixture(scope="module")
+def limited(transport: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with small limits and short timeouts, shared by this module's tests."""
+    with running_server(transport, tmp_path_factory.mktemp(f"limited-{transport}"), *LIMITED) as server:
+        yield server
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def refused_and_closed(server: Server, data: bytes, statuses: tuple[int, ...]) -> None:
+    """`data` gets one of `statuses` with Connection: close, then the socket closes at once."""
+    with server.client() as client:
+        client.send(data)
+        response = client.read_response()
+        assert response.status in statuses, response.raw
+        assert response.header("connection") == b"close", response.raw
+        client.assert_closed(within=1.0)
+    server.assert_serving()
+
+
+# --- framing -----------------------------------------------------------------------------
+
+
+def test_content_length_with_transfer_encoding_is_400_and_close(server: Server) -> None:
+    name = unique()
+    data = (
+        f"POST /files/{name} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "5\r\nhello\r\n0\r\n\r\n"
+    ).encode() + request("GET", "/echo/smuggled")
+    refused_and_closed(server, data, (400,))
+    assert not (server.directory / name).exists()
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [["abc"], ["-1"], ["+5"], ["0x5"], ["5.0"], ["5 5"], ["5, 6"], ["5", "6"], ["", "5"], ["9" * 30]],
+    ids=[
+        "alpha",
+        "negative",
+        "plus",
+        "hex",
+        "decimal",
+        "space",
+        "list-differing",
+        "dup-differing",
+        "empty",
+        "overflow",
+    ],
+)
+def test_bad_content_length_is_400_and_close(server: Server, lengths: list[str]) -> None:
+    name = unique()
+    head = f"POST /files/{name} HTTP/1.1\r\nHost: x\r\n" + "".join(
+        f"Content-Length: {n}\r\n" for n in lengths
+    )
+    refused_and_closed(server, (head + "\r\nhello").encode(), (400,))
+    assert not (server.directory / name).exists()
+
+
+def test_duplicate_equal_content_length_is_accepted(server: Server) -> None:
+    name = unique()
+    data = f"POST /files/{name} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"
+    response = server.fetch(data.encode())
+    assert response.status in (201, 400), response.raw
+    if response.status == 201:
+        assert (server.directory / name).read_bytes() == b"hello"
+
+
+@pytest.mark.parametrize(
+    "coding", ["gzip", "gzip, chunked", "chunked, gzip", "identity", "deflate", "chunked;x=1"]
+)
+def test_unsupported_transfer_encoding(server: Server, coding: str) -> None:
+    name = unique()
+    head = f"POST /files/{name} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {coding}\r\n\r\n"
+    data = head + "5\r\nhello\r\n0\r\n\r\n"
+    refused_and_closed(server, data.encode(), (400, 501))
+    assert not (server.directory / name).exists()
+
+
+def test_chunked_upload_is_stored_byte_exact(server: Server) -> None:
+    name = unique()
+    pieces = [b"\x00\r\n0\r\n\r\n", bytes(range(256)), b"x" * 7, b"\r\n", b"y" * 70000, b"end"]
+    body = chunked(*pieces)
+    with server.client() as client:
+        data = request("POST", f"/files/{name}", [("Transfer-Encoding", "chunked")]) + body
+        for i in range(0, len(data), 997):  # odd fragments
+            client.send(data[i : i + 997])
+        response = client.read_response()
+        assert response.status == 201, response.raw
+        client.send(request("GET", f"/files/{name}"))
+        assert client.read_response().body == b"".join(pieces)
+    assert (server.directory / name).read_bytes() == b"".join(pieces)
+
+
+def test_chunked_with_extensions_uppercase_and_trailers(server: Server) -> None:
+    name = unique()
+    body = b"A;name=value\r\n0123456789\r\n3;x\r\nabc\r\n0\r\nX-Trailer: yes\r\n\r\n"
+    response = server.fetch(request("POST", f"/files/{name}", [("Transfer-Encoding", "chunked")]) + body)
+    assert response.status == 201, response.raw
+    assert (server.directory / name).read_bytes() == b"0123456789abc"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"zz\r\nhello\r\n0\r\n\r\n",
+        b"5\r\nhelloXX0\r\n\r\n",
+        b"-5\r\nhello\r\n0\r\n\r\n",
+        b"5 5\r\nhello\r\n0\r\n\r\n",
+    ],
+    ids=["bad-size", "bad-terminator", "negative", "space-in-size"],
+)
+def test_malformed_chunks_are_400_and_nothing_after(server: Server, body: bytes) -> None:
+    name, after = unique(), unique("after")
+    before = server.directory_entries()
+    data = request("POST", f"/files/{name}", [("Transfer-Encoding", "chunked")]) + body
+    data += request("POST", f"/files/{after}", body=b"must not be processed")
+    refused_and_closed(server, data, (400,))
+    assert wait_for(lambda: server.directory_entries() == before), server.directory_entries() - before
+
+
+def test_gzip_upload_is_stored_as_sent(server: Server) -> None:
+    name = unique()
+    body = gzip.compress(b"compressed upload " * 50)
+    response = server.fetch(request("POST", f"/files/{name}", [("Content-Encoding", "gzip")], body))
+    assert response.status == 201
+    assert (server.directory / name).read_bytes() == body
+
+
+# --- request line and header fields ------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["get", "Get", "post"])
+def test_methods_are_case_sensitive(server: Server, method: str) -> None:
+    response = server.fetch(request(method, "/echo/abc"))
+    assert response.status in (405, 501), response.raw
+    if response.status == 405:
+        assert response.has("allow")
+    server.assert_serving()
+
+
+@pytest.mark.parametrize("method", ["FOO", "PROPFIND", "TRACE"])
+def test_unknown_methods(server: Server, method: str) -> None:
+    response = server.fetch(request(method, "/echo/abc"))
+    assert response.status in (405, 501), response.raw
+    if response.status == 405:
+        assert response.has("allow")
+    assert response.status != 200
+    server.assert_serving()
+
+
+def test_connect_is_refused(server: Server) -> None:
+    response = server.fetch(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    assert 400 <= response.status < 600, response.raw
+    server.assert_serving()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /echo/a HTTP/1.1\r\n\r\n",
+        b"GET /echo/a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET /echo/a HTTP/1.1\r\nHost: a\r\nX-Nul: a\x00b\r\n\r\n",
+        b"GET /echo/a HTTP/1.1\r\nHost: a\r\nX-Cr: a\rb\r\n\r\n",
+        b"GET /echo/a HTTP/1.1\r\nHost : a\r\n\r\n",
+        b"GET /echo/a HTTP/1.1\r\nHost: a\r\nX-Space : b\r\n\r\n",
+        b"GET /echo/a HTTP/1.1\r\nHost: a\r\nNo-Colon\r\n\r\n",
+        b"GET /echo/a HTTP/1.1\r\nHost: a\r\nX\tTab: b\r\n\r\n",
+    ],
+    ids=[
+        "no-host",
+        "two-hosts",
+        "nul",
+        "cr",
+        "space-before-colon",
+        "space-before-colon-2",
+        "no-colon",
+        "bad-name",
+    ],
+)
+def test_bad_header_fields_are_400(server: Server, head: bytes) -> None:
+    refused_and_closed(server, head, (400,))
+
+
+# --- limits ------------------------------------------------------------------------------
+
+
+def test_expect_100_continue_then_201(limited: Server) -> None:
+    name = unique()
+    with limited.client() as client:
+        client.send(request("POST", f"/files/{name}", [("Content-Length", "10"), ("Expect", "100-continue")]))
+        interim = client.read_informational()
+        assert interim.startswith(b"HTTP/1.1 100 "), interim
+        client.send(b"0123456789")
+        response = client.read_response("POST")
+        assert response.status_line == b"HTTP/1.1 201 Created"
+    assert (limited.directory / name).read_bytes() == b"0123456789"
+
+
+def test_expect_100_over_limit_is_413_without_100(limited: Server) -> None:
+    name = unique()
+    with limited.client() as client:
+        client.send(
+            request(
+                "POST", f"/files/{name}", [("Content-Length", str(MAX_BODY + 1)), ("Expect", "100-continue")]
+            )
+        )
+        response = client.read_response("POST")
+        assert response.informational == [], response.raw
+        assert response.status == 413, response.raw
+        client.assert_closed(within=1.0)
+    assert not (limited.directory / name).exists()
+    limited.assert_serving()
+
+
+def test_body_over_limit_is_413(limited: Server) -> None:
+    name = unique()
+    before = limited.directory_entries()
+    with limited.client() as client:
+        client.send(request("POST", f"/files/{name}", body=b"x" * (MAX_BODY + 1)))
+        response = client.read_response("POST")
+        assert response.status == 413, response.raw
+        client.read_until_close(timeout=3.0)
+    assert wait_for(lambda: limited.directory_entries() == before)
+    limited.assert_serving()
+
+
+def test_chunked_body_over_limit_is_413(limited: Server) -> None:
+    name = unique()
+    before = limited.directory_entries()
+    body = chunked(*[b"y" * 300] * 5)
+    with limited.client() as client:
+        client.send(request("POST", f"/files/{name}", [("Transfer-Encoding", "chunked")]) + body)
+        response = client.read_response("POST")
+        assert response.status == 413, response.raw
+        client.read_until_close(timeout=3.0)
+    assert wait_for(lambda: limited.directory_entries() == before)
+    limited.assert_serving()
+
+
+def test_body_at_limit_is_accepted(limited: Server) -> None:
+    name = unique()
+    response = limited.fetch(request("POST", f"/files/{name}", body=b"z" * MAX_BODY))
+    assert response.status == 201
+    assert (limited.directory / name).read_bytes() == b"z" * MAX_BODY
+
+
+def test_head_over_limit_is_431(limited: Server) -> None:
+    refused_and_closed(limited, request("GET", "/echo/a", [("X-Big", "b" * 5000)]), (431,))
+
+
+def test_default_head_limit_is_431(server: Server) -> None:
+    refused_and_closed(server, request("GET", "/echo/a", [("X-Big", "b" * 20000)]), (431,))
+
+
+def test_too_many_header_fields_is_431(limited: Server) -> None:
+    headers = [(f"X-H{i}", "v") for i in range(30)]
+    refused_and_closed(limited, request("GET", "/echo/a", headers), (431,))
+
+
+def test_long_target_is_414_or_431(limited: Server) -> None:
+    refused_and_closed(limited, request("GET", "/echo/" + "t" * 300), (414, 431))
+
+
+def test_max_connections(start_server: StartServer) -> None:
+    server = start_server("--max-connections", "4")
+    idle = [server.client() for _ in range(4)]
+    for client in idle:  # make sure each is accepted and being served
+        client.send(request("GET", "/echo/held"))
+        assert client.read_response().body == b"held"
+    with server.client() as extra:
+        extra.send(request("GET", "/echo/extra"))
+        if extra.is_open(wait=0.3) and extra._buffer:
+            assert extra.read_response().status == 503
+        else:
+            idle.pop().close()
+            assert extra.read_response().body == b"extra"
+    for client in idle:
+        client.close()
+    server.assert_serving()
+
+
+# --- time ----------------------------------------------------------------------------------
+
+
+def test_slowloris_gets_408_and_others_are_served(limited: Server) -> None:
+    outcome: dict[str, object] = {}
+
+    def dribble() -> None:
+        client = limited.client()
+        try:
+            data = b"GET /echo/slow HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 100
+            started = time.monotonic()
+            for byte in data:
+                if select.select([client.sock], [], [], 0.1)[0]:
+                    break
+                try:
+                    client.send(bytes([byte]))
+                except OSError:
+                    break
+            response = client.read_response()
+            outcome["elapsed"] = time.monotonic() - started
+            outcome["status"] = response.status
+            client.assert_closed(within=1.0)
+            outcome["closed"] = True
+        except BaseException as exc:
+            outcome["error"] = exc
+        finally:
+            client.close()
+
+    thread = threading.Thread(target=dribble)
+    thread.start()
+    worst = 0.0
+    while thread.is_alive():
+        started = time.monotonic()
+        limited.assert_serving()
+        worst = max(worst, time.monotonic() - started)
+        time.sleep(0.05)
+    thread.join(10)
+    assert "error" not in outcome, outcome
+    assert outcome["status"] == 408
+    assert 0.8 <= float(outcome["elapsed"]) <= 2.5, outcome  # type: ignore[arg-type]
+    assert outcome.get("closed") is True
+    assert worst < 0.5, f"a normal request took {worst:.2f}s while a slow client dribbled"
+
+
+def test_idle_keep_alive_closes_silently(limited: Server) -> None:
+    with limited.client() as client:
+        client.send(request("GET", "/echo/then-idle"))
+        assert client.read_response().body == b"then-idle"
+        started = time.monotonic()
+        assert client.read_until_close(timeout=3.0) == b""
+        assert 0.3 <= time.monotonic() - started <= 2.0
+
+
+def test_silent_connection_closes_silently(limited: Server) -> None:
+    with limited.client() as client:
+        started = time.monotonic()
+        assert client.read_until_close(timeout=3.0) == b""
+        assert time.monotonic() - started <= 2.0
+
+
+def test_stalled_body_gets_408_or_close(limited: Server) -> None:
+    name = unique()
+    before = limited.directory_entries()
+    with limited.client() as client:
+        client.send(request("POST", f"/files/{name}", [("Content-Length", "500")]) + b"partial")
+        data = client.read_until_close(timeout=4.0)
+        assert data == b"" or data.startswith(b"HTTP/1.1 408 "), data
+    assert wait_for(lambda: limited.directory_entries() == before)
+    limited.assert_serving()
+
+
+# --- faults --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("how", ["fin", "rst"])
+def test_disconnect_mid_upload_leaves_nothing(server: Server, framing: str, how: str) -> None:
+    name = unique()
+    before = server.directory_entries()
+    client = server.client()
+    if framing == "chunked":
+        client.send(request("POST", f"/files/{name}", [("Transfer-Encoding", "chunked")]))
+        client.send(b"".join(b"4000\r\n" + b"c" * 0x4000 + b"\r\n" for _ in range(20)))
+    else:
+        client.send(request("POST", f"/files/{name}", [("Content-Length", "1000000")]))
+        client.send(b"l" * 300000)
+    time.sleep(0.1)  # let the server start writing the upload
+    if how == "rst":
+        client.reset()
+    else:
+        client.close()
+    assert wait_for(lambda: server.directory_entries() == before), server.directory_entries() - before
+    server.assert_serving()
+
+
+def test_atomic_replace(server: Server) -> None:
+    name = unique()
+    size = 256 * 1024
+    contents = [b"a" * size, b"b" * size]
+    (server.directory / name).write_bytes(contents[0])
+    done = threading.Event()
+    errors: list[str] = []
+    reads = [0]
+
+    def read() -> None:
+        try:
+            with server.client() as client:
+                while not done.is_set():
+                    client.send(request("GET", f"/files/{name}"))
+                    body = client.read_response().body
+                    if body not in contents:
+                        errors.append(f"mixed or partial read: {len(body)} bytes, {set(body)!r}")
+                        return
+                    reads[0] += 1
+        except BaseException as exc:
+            errors.append(repr(exc))
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    try:
+        with server.client() as writer:
+            for i in range(30):
+                writer.send(request("POST", f"/files/{name}", body=contents[(i + 1) % 2]))
+                assert writer.read_response().status == 201
+    finally:
+        done.set()
+        for reader in readers:
+            reader.join(10)
+    assert not errors, errors
+    assert reads[0] > 0
+    assert server.directory_entries() >= {name}
+    assert not [entry for entry in server.directory_entries() if name in entry and entry != name]
+
+
+def test_soak_keeps_fds_and_leaves_no_temp_files(start_server: StartServer) -> None:
+    server = start_server()
+    (server.directory / "static").write_bytes(b"s" * 50000)
+    for target in ("/", "/echo/warm", "/files/static", "/nope"):
+        server.get(target, [("Accept-Encoding", "gzip")])
+    server.fetch(request("POST", "/files/warm", body=b"w"))
+    time.sleep(0.2)
+    baseline = server.fd_count()
+    uploaded = {"static", "warm"}
+    lock = threading.Lock()
+    errors: list[str] = []
+    completed = [0]
+
+    def client_loop(seed: int) -> None:
+        rng = random.Random(seed)
+        client: RawClient | None = None
+        try:
+            for _ in range(50):
+                if client is None:
+                    client = server.client()
+                kind = rng.randrange(10)
+                if kind == 0:  # abrupt end in the middle of an upload
+                    client.send(
+                        request("POST", f"/files/cut-{seed}", [("Content-Length", "5000")]) + b"x" * 100
+                    )
+                    if rng.random() < 0.5:
+                        client.reset()
+                    else:
+                        client.close()
+                    client = None
+                    continue
+                if kind == 1:  # abrupt end in the middle of a request head
+                    client.send(b"GET /echo/half HTTP/1.1\r\nHo")
+                    client.reset()
+                    client = None
+                    continue
+                if kind == 2:
+                    name = f"up-{seed}-{rng.randrange(3)}"
+                    client.send(request("POST", f"/files/{name}", body=b"u" * rng.randrange(1, 20000)))
+                    assert client.read_response().status == 201
+                    with lock:
+                        uploaded.add(name)
+                elif kind == 3:
+                    client.send(request("GET", "/files/static", [("Accept-Encoding", "gzip")]))
+                    assert client.read_response().status == 200
+                elif kind == 4:
+                    client.send(request("GET", f"/missing-{seed}"))
+                    assert client.read_response().status == 404
+                elif kind == 5:
+                    client.send(request("GET", "/user-agent", [("User-Agent", f"soak-{seed}")]))
+                    assert client.read_response().body == f"soak-{seed}".encode()
+                elif kind == 6:
+                    client.send(request("GET", "/echo/bye", [("Connection", "close")]))
+                    assert client.read_response().body == b"bye"
+                    client.close()
+                    client = None
+                else:
+                    client.send(request("GET", f"/echo/{seed}-{kind}", [("Accept-Encoding", "gzip")]))
+                    response = client.read_response()
+                    assert gzip.decompress(response.body) == f"{seed}-{kind}".encode()
+                with lock:
+                    completed[0] += 1
+        except BaseException as exc:
+            errors.append(f"client {seed}: {exc!r}")
+        finally:
+            if client is not None:
+                client.close()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client_loop, args=(seed,)) for seed in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    elapsed = time.monotonic() - started
+    assert not errors, errors[:5]
+    assert completed[0] > 1500
+    assert elapsed < 45, f"soak took {elapsed:.1f}s"
+    assert wait_for(lambda: server.fd_count() == baseline, timeout=8.0), (server.fd_count(), baseline)
+    assert wait_for(lambda: server.directory_entries() == uploaded, timeout=5.0), (
+        server.directory_entries() ^ uploaded
+    )
+    server.assert_serving()
+
+
+# --- shutdown ------------------------------------------------------------------------------
+
+
+def test_sigterm_with_idle_keep_alive_exits_promptly(start_server: StartServer) -> None:
+    server = start_server("--keep-alive-timeout", "30")
+    with server.client() as client:
+        client.send(request("GET", "/echo/idle"))
+        assert client.read_response().body == b"idle"
+        elapsed = stop(server)
+        assert elapsed < 2.0, f"SIGTERM took {elapsed:.2f}s with an idle keep-alive connection"
+        assert client.read_until_close(timeout=1.0) == b""
+
+
+def test_sigint_exits_zero(start_server: StartServer) -> None:
+    server = start_server()
+    server.assert_serving()
+    server.process.send_signal(signal.SIGINT)
+    assert server.process.wait(5) == 0, server.stderr()
+    server.stopped = True
+
+
+def test_sigterm_during_upload_completes_or_leaves_nothing(start_server: StartServer) -> None:
+    server = start_server("--shutdown-grace", "5")
+    name = unique()
+    with server.client() as client:
+        client.send(request("POST", f"/files/{name}", [("Content-Length", "200000")]) + b"q" * 100000)
+        time.sleep(0.2)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        try:
+            client.send(b"q" * 100000)
+            data = client.read_until_close(timeout=6.0)
+        except OSError:
+            data = b""
+    assert server.process.wait(8) == 0, server.stderr()
+    server.stopped = True
+    path = server.directory / name
+    if data.startswith(b"HTTP/1.1 201 "):
+        assert path.read_bytes() == b"q" * 200000
+    else:
+        assert server.directory_entries() == set(), server.directory_entries()
