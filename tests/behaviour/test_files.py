@@ -1,0 +1,171 @@
+"""Issue 5, black-box: file semantics as nginx gives them, and the access log."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from .client import request
+from .conftest import Server, StartServer, unique
+
+CONTENT = bytes(range(256)) * 40  # 10240 bytes
+SIZE = len(CONTENT)
+
+
+@pytest.fixture
+def stored(server: Server) -> str:
+    name = unique()
+    path = server.directory / name
+    path.write_bytes(CONTENT)
+    os.utime(path, (1_700_000_000, 1_700_000_000))
+    return name
+
+
+def test_validators_and_accept_ranges(server: Server, stored: str) -> None:
+    response = server.get(f"/files/{stored}")
+    assert response.status == 200
+    etag = response.header("etag")
+    assert etag is not None and etag.startswith((b'"', b'W/"')) and etag.endswith(b'"'), etag
+    assert response.header("last-modified") == b"Tue, 14 Nov 2023 22:13:20 GMT"
+    assert response.header("accept-ranges") == b"bytes"
+    assert server.get(f"/files/{stored}").header("etag") == etag, "ETag must be stable"
+
+
+def test_etag_changes_with_content(server: Server, stored: str) -> None:
+    first = server.get(f"/files/{stored}").header("etag")
+    response = server.fetch(request("POST", f"/files/{stored}", body=b"new content"))
+    assert response.status == 201
+    assert server.get(f"/files/{stored}").header("etag") != first
+
+
+def test_if_none_match_gives_304(server: Server, stored: str) -> None:
+    etag = server.get(f"/files/{stored}").header("etag")
+    assert etag is not None
+    with server.client() as client:
+        for value in (etag.decode(), f'"nope", {etag.decode()}', "*"):
+            client.send(request("GET", f"/files/{stored}", [("If-None-Match", value)]))
+            response = client.read_response()
+            assert response.status_line == b"HTTP/1.1 304 Not Modified", response.raw
+            assert response.body == b""
+            assert response.header("etag") == etag
+        # the connection goes on: a 304 has no body to confuse the framing
+        client.send(request("GET", "/echo/after-304"))
+        assert client.read_response().body == b"after-304"
+
+
+def test_if_none_match_other_gives_200(server: Server, stored: str) -> None:
+    response = server.get(f"/files/{stored}", [("If-None-Match", '"something-else"')])
+    assert (response.status, response.body) == (200, CONTENT)
+
+
+def test_if_modified_since(server: Server, stored: str) -> None:
+    last_modified = server.get(f"/files/{stored}").header("last-modified")
+    assert last_modified is not None
+    same = server.get(f"/files/{stored}", [("If-Modified-Since", last_modified.decode())])
+    assert (same.status, same.body) == (304, b"")
+    later = server.get(f"/files/{stored}", [("If-Modified-Since", "Wed, 15 Nov 2023 00:00:00 GMT")])
+    assert later.status == 304
+    earlier = server.get(f"/files/{stored}", [("If-Modified-Since", "Mon, 13 Nov 2023 00:00:00 GMT")])
+    assert (earlier.status, earlier.body) == (200, CONTENT)
+    garbage = server.get(f"/files/{stored}", [("If-Modified-Since", "not a date")])
+    assert garbage.status == 200
+
+
+@pytest.mark.parametrize(
+    ("spec", "start", "end"),
+    [
+        ("bytes=0-4", 0, 4),
+        ("bytes=100-", 100, SIZE - 1),
+        ("bytes=-10", SIZE - 10, SIZE - 1),
+        ("bytes=5-999999", 5, SIZE - 1),
+    ],
+)
+def test_single_range_is_206(server: Server, stored: str, spec: str, start: int, end: int) -> None:
+    response = server.get(f"/files/{stored}", [("Range", spec), ("Accept-Encoding", "gzip")])
+    assert response.status_line == b"HTTP/1.1 206 Partial Content", response.raw
+    assert response.header("content-range") == f"bytes {start}-{end}/{SIZE}".encode()
+    assert response.header("content-length") == str(end - start + 1).encode()
+    assert response.body == CONTENT[start : end + 1]
+    assert not response.has("content-encoding"), "a range response is never compressed"
+
+
+@pytest.mark.parametrize("spec", [f"bytes={SIZE}-", f"bytes={SIZE + 10}-{SIZE + 20}", "bytes=-0"])
+def test_unsatisfiable_range_is_416(server: Server, stored: str, spec: str) -> None:
+    response = server.get(f"/files/{stored}", [("Range", spec)])
+    assert response.status == 416, response.raw
+    assert response.header("content-range") == f"bytes */{SIZE}".encode()
+    server.assert_serving()
+
+
+@pytest.mark.parametrize("spec", ["bytes=5-2", "items=0-4", "bytes=abc", "bytes="])
+def test_invalid_range_is_ignored(server: Server, stored: str, spec: str) -> None:
+    response = server.get(f"/files/{stored}", [("Range", spec)])
+    assert response.status in (200, 416), response.raw
+    if response.status == 200:
+        assert response.body == CONTENT
+
+
+def test_several_ranges(server: Server, stored: str) -> None:
+    response = server.get(f"/files/{stored}", [("Range", "bytes=0-1,5-6")])
+    assert response.status in (200, 206), response.raw
+    if response.status == 200:
+        assert response.body == CONTENT
+
+
+def test_if_range(server: Server, stored: str) -> None:
+    full = server.get(f"/files/{stored}")
+    etag, last_modified = full.header("etag"), full.header("last-modified")
+    assert etag is not None and last_modified is not None
+    matching = server.get(f"/files/{stored}", [("Range", "bytes=0-9"), ("If-Range", etag.decode())])
+    assert (matching.status, matching.body) == (206, CONTENT[:10])
+    by_date = server.get(f"/files/{stored}", [("Range", "bytes=0-9"), ("If-Range", last_modified.decode())])
+    assert (by_date.status, by_date.body) == (206, CONTENT[:10])
+    stale = server.get(f"/files/{stored}", [("Range", "bytes=0-9"), ("If-Range", '"stale-etag"')])
+    assert (stale.status, stale.body) == (200, CONTENT)
+
+
+def test_head_file_has_get_headers_and_no_body(server: Server, stored: str) -> None:
+    get = server.get(f"/files/{stored}")
+    with server.client() as client:
+        client.send(request("HEAD", f"/files/{stored}"))
+        head = client.read_response("HEAD")
+        assert head.status == 200 and head.body == b""
+        for name in ("content-length", "content-type", "etag", "last-modified", "accept-ranges"):
+            assert head.header(name) == get.header(name), name
+        client.send(request("HEAD", f"/files/{unique()}"))
+        assert client.read_response("HEAD").status == 404
+        client.send(request("GET", "/echo/after-head"))
+        assert client.read_response().body == b"after-head"
+
+
+def _wait_for_log(server: Server, needle: str, timeout: float = 2.0) -> str | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in server.stderr().splitlines():
+            if needle in line:
+                return line
+        time.sleep(0.02)
+    return None
+
+
+def test_access_log_line(server: Server) -> None:
+    marker = unique("log")
+    response = server.get(f"/echo/{marker}")
+    assert response.status == 200
+    line = _wait_for_log(server, f'"GET /echo/{marker} HTTP/1.1" 200')
+    assert line is not None, server.stderr()[-2000:]
+    assert "127.0.0.1" in line
+    assert f" 200 {len(marker)}" in line, line
+    missing = unique("missing")
+    server.get(f"/{missing}")
+    assert _wait_for_log(server, f'"GET /{missing} HTTP/1.1" 404') is not None
+
+
+def test_no_access_log(start_server: StartServer) -> None:
+    server = start_server("--no-access-log")
+    marker = unique("quiet")
+    assert server.get(f"/echo/{marker}").status == 200
+    time.sleep(0.3)
+    assert marker not in server.stderr()
