@@ -1,0 +1,388 @@
+"""The asyncio transport: an `asyncio.Protocol` per connection driving `ServerConnection`.
+
+The fast path creates no task per request: `data_received` feeds the core and performs
+its actions synchronously until the core waits for input again. Reading is paused
+whenever the core is not asking for data; writes respect the transport's flow control;
+deadlines are `loop.call_at` timers on `loop.time()`; blocking steps go to an executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future as ConcurrentFuture
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final
+
+from protocol import (
+    Action,
+    App,
+    Config,
+    HalfClose,
+    Phase,
+    Receive,
+    Run,
+    Send,
+    SendFile,
+    ServerConnection,
+)
+
+from .common import ACCEPT_CAPACITY_ERRNOS, ACCEPT_PAUSE, abandon, bind, error_log, peer_name
+from .options import ServerOptions
+
+_MAX_STEP_THREADS: Final = 64
+
+
+class _HttpProtocol(asyncio.Protocol):
+    """Performs one connection's actions; `_pump` is the loop every transport has."""
+
+    _transport: asyncio.Transport
+    _conn: ServerConnection
+
+    def __init__(self, server: AsyncioServer) -> None:
+        self._server = server
+        self._loop = server.loop
+        self._action: Action | None = None  # the action being waited on, if any
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._sending_file: asyncio.Task[int] | None = None
+        self._pending = bytearray()  # bytes that arrived while the core was busy
+        self._eof = False
+        self._write_paused = False
+        self._busy = False  # a Run step or a sendfile is in flight
+        self._lost = False  # the socket is gone; cleanup waits for a step in flight
+        self._done = False
+
+    # --- asyncio's callbacks ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        peer = peer_name(sock) if sock is not None else "-"
+        self._conn = ServerConnection(self._server.app, self._server.config, now=self._loop.time(), peer=peer)
+        self._server.connections.add(self)
+        self._pump()
+
+    def data_received(self, data: bytes) -> None:
+        if type(self._action) is Receive:
+            self._action = None
+            self._conn.receive_data(data, self._loop.time())
+            self._pump()
+        else:
+            self._pending += data
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if type(self._action) is Receive:
+            self._action = None
+            self._conn.receive_data(b"", self._loop.time())
+            self._pump()
+        return self._server.ssl_context is None  # keep our side open; TLS cannot
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if type(self._action) is Send:
+            self._action = None
+            self._pump()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if not self._done:
+            self._lost = True
+            if not self._busy:
+                self._finish_lost()
+        self._server.connection_closed(self)
+
+    # --- driving the core ------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Perform the core's actions until one has to wait."""
+        conn = self._conn
+        transport = self._transport
+        loop = self._loop
+        while True:
+            action = conn.next_action(loop.time())
+            kind = type(action)
+            if kind is Receive:
+                if self._pending:
+                    data = bytes(self._pending)
+                    self._pending.clear()
+                    conn.receive_data(data, loop.time())
+                    continue
+                if self._eof:
+                    conn.receive_data(b"", loop.time())
+                    continue
+                self._wait(action, action.deadline)  # type: ignore[union-attr]
+                if not transport.is_reading():
+                    transport.resume_reading()
+                return
+            if kind is Send:
+                transport.write(action.data)  # type: ignore[union-attr]
+                if self._write_paused:
+                    self._wait(action, action.deadline)  # type: ignore[union-attr]
+                    self._pause_reading()
+                    return
+            elif kind is SendFile:
+                assert isinstance(action, SendFile)
+                self._wait(action, action.deadline)
+                self._pause_reading()
+                self._busy = True
+                task = loop.create_task(loop.sendfile(transport, action.file, action.offset, action.count))
+                self._sending_file = task
+                task.add_done_callback(functools.partial(self._sent_file, count=action.count))
+                return
+            elif kind is Run:
+                self._wait(action, None)
+                self._pause_reading()
+                self._busy = True
+                future = self._server.executor.submit(action.step)  # type: ignore[union-attr]
+                future.add_done_callback(self._step_done_threadsafe)
+                return
+            elif kind is HalfClose:
+                if transport.can_write_eof():
+                    transport.write_eof()
+            else:  # Close
+                self._cancel_timer()
+                self._done = True
+                transport.close()
+                return
+
+    def _wait(self, action: Action, deadline: float | None) -> None:
+        """Wait for `action` to complete, until `deadline`."""
+        self._action = action
+        if deadline is None:
+            self._cancel_timer()
+        elif self._timer is None or self._timer_at != deadline:
+            self._cancel_timer()
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _pause_reading(self) -> None:
+        if self._transport.is_reading():
+            self._transport.pause_reading()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        kind = type(self._action)
+        if kind is SendFile:
+            assert self._sending_file is not None
+            self._sending_file.cancel()  # `_sent_file` reports the timeout
+        elif kind is Receive or kind is Send:
+            self._action = None
+            self._conn.timeout(self._loop.time())
+            self._pump()
+
+    def _sent_file(self, task: asyncio.Task[int], count: int) -> None:
+        self._busy = False
+        self._sending_file = None
+        if self._lost:
+            self._finish_lost()
+            return
+        self._action = None
+        self._cancel_timer()
+        if task.cancelled():
+            self._conn.timeout(self._loop.time())
+        elif task.exception() is not None or task.result() != count:
+            self._conn.connection_lost()
+        self._pump()
+
+    def _step_done_threadsafe(self, future: ConcurrentFuture[None]) -> None:
+        self._loop.call_soon_threadsafe(self._step_done)
+
+    def _step_done(self) -> None:
+        self._busy = False
+        self._action = None
+        if self._lost:
+            self._finish_lost()
+        else:
+            self._pump()
+
+    def _finish_lost(self) -> None:
+        """The socket is gone: let the core undo what is in progress, inline."""
+        self._done = True
+        try:
+            abandon(self._conn, self._loop.time())
+        except Exception:
+            error_log.exception("cleaning up a connection failed")
+        self._transport.abort()
+
+    # --- the server's side -----------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the request in progress; an idle connection stops waiting at once."""
+        if self._done:
+            return
+        self._conn.shutdown()
+        if type(self._action) is Receive and self._conn.phase is Phase.IDLE:
+            self._action = None
+            self._pump()
+
+    def cut(self) -> None:
+        """Drop the connection now (the grace period is over)."""
+        if not self._done:
+            self._transport.abort()
+
+
+class AsyncioServer:
+    """A running server: its `ports`, and `shutdown()` to stop it gracefully."""
+
+    def __init__(
+        self,
+        app: App,
+        config: Config,
+        options: ServerOptions,
+        sockets: Sequence[socket.socket],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.loop = loop
+        self.ssl_context = options.ssl_context
+        self.ports = sorted({sock.getsockname()[1] for sock in sockets})
+        self.executor = ThreadPoolExecutor(
+            max_workers=min(_MAX_STEP_THREADS, options.max_connections), thread_name_prefix="http-step"
+        )
+        self.connections: set[_HttpProtocol] = set()
+        self._options = options
+        self._sockets = sockets
+        self._accepting: set[socket.socket] = set()
+        self._connecting: set[asyncio.Task[None]] = set()
+        self._count = 0  # accepted connections not yet closed (some still in the TLS handshake)
+        self._stopping = False
+        self._stop = asyncio.Event()
+        self._all_closed = asyncio.Event()
+
+    def shutdown(self) -> None:
+        """Stop accepting, finish in-flight requests (within the grace period), return from serve.
+
+        Call it on the loop's thread (`loop.call_soon_threadsafe(server.shutdown)` elsewhere).
+        """
+        self._stop.set()
+
+    def _start_accepting(self) -> None:
+        for sock in self._sockets:
+            if sock not in self._accepting:
+                self._accepting.add(sock)
+                self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _stop_accepting(self) -> None:
+        for sock in self._accepting:
+            self.loop.remove_reader(sock.fileno())
+        self._accepting.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(self._options.backlog):
+            if self._count >= self._options.max_connections:
+                self._stop_accepting()  # the rest wait in the backlog
+                return
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                error_log.warning("accept failed (%s); pausing", exc)
+                self._stop_accepting()
+                self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
+                return
+            self._count += 1
+            task = self.loop.create_task(self._connect(sock))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, sock: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: _HttpProtocol(self),
+                sock,
+                ssl=self.ssl_context,
+                ssl_handshake_timeout=self.config.head_timeout if self.ssl_context else None,
+            )
+        except Exception as exc:  # a failed TLS handshake: no protocol was made
+            error_log.debug("connection setup failed: %r", exc)
+            sock.close()
+            self._release()
+
+    def connection_closed(self, protocol: _HttpProtocol) -> None:
+        self.connections.discard(protocol)
+        self._release()
+
+    def _release(self) -> None:
+        self._count -= 1
+        self._resume_accepting()
+        if self._stopping and not self.connections and not self._count:
+            self._all_closed.set()
+
+    def _resume_accepting(self) -> None:
+        if not self._stopping and self._count < self._options.max_connections:
+            self._start_accepting()
+
+    async def _run(self, owned: bool) -> None:
+        try:
+            self._start_accepting()
+            await self._stop.wait()
+            await self._close(self._options.shutdown_grace, owned)
+        except asyncio.CancelledError:
+            await self._close(0, owned)
+            raise
+        finally:
+            self.executor.shutdown(wait=False)
+
+    async def _close(self, grace: float, owned: bool) -> None:
+        self._stopping = True
+        self._stop_accepting()
+        if owned:
+            for sock in self._sockets:
+                sock.close()
+        for protocol in list(self.connections):
+            protocol.stop()
+        if self._count:
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), grace)
+            except TimeoutError:
+                for protocol in list(self.connections):
+                    protocol.cut()
+                await self._all_closed.wait()  # cut connections still finish their cleanup
+
+
+async def serve(
+    app: App,
+    config: Config,
+    options: ServerOptions,
+    *,
+    sockets: Sequence[socket.socket] | None = None,
+    started: Callable[[AsyncioServer], Any] | None = None,
+) -> None:
+    """Serve `app` until `shutdown()` (or a signal, with `options.handle_signals`).
+
+    Listens on `sockets` when given (already bound and listening), else binds
+    `options.host`/`options.port`. Calls `started(server)` once listening.
+    Cancelling `serve` cuts every connection at once.
+    """
+    loop = asyncio.get_running_loop()
+    owned = sockets is None
+    server = AsyncioServer(app, config, options, bind(options) if sockets is None else sockets, loop)
+    if options.handle_signals:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, server.shutdown)
+    try:
+        if started is not None:
+            started(server)
+        await server._run(owned)
+    finally:
+        if options.handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)

@@ -1,0 +1,97 @@
+"""What the three transports share: binding, peer names, and tearing a connection down."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Sequence
+from typing import Final
+
+from protocol import Close, Phase, Run, ServerConnection
+
+from .options import ServerOptions
+
+error_log: Final = logging.getLogger("httpserver.error")
+
+RECEIVE_SIZE: Final = 65536
+"""Bytes asked for per read."""
+
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+"""accept() errors that mean "out of resources": pause accepting, never crash."""
+
+ACCEPT_PAUSE: Final = 0.1
+"""Seconds to stop accepting after such an error."""
+
+
+def bind(options: ServerOptions) -> list[socket.socket]:
+    """Listening sockets for every address of `options.host`, all on one port.
+
+    With port 0 the first socket picks a free port and the others reuse it.
+    """
+    infos = socket.getaddrinfo(
+        options.host or None, options.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    port = options.port
+    seen: set[object] = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            key = (family, address[0])
+            if key in seen:
+                continue
+            seen.add(key)
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address[0], port, *address[2:]))
+            port = sock.getsockname()[1]
+            sock.listen(options.backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def ports(sockets: Sequence[socket.socket]) -> list[int]:
+    """The distinct ports the sockets listen on."""
+    return sorted({sock.getsockname()[1] for sock in sockets})
+
+
+def url(sockets: Sequence[socket.socket], *, tls: bool) -> str:
+    """The first socket's address as a URL, e.g. http://127.0.0.1:4221."""
+    host, port = sockets[0].getsockname()[:2]
+    if sockets[0].family == socket.AF_INET6:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
+
+
+def peer_name(sock: socket.socket) -> str:
+    """host:port of the peer, for the access log."""
+    try:
+        address = sock.getpeername()
+    except OSError:
+        return "-"
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return str(address) or "-"
+
+
+def abandon(conn: ServerConnection, now: float) -> None:
+    """End `conn` where no more I/O will happen (the socket failed or was cut).
+
+    The core undoes the request in progress; its cleanup steps (say, removing an
+    upload's temporary file) run inline, since the transport is going away.
+    """
+    if conn.phase is not Phase.CLOSED:
+        conn.connection_lost()
+    while True:
+        action = conn.next_action(now)
+        if type(action) is Run:
+            action.step()
+        elif type(action) is Close:
+            return

@@ -1,0 +1,32 @@
+"""Server-level options: where to listen and how many connections to carry.
+
+The HTTP core's limits and timeouts are `protocol.Config`; these are the transport's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # ssl costs start-up time; only the TLS path imports it
+    import ssl
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    """Address to bind; a name that resolves to several addresses binds each."""
+    port: int = 4221
+    """TCP port; 0 picks a free one (see the server's `ports`)."""
+    max_connections: int = 1000
+    """Concurrent connections per process; more wait in the listen backlog."""
+    shutdown_grace: float = 10.0
+    """On shutdown, in-flight requests get this long to finish before they are cut."""
+    backlog: int = 1024
+    """The listen backlog."""
+    ssl_context: ssl.SSLContext | None = None
+    """Serve HTTPS with this server-side context."""
+    workers: int = 1
+    """Processes sharing the listening sockets (the CLI forks them)."""
+    handle_signals: bool = False
+    """Install SIGTERM/SIGINT handlers that shut the server down gracefully."""

@@ -1,0 +1,257 @@
+"""The threads transport: blocking sockets, one thread per connection.
+
+Threads are bounded: the accept loop takes a slot before it accepts, so connections
+beyond `max_connections` wait in the listen backlog. Deadlines become socket timeouts
+measured on `time.monotonic()`; blocking steps simply run inline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any, Final
+
+from protocol import App, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
+
+from .common import ACCEPT_CAPACITY_ERRNOS, ACCEPT_PAUSE, RECEIVE_SIZE, abandon, bind, error_log, peer_name
+from .options import ServerOptions
+
+_CLEANUP_WAIT: Final = 5.0
+"""After cutting connections, how long to wait for their threads to finish cleaning up."""
+
+
+class _Connection:
+    """A connection's socket and core, and the means for shutdown to reach them."""
+
+    __slots__ = ("closed", "conn", "lock", "receiving", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.conn: ServerConnection | None = None
+        self.receiving = False
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def stop(self) -> None:
+        """Finish the request in progress; an idle connection stops waiting at once."""
+        conn = self.conn
+        if conn is not None:
+            conn.shutdown()
+            if self.receiving and conn.phase is Phase.IDLE:
+                self._shutdown(socket.SHUT_RD)  # the blocked recv returns b"": the core closes
+
+    def cut(self) -> None:
+        """Drop the connection now (the grace period is over): its blocked I/O fails."""
+        self._shutdown(socket.SHUT_RDWR)
+
+    def _shutdown(self, how: int) -> None:
+        with self.lock:
+            if not self.closed:
+                # The plain socket's method: SSLSocket.shutdown would discard the TLS state.
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(self.sock, how)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.sock.close()
+
+
+class ThreadServer:
+    """A running server: its `ports`, and `shutdown()` (from any thread) to stop it gracefully."""
+
+    def __init__(
+        self, app: App, config: Config, options: ServerOptions, sockets: Sequence[socket.socket]
+    ) -> None:
+        self.ports = sorted({sock.getsockname()[1] for sock in sockets})
+        self._app = app
+        self._config = config
+        self._options = options
+        self._sockets = sockets
+        self._connections: set[_Connection] = set()
+        self._changed = threading.Condition()  # guards _connections and _stopping
+        self._stopping = False
+        self._wake_reader, self._wake_writer = socket.socketpair()
+
+    def shutdown(self) -> None:
+        """Stop accepting, finish in-flight requests (within the grace period), return from serve."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"x")
+
+    def _run(self) -> None:
+        try:
+            self._accept_until_stopped()
+        finally:
+            self._wake_reader.close()
+            self._wake_writer.close()
+        with self._changed:
+            connections = list(self._connections)
+        for connection in connections:
+            connection.stop()
+        with self._changed:
+            if not self._changed.wait_for(lambda: not self._connections, self._options.shutdown_grace):
+                for connection in self._connections:
+                    connection.cut()
+                self._changed.wait_for(lambda: not self._connections, _CLEANUP_WAIT)
+
+    def _accept_until_stopped(self) -> None:
+        limit = self._options.max_connections
+        with selectors.DefaultSelector() as selector:
+            for sock in self._sockets:
+                selector.register(sock, selectors.EVENT_READ)
+            selector.register(self._wake_reader, selectors.EVENT_READ)
+            while True:
+                with self._changed:  # take a slot before accepting
+                    self._changed.wait_for(lambda: self._stopping or len(self._connections) < limit)
+                    if self._stopping:
+                        return
+                for key, _ in selector.select():
+                    if key.fileobj is self._wake_reader:
+                        return
+                    listener = key.fileobj
+                    assert isinstance(listener, socket.socket)
+                    try:
+                        sock, _ = listener.accept()
+                    except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                        continue
+                    except OSError as exc:
+                        if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                            raise
+                        error_log.warning("accept failed (%s); pausing", exc)
+                        time.sleep(ACCEPT_PAUSE)
+                        continue
+                    self._start(sock)
+                    break  # take the next slot
+
+    def _start(self, sock: socket.socket) -> None:
+        connection = _Connection(sock)
+        with self._changed:
+            self._connections.add(connection)
+        try:
+            threading.Thread(target=self._serve_connection, args=(connection,), daemon=True).start()
+        except RuntimeError:  # no more threads: refuse this one, keep serving the others
+            error_log.exception("cannot start a connection thread")
+            self._release(connection)
+
+    def _release(self, connection: _Connection) -> None:
+        connection.close()
+        with self._changed:
+            self._connections.discard(connection)
+            self._changed.notify_all()
+
+    def _serve_connection(self, connection: _Connection) -> None:
+        sock = connection.sock
+        peer = "-"
+        conn = None
+        clean = False
+        try:
+            sock.setblocking(True)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = peer_name(sock)
+            context = self._options.ssl_context
+            if context is not None:
+                sock.settimeout(self._config.head_timeout)
+                sock = connection.sock = context.wrap_socket(sock, server_side=True)
+            conn = connection.conn = ServerConnection(
+                self._app, self._config, now=time.monotonic(), peer=peer
+            )
+            self._drive(connection, conn, tls=context is not None)
+            clean = True
+        except OSError as exc:  # the TLS handshake failed
+            error_log.debug("connection from %s failed: %r", peer, exc)
+        except Exception:
+            error_log.exception("connection from %s failed", peer)
+        finally:
+            if conn is not None and not clean:
+                try:
+                    abandon(conn, time.monotonic())
+                except Exception:
+                    error_log.exception("cleaning up the connection from %s failed", peer)
+            self._release(connection)
+
+    def _drive(self, connection: _Connection, conn: ServerConnection, *, tls: bool) -> None:
+        """The loop every transport has: ask the core, perform, report, until Close."""
+        sock = connection.sock
+        monotonic = time.monotonic
+        while True:
+            action = conn.next_action(monotonic())
+            kind = type(action)
+            try:
+                if kind is Receive:
+                    sock.settimeout(_timeout(action.deadline))  # type: ignore[union-attr]
+                    connection.receiving = True
+                    try:
+                        data = sock.recv(RECEIVE_SIZE)
+                    finally:
+                        connection.receiving = False
+                    conn.receive_data(data, monotonic())
+                elif kind is Send:
+                    sock.settimeout(_timeout(action.deadline))  # type: ignore[union-attr]
+                    sock.sendall(action.data)  # type: ignore[union-attr]
+                elif kind is SendFile:
+                    assert isinstance(action, SendFile)
+                    sock.settimeout(_timeout(action.deadline))
+                    if sock.sendfile(action.file, action.offset, action.count) != action.count:
+                        raise OSError("file ended before its announced length")
+                elif kind is Run:
+                    action.step()  # type: ignore[union-attr]
+                elif kind is HalfClose:
+                    if not tls:
+                        sock.shutdown(socket.SHUT_WR)
+                else:  # Close
+                    return
+            except TimeoutError:
+                conn.timeout(monotonic())
+            except OSError:
+                conn.connection_lost()
+
+
+def _timeout(deadline: float | None) -> float | None:
+    """A socket timeout that ends at `deadline` (0 when it passed: fail at once)."""
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+def serve(
+    app: App,
+    config: Config,
+    options: ServerOptions,
+    *,
+    sockets: Sequence[socket.socket] | None = None,
+    started: Callable[[ThreadServer], Any] | None = None,
+) -> None:
+    """Serve `app` until `shutdown()` (or a signal, with `options.handle_signals`).
+
+    Listens on `sockets` when given (already bound and listening), else binds
+    `options.host`/`options.port`. Calls `started(server)` once listening. Blocks;
+    signals need it on the main thread.
+    """
+    owned = sockets is None
+    sockets = bind(options) if sockets is None else sockets
+    server = ThreadServer(app, config, options, sockets)
+    previous: dict[signal.Signals, Any] = {}
+    if options.handle_signals:
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            server.shutdown()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, on_signal)
+    try:
+        if started is not None:
+            started(server)
+        server._run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if owned:
+            for sock in sockets:
+                sock.close()
