@@ -10,10 +10,10 @@ must be valid HTTP/1.1 framing.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Generic, TypeVar, cast
 
 import h11
 
@@ -21,8 +21,10 @@ from protocol import (
     Action,
     Close,
     Config,
+    Exchange,
     FileBody,
     HalfClose,
+    Headers,
     Receive,
     Request,
     Response,
@@ -108,7 +110,8 @@ class App:
     /upload, /blocking  an Exchange (non-blocking, blocking) that counts the body
     /fail-receive, /fail-respond, /blocking-fail-receive   exchanges that raise
     /file               a FileBody over a real temporary file (`file_path`)
-    /memfile            a FileBody over a `TrackedFile` of `memfile_size` bytes
+    /memfile            a FileBody over a `TrackedFile` of `memfile_size` bytes from offset 3
+    /memfile/{n}, /memfile/bad   the same with status n, or with a header h11 refuses
     /boom               the app itself raises
     /bad-response       a Response h11 refuses to send
     /status/{n}         an empty response with status n
@@ -139,10 +142,15 @@ class App:
             file = self.file_path.open("rb")
             self.files.append(file)
             return Response(200, (), FileBody(file, 0, self.file_path.stat().st_size))
-        if target == b"/memfile":
+        if target.startswith(b"/memfile"):  # /memfile, /memfile/{status}, /memfile/bad
             mem = TrackedFile(bytes(range(256)) * (self.memfile_size // 256 + 1))
             self.files.append(mem)
-            return Response(200, (), FileBody(mem, 3, self.memfile_size))
+            status, headers = 200, cast(Headers, ())
+            if target == b"/memfile/bad":
+                headers = ((b"Bad Header", b"x"),)
+            elif target != b"/memfile":
+                status = int(target[9:])
+            return Response(status, headers, FileBody(mem, 3, self.memfile_size))
         if target == b"/boom":
             raise RuntimeError("the app failed")
         if target == b"/bad-response":
@@ -153,14 +161,25 @@ class App:
 # --- the transport side ------------------------------------------------------------------
 
 
-class Driver:
+AppT = TypeVar("AppT", bound=Callable[[Request], "Response | Exchange"])
+
+
+class Driver(Generic[AppT]):
     """Performs the core's actions in memory, at the explicit time `now`."""
 
-    def __init__(self, app: App, config: Config | None = None, *, now: float = 0.0, run_steps: bool = True):
+    def __init__(
+        self,
+        app: AppT,
+        config: Config | None = None,
+        *,
+        now: float = 0.0,
+        run_steps: bool = True,
+        peer: str = "-",
+    ) -> None:
         self.app = app
         self.config = config or Config(access_log=False)
         self.now = now
-        self.conn = ServerConnection(app, self.config, now=now)
+        self.conn = ServerConnection(app, self.config, now=now, peer=peer)
         self.run_steps = run_steps
         self.actions: list[Action] = []
         self.output = bytearray()

@@ -11,7 +11,7 @@ from .helpers import FRAGMENT_SIZES, App, Driver, chunked, get, parse, parse_one
 FOLLOW_UP = get(b"/echo/after")
 
 
-def refused(data: bytes, size: int = 1 << 20, config: Config | None = None) -> tuple[int, Driver]:
+def refused(data: bytes, size: int = 1 << 20, config: Config | None = None) -> tuple[int, Driver[App]]:
     """Feed `data` and a valid follow-up request; check the one closing error response."""
     d = Driver(App(), config)
     d.feed(data + FOLLOW_UP, size)

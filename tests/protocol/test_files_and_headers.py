@@ -1,0 +1,178 @@
+"""File bodies (streamed, and closed on every path), optional headers, the access log."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pytest
+
+from protocol import Config, FileBody, Request, Response, Run, SendFile
+
+from .helpers import App, Driver, get, parse, parse_one, post
+
+PATTERN = bytes(range(256)) * 40
+IMF_FIXDATE = rb"[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT"
+
+
+def test_a_file_is_streamed_in_pieces_and_closed(tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(PATTERN)
+    app = App(file_path=path)
+    d = Driver(app, Config(send_chunk_size=4000, access_log=False))
+    d.feed(get(b"/file") + get(b"/echo/after"))
+    first, second = parse(d.take(), 2)
+    assert first.body == PATTERN and first.header(b"content-length") == b"%d" % len(PATTERN)
+    assert second.body == b"after"
+    pieces = [a for a in d.actions if isinstance(a, SendFile)]
+    assert [p.count for p in pieces] == [4000, 4000, 2240]
+    assert [p.offset for p in pieces] == [0, 4000, 8000]
+    assert app.files[0].closed
+
+
+def test_a_file_body_starts_at_its_offset() -> None:
+    app = App(memfile_size=1000)
+    d = Driver(app)
+    d.feed(get(b"/memfile"))
+    assert parse_one(d.take()).body == (bytes(range(256)) * 5)[3:1003]
+    assert app.files[0].closed
+
+
+def test_file_closed_when_the_connection_is_lost_mid_file() -> None:
+    app = App(memfile_size=5000)
+    d = Driver(app, Config(send_chunk_size=1000, access_log=False))
+    d.conn.receive_data(get(b"/memfile"), 0.0)
+    d.advance(stop_at=(SendFile,))
+    assert not app.files[0].closed
+    d.conn.connection_lost()
+    d.advance()
+    assert d.closed and app.files[0].closed
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_file_closed_for_statuses_without_a_body(status: int) -> None:
+    app = App()
+    d = Driver(app)
+    d.feed(get(b"/memfile/%d" % status))
+    assert parse_one(d.take()).body == b""
+    assert app.files[0].closed
+
+
+def test_file_closed_when_its_response_is_invalid() -> None:
+    app = App()
+    d = Driver(app)
+    d.feed(get(b"/memfile/bad"))
+    assert parse_one(d.take()).status == 500
+    assert app.files[0].closed
+
+
+def test_file_closed_when_the_client_asked_to_close() -> None:
+    app = App(memfile_size=3000)
+    d = Driver(app, Config(send_chunk_size=1000, access_log=False))
+    d.feed(get(b"/memfile", b"Connection: close"))
+    response = parse_one(d.take())
+    assert len(response.body) == 3000 and response.closes and d.closed
+    assert app.files[0].closed
+
+
+def test_an_empty_file_body_is_closed_and_nothing_is_sent_from_it() -> None:
+    app = App(memfile_size=0)
+    d = Driver(app)
+    d.feed(get(b"/memfile"))
+    assert parse_one(d.take()).header(b"content-length") == b"0"
+    assert not any(isinstance(a, SendFile) for a in d.actions)
+    assert app.files[0].closed
+
+
+def test_a_blocking_exchange_may_answer_with_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"file content")
+    opened = []
+
+    class Upload:
+        may_block = True
+
+        def receive(self, data: bytes) -> None:
+            pass
+
+        def respond(self) -> Response:
+            opened.append(path.open("rb"))
+            return Response(200, (), FileBody(opened[0], 5, 7))
+
+        def abort(self) -> None:
+            raise AssertionError("not aborted")
+
+    d = Driver(lambda request: Upload())
+    d.feed(post(b"/", b"abc"))
+    assert parse_one(d.take()).body == b"content"
+    assert opened[0].closed and any(isinstance(a, Run) for a in d.actions)
+
+
+def test_pipelined_file_responses_keep_their_order() -> None:
+    app = App(memfile_size=300)
+    d = Driver(app, Config(send_chunk_size=128, access_log=False))
+    d.feed(get(b"/echo/1") + get(b"/memfile") + get(b"/echo/2") + get(b"/memfile", method=b"HEAD"))
+    responses = parse(d.take(), [b"GET", b"GET", b"GET", b"HEAD"])
+    assert [r.body[:1] for r in responses] == [b"1", b"\x03", b"2", b""]
+    assert all(f.closed for f in app.files)
+
+
+# --- headers the core adds -----------------------------------------------------------
+
+
+def test_no_date_and_no_server_header_by_default() -> None:
+    d = Driver(App())
+    d.feed(get(b"/") + get(b"/nothing") + b"BAD\r\n\r\n")
+    for response in parse(d.take(), 3):
+        assert response.header(b"date") is None and response.header(b"server") is None
+
+
+def test_date_and_server_headers_when_configured() -> None:
+    d = Driver(App(), Config(date_header=True, server_header=b"h11-server", access_log=False))
+    d.feed(get(b"/") + b"BAD\r\n\r\n")
+    for response in parse(d.take(), 2):
+        assert response.header(b"server") == b"h11-server"
+        date = response.header(b"date")
+        assert date is not None and re.fullmatch(IMF_FIXDATE, date)
+
+
+def test_handler_headers_are_kept_in_order() -> None:
+    headers = ((b"X-A", b"1"), (b"Vary", b"Accept-Encoding"), (b"X-A", b"2"))
+
+    def app(request: Request) -> Response:
+        return Response(200, headers, b"x")
+
+    d = Driver(app)
+    d.feed(get(b"/"))
+    assert parse_one(d.take()).headers[:3] == [(b"x-a", b"1"), (b"vary", b"Accept-Encoding"), (b"x-a", b"2")]
+
+
+# --- the access log ------------------------------------------------------------------
+
+
+def test_one_access_log_record_per_response(caplog: pytest.LogCaptureFixture) -> None:
+    d = Driver(App(), Config(access_log=True), peer="10.0.0.1:5000")
+    with caplog.at_level(logging.INFO, "httpserver.access"):
+        d.now = 1.0
+        d.feed(get(b"/echo/abc"))
+        d.now = 2.0
+        d.feed(get(b"/nothing", version=b"1.0"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpserver.access"]
+    assert len(lines) == 2
+    assert lines[0].startswith('10.0.0.1:5000 - "GET /echo/abc HTTP/1.1" 200 3 ')
+    assert lines[1].startswith('10.0.0.1:5000 - "GET /nothing HTTP/1.0" 404 9 ')
+
+
+def test_an_unparsed_request_is_logged_with_dashes(caplog: pytest.LogCaptureFixture) -> None:
+    d = Driver(App(), Config(access_log=True))
+    with caplog.at_level(logging.INFO, "httpserver.access"):
+        d.feed(b"BAD\r\n\r\n")
+    assert [r.getMessage()[:22] for r in caplog.records] == ['- - "- - HTTP/-" 400 1']
+
+
+def test_no_access_log_when_disabled(caplog: pytest.LogCaptureFixture) -> None:
+    d = Driver(App(), Config(access_log=False))
+    with caplog.at_level(logging.INFO, "httpserver.access"):
+        d.feed(get(b"/"))
+    assert not caplog.records
