@@ -127,20 +127,18 @@ class _Download:
             return FORBIDDEN
         except OSError:  # absent, a symlink swapped in since resolving it, a name too long...
             return NOT_FOUND
-        file = open(fd, "rb", buffering=0)  # noqa: SIM115 - the core closes it after sending
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                file.close()
-                return NOT_FOUND
-            answer = file_answer(self._request, info.st_size, int(info.st_mtime))
+            regular = stat.S_ISREG(info.st_mode)
+            answer = file_answer(self._request, info.st_size, int(info.st_mtime)) if regular else NOT_FOUND
         except BaseException:
-            file.close()
+            os.close(fd)
             raise
         if isinstance(answer, Response):
-            file.close()
+            os.close(fd)
             return answer
         status, headers, offset, length = answer
+        file = open(fd, "rb", buffering=0)  # noqa: SIM115 - the core closes it after sending
         return Response(status, headers, FileBody(file, offset, length))
 
     def abort(self) -> None:

@@ -1,0 +1,425 @@
+"""`/files/{name}`: name safety, nginx-like downloads, atomic uploads."""
+
+from __future__ import annotations
+
+import os
+from email.utils import formatdate
+from pathlib import Path
+
+import pytest
+
+from handlers import build_app
+from handlers.files import TEMP_PREFIX, parse_range
+from protocol import FileBody, Response
+
+from .helpers import body_bytes, call, close_body, header, request
+
+DIGITS = b"0123456789"
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Path:
+    """tmp_path/served is the directory served; tmp_path/secret.txt and tmp_path/outside/ are not."""
+    directory = tmp_path / "served"
+    directory.mkdir()
+    (directory / "digits").write_bytes(DIGITS)
+    (directory / "empty").write_bytes(b"")
+    (directory / "sub").mkdir()
+    (tmp_path / "secret.txt").write_bytes(b"secret")
+    (tmp_path / "outside").mkdir()
+    return directory
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every entry under `root`, with the contents of regular files (symlinks not followed)."""
+    entries: dict[str, bytes | None] = {}
+    for path in sorted(root.rglob("*")):
+        regular = path.is_file() and not path.is_symlink()
+        entries[str(path.relative_to(root))] = path.read_bytes() if regular else None
+    return entries
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# --- names ------------------------------------------------------------------------------------
+
+UNSAFE_NAMES = [
+    b"",
+    b".",
+    b"..",
+    b"%2e",
+    b"%2e%2e",
+    b"%2E%2E",
+    b"../secret.txt",
+    b"..%2fsecret.txt",
+    b"..%2Fsecret.txt",
+    b"%2e%2e%2fsecret.txt",
+    b"%2e%2e/secret.txt",
+    b"..%5csecret.txt",
+    b"..\\secret.txt",
+    b"%252e%252e%252fsecret.txt",  # double encoding: decoded once, the % left over is refused
+    b"%252e%252e",
+    b"%2fetc%2fpasswd",
+    b"/etc/passwd",
+    b"sub/../../secret.txt",
+    b"digits%00",
+    b"a%0ab",
+    b"a%7fb",
+    b"%ff%fe",  # not UTF-8
+    b"a" * 256,
+    TEMP_PREFIX.encode() + b"abc",
+]
+
+
+@pytest.mark.parametrize("name", UNSAFE_NAMES)
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"POST"])
+def test_unsafe_names_are_refused_without_touching_the_disk(
+    served: Path, tmp_path: Path, method: bytes, name: bytes
+) -> None:
+    before = snapshot(tmp_path)
+    response = call(build_app(served), request(method, b"/files/" + name), [b"evil"])
+    assert response.status == 400
+    assert type(response.body) is bytes
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", [b"a b", b"%61", b"caf%C3%A9", b"..a", b"a..", b".hidden", b"a" * 255])
+def test_unusual_but_safe_names_work(served: Path, name: bytes) -> None:
+    app = build_app(served)
+    assert call(app, request(b"POST", b"/files/" + name), [b"ok"]).status == 201
+    assert body_bytes(call(app, request(b"GET", b"/files/" + name))) == b"ok"
+
+
+def test_symlinks_out_of_the_directory_are_refused(served: Path, tmp_path: Path) -> None:
+    (served / "out").symlink_to(tmp_path / "secret.txt")
+    (served / "outdir").symlink_to(tmp_path / "outside")
+    (served / "dangling").symlink_to(tmp_path / "outside" / "new.txt")
+    (served / "relative").symlink_to("../secret.txt")
+    before = snapshot(tmp_path)
+    app = build_app(served)
+    for name in (b"out", b"outdir", b"dangling", b"relative"):
+        assert call(app, request(b"GET", b"/files/" + name)).status == 404
+        assert call(app, request(b"POST", b"/files/" + name), [b"evil"]).status == 403
+    assert snapshot(tmp_path) == before
+
+
+def test_symlinks_inside_the_directory_are_followed_to_read_and_replaced_to_write(served: Path) -> None:
+    (served / "link").symlink_to("digits")
+    app = build_app(served)
+    assert body_bytes(call(app, request(b"GET", b"/files/link"))) == DIGITS
+    assert call(app, request(b"POST", b"/files/link"), [b"new"]).status == 201
+    assert not (served / "link").is_symlink()
+    assert (served / "link").read_bytes() == b"new"
+    assert (served / "digits").read_bytes() == DIGITS
+
+
+def test_the_served_directory_may_itself_be_a_symlink(served: Path, tmp_path: Path) -> None:
+    (tmp_path / "alias").symlink_to(served)
+    app = build_app(tmp_path / "alias")
+    assert body_bytes(call(app, request(b"GET", b"/files/digits"))) == DIGITS
+
+
+def test_build_app_refuses_a_directory_that_is_not_one(tmp_path: Path) -> None:
+    with pytest.raises(NotADirectoryError):
+        build_app(tmp_path / "missing")
+
+
+# --- downloads --------------------------------------------------------------------------------
+
+
+def test_download(served: Path) -> None:
+    app = build_app(served)
+    reply = app(request(b"GET", b"/files/digits"))
+    assert not isinstance(reply, Response), "disk work happens in an exchange"
+    response = call(app, request(b"GET", b"/files/digits"))
+    mtime = int((served / "digits").stat().st_mtime)
+    assert response.status == 200
+    assert header(response, b"content-type") == b"application/octet-stream"
+    assert header(response, b"accept-ranges") == b"bytes"
+    assert header(response, b"etag") == b'"%x-a"' % mtime
+    assert header(response, b"last-modified") == formatdate(mtime, usegmt=True).encode()
+    assert header(response, b"content-encoding") is None
+    assert isinstance(response.body, FileBody), "streamed, never read whole"
+    assert (response.body.offset, response.body.length) == (0, 10)
+    assert body_bytes(response) == DIGITS
+
+
+def test_downloads_are_never_gzipped(served: Path) -> None:
+    response = call(build_app(served), request(b"GET", b"/files/digits", (b"accept-encoding", b"gzip")))
+    assert header(response, b"content-encoding") is None
+    assert body_bytes(response) == DIGITS
+
+
+def test_head_of_a_file_has_the_get_headers(served: Path) -> None:
+    app = build_app(served)
+    get = call(app, request(b"GET", b"/files/digits"))
+    head = call(app, request(b"HEAD", b"/files/digits"))
+    assert (head.status, head.headers) == (get.status, get.headers)
+    assert isinstance(head.body, FileBody) and head.body.length == 10  # the core sends no body
+    close_body(get)
+    close_body(head)
+
+
+def test_empty_file(served: Path) -> None:
+    response = call(build_app(served), request(b"GET", b"/files/empty"))
+    assert response.status == 200
+    assert body_bytes(response) == b""
+
+
+def test_absent_files_and_directories_are_404(served: Path) -> None:
+    app = build_app(served)
+    reply = app(request(b"GET", b"/files/missing"))
+    assert not isinstance(reply, Response), "the app itself does not even stat"
+    for name in (b"missing", b"sub"):
+        response = call(app, request(b"GET", b"/files/" + name))
+        assert response.status == 404
+        assert header(response, b"content-type") == b"text/plain"
+
+
+def test_without_a_directory_file_routes_say_so(served: Path) -> None:
+    app = build_app(None)
+    for method in (b"GET", b"HEAD", b"POST"):
+        response = call(app, request(method, b"/files/digits"))
+        assert response.status == 404
+        assert b"no directory" in body_bytes(response)
+
+
+def test_file_route_methods(served: Path) -> None:
+    app = build_app(served)
+    assert call(app, request(b"PUT", b"/files/digits")).status == 501
+    assert call(app, request(b"OPTIONS", b"/files/digits")).status == 501
+
+
+# --- conditional requests ---------------------------------------------------------------------
+
+
+def conditional(served: Path, *headers: tuple[bytes, bytes]) -> Response:
+    return call(build_app(served), request(b"GET", b"/files/digits", *headers))
+
+
+def test_if_none_match(served: Path) -> None:
+    etag = header(conditional(served), b"etag")
+    assert etag is not None
+    for value in (etag, b"W/" + etag, b'"x", ' + etag, b"*", b" " + etag + b" "):
+        response = conditional(served, (b"if-none-match", value))
+        assert response.status == 304, value
+        assert response.body == b""
+        assert header(response, b"etag") == etag
+    for value in (b'"x"', etag[:-2] + b'"', etag.strip(b'"')):
+        response = conditional(served, (b"if-none-match", value))
+        assert response.status == 200, value
+        close_body(response)
+
+
+def test_if_modified_since(served: Path) -> None:
+    mtime = int((served / "digits").stat().st_mtime)
+    for since, status in [
+        (mtime, 304),
+        (mtime + 3600, 304),
+        (mtime - 1, 200),
+    ]:
+        response = conditional(served, (b"if-modified-since", formatdate(since, usegmt=True).encode()))
+        assert response.status == status
+        close_body(response)
+    for value in (b"yesterday", b"", b"Mon, 99 Foo 2020 25:00:00 GMT"):
+        response = conditional(served, (b"if-modified-since", value))
+        assert response.status == 200
+        close_body(response)
+
+
+def test_if_none_match_decides_over_if_modified_since(served: Path) -> None:
+    mtime = int((served / "digits").stat().st_mtime)
+    date = formatdate(mtime, usegmt=True).encode()
+    response = conditional(served, (b"if-none-match", b'"other"'), (b"if-modified-since", date))
+    assert response.status == 200
+    close_body(response)
+
+
+# --- ranges -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"bytes=0-0", (0, 1)),
+        (b"bytes=2-4", (2, 5)),
+        (b"bytes=5-", (5, 10)),
+        (b"bytes=-3", (7, 10)),
+        (b"bytes=-20", (0, 10)),
+        (b"bytes=8-100", (8, 10)),
+        (b"BYTES=1-1", (1, 2)),
+        (b"bytes= 1-1 ", (1, 2)),
+        (b"bytes=10-", (10, 10)),  # unsatisfiable
+        (b"bytes=10-20", (10, 10)),
+        (b"bytes=-0", (10, 10)),
+        (b"bytes=5-2", None),  # invalid: ignored
+        (b"bytes=0-1,3-4", None),  # several: the whole file
+        (b"items=0-1", None),
+        (b"bytes=abc", None),
+        (b"bytes=-", None),
+        (b"bytes=1", None),
+        (b"bytes=+1-2", None),
+        (b"bytes=1-2-3", None),
+        (b"0-1", None),
+        (b"bytes=" + b"9" * 5000 + b"-", None),
+    ],
+)
+def test_parse_range(value: bytes, expected: tuple[int, int] | None) -> None:
+    assert parse_range(value, 10) == expected
+
+
+def test_parse_range_of_an_empty_file() -> None:
+    assert parse_range(b"bytes=0-", 0) == (0, 0)
+    assert parse_range(b"bytes=-5", 0) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("value", "content_range", "body"),
+    [
+        (b"bytes=2-4", b"bytes 2-4/10", b"234"),
+        (b"bytes=-3", b"bytes 7-9/10", b"789"),
+        (b"bytes=8-", b"bytes 8-9/10", b"89"),
+    ],
+)
+def test_range_is_206(served: Path, value: bytes, content_range: bytes, body: bytes) -> None:
+    response = conditional(served, (b"range", value), (b"accept-encoding", b"gzip"))
+    assert response.status == 206
+    assert header(response, b"content-range") == content_range
+    assert header(response, b"content-encoding") is None
+    assert isinstance(response.body, FileBody)
+    assert body_bytes(response) == body
+
+
+@pytest.mark.parametrize(("name", "size"), [(b"digits", 10), (b"empty", 0)])
+def test_unsatisfiable_range_is_416(served: Path, name: bytes, size: int) -> None:
+    response = call(build_app(served), request(b"GET", b"/files/" + name, (b"range", b"bytes=10-")))
+    assert response.status == 416
+    assert header(response, b"content-range") == b"bytes */%d" % size
+
+
+@pytest.mark.parametrize("value", [b"bytes=0-1,3-4", b"bytes=5-2", b"lines=1-2"])
+def test_ranges_we_do_not_serve_give_the_whole_file(served: Path, value: bytes) -> None:
+    response = conditional(served, (b"range", value))
+    assert response.status == 200
+    assert body_bytes(response) == DIGITS
+
+
+def test_if_range(served: Path) -> None:
+    mtime = int((served / "digits").stat().st_mtime)
+    etag = header(conditional(served), b"etag")
+    assert etag is not None
+    for if_range, status in [
+        (etag, 206),
+        (b"W/" + etag, 200),  # weak validators never match If-Range
+        (b'"other"', 200),
+        (formatdate(mtime, usegmt=True).encode(), 206),
+        (formatdate(mtime + 1, usegmt=True).encode(), 200),
+        (b"nonsense", 200),
+    ]:
+        response = conditional(served, (b"range", b"bytes=0-1"), (b"if-range", if_range))
+        assert response.status == status, if_range
+        assert body_bytes(response) == (b"01" if status == 206 else DIGITS)
+
+
+def test_no_file_is_left_open_by_answers_without_a_body(served: Path) -> None:
+    etag = header(conditional(served), b"etag")
+    assert etag is not None
+    before = open_fds()
+    for _ in range(20):
+        conditional(served, (b"if-none-match", etag))
+        conditional(served, (b"range", b"bytes=50-"))
+        call(build_app(served), request(b"GET", b"/files/sub"))
+    assert open_fds() == before
+
+
+# --- uploads ----------------------------------------------------------------------------------
+
+
+def temp_files(directory: Path) -> list[str]:
+    return [name for name in os.listdir(directory) if name.startswith(TEMP_PREFIX)]
+
+
+def test_upload(served: Path) -> None:
+    app = build_app(served)
+    exchange = app(request(b"POST", b"/files/new", (b"content-length", b"11")))
+    assert not isinstance(exchange, Response)
+    assert exchange.may_block
+    assert not (served / "new").exists() and not temp_files(served), "the app itself writes nothing"
+    exchange.receive(b"hello ")
+    exchange.receive(b"world")
+    assert not (served / "new").exists(), "nothing visible before the body is complete"
+    assert len(temp_files(served)) == 1
+    response = exchange.respond()
+    assert response.status == 201
+    assert (served / "new").read_bytes() == b"hello world"
+    assert not temp_files(served)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (served / "new").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_upload_replaces_atomically(served: Path) -> None:
+    exchange = build_app(served)(request(b"POST", b"/files/digits"))
+    assert not isinstance(exchange, Response)
+    exchange.receive(b"new content")
+    assert (served / "digits").read_bytes() == DIGITS, "readers see the old file until the end"
+    with (served / "digits").open("rb") as reader:
+        assert exchange.respond().status == 201
+        assert reader.read() == DIGITS, "an open reader keeps the old file whole"
+    assert (served / "digits").read_bytes() == b"new content"
+    assert not temp_files(served)
+
+
+def test_empty_upload_creates_an_empty_file(served: Path) -> None:
+    assert call(build_app(served), request(b"POST", b"/files/nothing")).status == 201
+    assert (served / "nothing").read_bytes() == b""
+    assert not temp_files(served)
+
+
+def test_large_upload_in_many_chunks(served: Path) -> None:
+    chunks = [bytes([i]) * 65536 for i in range(64)]
+    assert call(build_app(served), request(b"POST", b"/files/big"), chunks).status == 201
+    assert (served / "big").read_bytes() == b"".join(chunks)
+
+
+@pytest.mark.parametrize("received", [[], [b"partial"], [b"a", b"b"]])
+@pytest.mark.parametrize("existing", [True, False])
+def test_aborted_upload_leaves_nothing(served: Path, received: list[bytes], existing: bool) -> None:
+    name = "digits" if existing else "new"
+    before = snapshot(served)
+    exchange = build_app(served)(request(b"POST", b"/files/" + name.encode()))
+    assert not isinstance(exchange, Response)
+    for chunk in received:
+        exchange.receive(chunk)
+    exchange.abort()
+    assert snapshot(served) == before
+    assert not temp_files(served)
+
+
+def test_abort_after_a_failed_respond_removes_the_temporary_file(served: Path) -> None:
+    exchange = build_app(served)(request(b"POST", b"/files/new"))
+    assert not isinstance(exchange, Response)
+    exchange.receive(b"data")
+    (served / "new").mkdir()  # appears meanwhile: the rename fails
+    (served / "new" / "keep").write_bytes(b"")
+    with pytest.raises(OSError):
+        exchange.respond()
+    exchange.abort()
+    assert not temp_files(served)
+    assert (served / "new").is_dir()
+
+
+def test_upload_onto_a_directory_is_409(served: Path) -> None:
+    before = snapshot(served)
+    response = call(build_app(served), request(b"POST", b"/files/sub"), [b"data"])
+    assert response.status == 409
+    assert snapshot(served) == before
+
+
+def test_upload_request_bodies_are_stored_as_sent(served: Path) -> None:
+    gzipped = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03KLJ\x06\x00\xc2A$5\x03\x00\x00\x00"
+    headers = ((b"content-encoding", b"gzip"),)
+    assert call(build_app(served), request(b"POST", b"/files/z", *headers), [gzipped]).status == 201
+    assert (served / "z").read_bytes() == gzipped

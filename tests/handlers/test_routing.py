@@ -1,0 +1,158 @@
+"""Routing: the fixed routes, and the statuses the router decides by itself."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from handlers import Route, Router, build_app, text_response
+from protocol import Exchange, Request, Response
+
+from .helpers import body_bytes, call, header, request
+
+APP = build_app(None)
+
+
+def test_root_is_200_with_nothing_but_the_status() -> None:
+    response = call(APP, request(b"GET", b"/"))
+    assert (response.status, tuple(response.headers), response.body) == (200, (), b"")
+
+
+@pytest.mark.parametrize(
+    ("target", "body"),
+    [
+        (b"/echo/abc", b"abc"),
+        (b"/echo/", b""),
+        (b"/echo/a%20b%2Fc", b"a b/c"),
+        (b"/echo/abc?x=1&y=2", b"abc"),
+        (b"/echo/a/b/c", b"a/b/c"),
+        (b"/echo/%E2%82%AC", "€".encode()),
+        (b"/echo/100%", b"100%"),  # a stray % is not an escape
+        (b"http://example/echo/abs", b"abs"),
+        (b"HTTPS://example:8443/echo/abs?q", b"abs"),
+    ],
+)
+def test_echo(target: bytes, body: bytes) -> None:
+    response = call(APP, request(b"GET", target))
+    assert response.status == 200
+    assert response.body == body
+    if body:
+        assert header(response, b"content-type") == b"text/plain"
+        assert header(response, b"vary") == b"Accept-Encoding"
+    assert header(response, b"content-encoding") is None
+
+
+def test_echo_and_user_agent_answer_at_once_without_an_exchange() -> None:
+    for target in (b"/echo/x", b"/user-agent"):
+        assert type(APP(request(b"GET", target))) is Response
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        (((b"user-agent", b"curl/8.5.0"),), b"curl/8.5.0"),
+        ((), b""),
+        (((b"user-agent", b""),), b""),
+    ],
+)
+def test_user_agent(headers: tuple[tuple[bytes, bytes], ...], body: bytes) -> None:
+    response = call(APP, request(b"GET", b"/user-agent", *headers))
+    assert (response.status, response.body) == (200, body)
+    assert header(response, b"content-type") == b"text/plain"
+
+
+def test_user_agent_gzipped_on_request() -> None:
+    req = request(b"GET", b"/user-agent", (b"user-agent", b"ua/1"), (b"accept-encoding", b"gzip"))
+    response = call(APP, req)
+    assert header(response, b"content-encoding") == b"gzip"
+    assert gzip.decompress(body_bytes(response)) == b"ua/1"
+
+
+@pytest.mark.parametrize("target", [b"/", b"/echo/abc", b"/user-agent", b"/files/x"])
+def test_head_is_allowed_wherever_get_is(target: bytes) -> None:
+    get = call(APP, request(b"GET", target))
+    head = call(APP, request(b"HEAD", target))
+    assert head == get  # the core drops the body of a HEAD response
+
+
+@pytest.mark.parametrize(
+    "target", [b"/nope", b"/echo", b"/Echo/abc", b"/user-agent/", b"/files", b"//", b"/%65cho/x", b"/nope?/"]
+)
+def test_unknown_paths_are_404(target: bytes) -> None:
+    response = call(APP, request(b"GET", target))
+    assert response.status == 404
+    assert header(response, b"content-type") == b"text/plain"
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "allow"),
+    [
+        (b"POST", b"/", b"GET, HEAD"),
+        (b"POST", b"/echo/abc", b"GET, HEAD"),
+        (b"POST", b"/user-agent", b"GET, HEAD"),
+    ],
+)
+def test_a_method_the_path_does_not_allow_is_405(method: bytes, target: bytes, allow: bytes) -> None:
+    response = call(APP, request(method, target))
+    assert response.status == 405
+    assert header(response, b"allow") == allow
+
+
+@pytest.mark.parametrize("method", [b"get", b"Get", b"CONNECT", b"PUT", b"DELETE", b"BREW", b"OPTIONS"])
+def test_methods_no_route_implements_are_501(method: bytes) -> None:
+    for target in (b"/", b"/nope", b"/files/x"):
+        assert call(APP, request(method, target)).status == 501
+
+
+def test_asterisk_target() -> None:
+    response = call(APP, request(b"OPTIONS", b"*"))
+    assert response.status == 200
+    assert header(response, b"allow") == b"GET, HEAD, POST"
+    assert call(APP, request(b"GET", b"*")).status == 400
+
+
+@pytest.mark.parametrize("target", [b"echo/abc", b"ftp://host/echo/x", b"http:///echo/x", b"example.com:80"])
+def test_targets_neither_origin_nor_absolute_form_are_400(target: bytes) -> None:
+    assert call(APP, request(b"GET", target)).status == 400
+
+
+@pytest.mark.parametrize("target", [b"/?x=1", b"http://host", b"http://host?q", b"http://host:80/"])
+def test_the_root_with_a_query_or_in_absolute_form(target: bytes) -> None:
+    response = call(APP, request(b"GET", target))
+    assert (response.status, response.body) == (200, b"")
+
+
+def test_an_embedder_adds_routes() -> None:
+    seen: list[bytes] = []
+
+    def hello(req: Request, rest: bytes) -> Response | Exchange:
+        seen.append(rest)
+        return text_response(req, b"hello " + rest)
+
+    app = build_app(None)
+    app.add(Route(b"/hello/", hello, frozenset({b"GET", b"PUT"}), prefix=True))
+    app.add(Route(b"/hello/exact", hello))
+    assert call(app, request(b"PUT", b"/hello/you?x")).body == b"hello you"
+    assert call(app, request(b"GET", b"/hello/exact")).body == b"hello "  # exact wins
+    assert seen == [b"you", b""]
+    assert header(call(app, request(b"PUT", b"/")), b"allow") == b"GET, HEAD"  # PUT is now known: 405
+    assert header(call(app, request(b"POST", b"/hello/x")), b"allow") == b"GET, HEAD, PUT"
+    assert header(call(app, request(b"OPTIONS", b"*")), b"allow") == b"GET, HEAD, POST, PUT"
+
+
+def test_longest_prefix_wins_and_a_route_replaces_one_for_the_same_path() -> None:
+    app = Router(
+        [
+            Route(b"/a/", lambda req, rest: Response(200, (), b"a:" + rest), prefix=True),
+            Route(b"/a/b/", lambda req, rest: Response(200, (), b"ab:" + rest), prefix=True),
+        ]
+    )
+    assert call(app, request(b"GET", b"/a/b/c")).body == b"ab:c"
+    assert call(app, request(b"GET", b"/a/c")).body == b"a:c"
+    app.add(Route(b"/a/", lambda req, rest: Response(200, (), b"new:" + rest), prefix=True))
+    assert call(app, request(b"GET", b"/a/c")).body == b"new:c"
+
+
+def test_an_empty_router_refuses_every_method() -> None:
+    assert call(Router(), request(b"GET", b"/")).status == 501
