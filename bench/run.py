@@ -126,6 +126,7 @@ class Results:
     runs: dict[tuple[str, str], list[Sample | None]] = field(default_factory=dict)  # None: a failed run
     idle: dict[str, list[float]] = field(default_factory=dict)  # KiB per idle connection
     problems: list[str] = field(default_factory=list)
+    load: list[float] = field(default_factory=list)  # 1-minute load average before each server
 
     def add(self, server: str, scenario: str, sample: Sample | None) -> None:
         self.runs.setdefault((server, scenario), []).append(sample)
@@ -307,6 +308,7 @@ def measure(root: int, port: int, scenario: Scenario, seconds: int) -> Sample:
 
 def bench_server(server: Server, directory: Path, args: argparse.Namespace, results: Results) -> None:
     port = free_port()
+    results.load.append(os.getloadavg()[0])
     print(f"  {server.name} on port {port}", flush=True)
     with running(server, port, directory) as proc:
         if not wait_ready(proc, port):
@@ -352,7 +354,7 @@ def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
-def machine_info() -> str:
+def machine_info(results: Results) -> str:
     model = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -363,7 +365,9 @@ def machine_info() -> str:
         f"- Machine: {model}, {os.cpu_count()} cores, Linux {platform.release()}\n"
         f"- Python {platform.python_version()}, {wrk_version}; server on core {SERVER_CORE}, "
         f"wrk on core {CLIENT_CORE} (1 thread, 50 connections)\n"
-        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; load average before each server: "
+        f"median {fmt(median(results.load))}, max {fmt(max(results.load, default=None))} "
+        "(anything above ~1 means other work shared the cores)"
     )
 
 
@@ -371,7 +375,7 @@ def report(results: Results, args: argparse.Namespace, servers: list[Server]) ->
     lines = [
         "# Benchmark results",
         "",
-        machine_info(),
+        machine_info(results),
         f"- Rounds: {args.rounds}, {args.duration} s per run after a {args.warmup} s warm-up; "
         "medians over rounds; ratios are of req/s measured in the same round",
         "",
@@ -492,7 +496,7 @@ def chart(results: Results, servers: list[Server], path: Path) -> None:
     )
     idle.invert_yaxis()
     idle.set_xlabel("KiB RSS per idle keep-alive connection")
-    idle.set_title(f"{IDLE_CONNECTIONS} idle connections (lower is better)")
+    idle.set_title(f"Memory, {IDLE_CONNECTIONS} idle connections (lower is better)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
