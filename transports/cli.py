@@ -1,0 +1,230 @@
+"""The command line: `python -m transports` (what ./your_program.sh runs).
+
+Only the chosen transport's runtime is imported, so that start-up stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from protocol import App, Config
+
+from .common import bind, url
+from .options import ServerOptions
+
+if TYPE_CHECKING:
+    import ssl
+
+_MODULES = {"trio": "trio_server", "asyncio": "asyncio_server", "threads": "thread_server"}
+
+
+def parser() -> argparse.ArgumentParser:
+    config = Config()
+    options = ServerOptions()
+    p = argparse.ArgumentParser(
+        prog="your_program.sh",
+        description="An HTTP/1.1 server: a sans-IO core on h11 driven by trio, asyncio or threads.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--transport", choices=tuple(_MODULES), default="trio", help="the I/O runtime")
+    p.add_argument("--host", default=options.host, help="address to listen on (0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=options.port, help="TCP port; 0 picks a free one")
+    p.add_argument("--directory", type=_directory, help="serve and store /files/ here (default: none)")
+
+    limits = p.add_argument_group("limits and timeouts of the HTTP core (sizes in bytes, times in seconds)")
+    limits.add_argument("--max-head-size", type=int, default=config.max_head_size, help="request head (431)")
+    limits.add_argument(
+        "--max-target-length", type=int, default=config.max_target_length, help="request target (414)"
+    )
+    limits.add_argument(
+        "--max-header-count", type=int, default=config.max_header_count, help="header fields (431)"
+    )
+    limits.add_argument("--max-body-size", type=int, default=config.max_body_size, help="request body (413)")
+    limits.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=config.keep_alive_timeout,
+        help="an idle connection is closed after this",
+    )
+    limits.add_argument(
+        "--head-timeout",
+        type=float,
+        default=config.head_timeout,
+        help="a request head must arrive within this from its first byte (408)",
+    )
+    limits.add_argument(
+        "--body-timeout",
+        type=float,
+        default=config.body_timeout,
+        help="a request body must make progress this often (408)",
+    )
+    limits.add_argument(
+        "--send-timeout", type=float, default=config.send_timeout, help="each write must complete within this"
+    )
+    limits.add_argument(
+        "--linger-timeout",
+        type=float,
+        default=config.linger_timeout,
+        help="after a closing response, unread input is discarded for at most this",
+    )
+    limits.add_argument(
+        "--send-chunk-size",
+        type=int,
+        default=config.send_chunk_size,
+        help="file bodies go out in such pieces",
+    )
+
+    responses = p.add_argument_group("responses and logs")
+    responses.add_argument("--date-header", action="store_true", help="add a Date header to every response")
+    responses.add_argument("--server-header", metavar="VALUE", help="add 'Server: VALUE' to every response")
+    responses.add_argument(
+        "--no-access-log", action="store_true", help="do not log one line per response (httpserver.access)"
+    )
+    responses.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="logging to stderr"
+    )
+
+    server = p.add_argument_group("server")
+    server.add_argument(
+        "--max-connections",
+        type=int,
+        default=options.max_connections,
+        help="concurrent connections per process; more wait in the listen backlog",
+    )
+    server.add_argument("--backlog", type=int, default=options.backlog, help="the listen backlog")
+    server.add_argument(
+        "--shutdown-grace",
+        metavar="SECONDS",
+        type=float,
+        default=options.shutdown_grace,
+        help="on SIGTERM/SIGINT, in-flight requests get this long to finish",
+    )
+    server.add_argument("--certfile", help="serve HTTPS with this PEM certificate chain (needs --keyfile)")
+    server.add_argument("--keyfile", help="the PEM private key for --certfile")
+    server.add_argument(
+        "--workers",
+        metavar="N",
+        type=int,
+        default=options.workers,
+        help="processes sharing the listening socket (a dead one is replaced)",
+    )
+    return p
+
+
+def _directory(value: str) -> Path:
+    path = Path(value).resolve()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a directory")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if (args.certfile is None) != (args.keyfile is None):
+        p.error("--certfile and --keyfile go together")
+    for name in ("workers", "max_connections", "backlog"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = Config(
+        max_head_size=args.max_head_size,
+        max_target_length=args.max_target_length,
+        max_header_count=args.max_header_count,
+        max_body_size=args.max_body_size,
+        keep_alive_timeout=args.keep_alive_timeout,
+        head_timeout=args.head_timeout,
+        body_timeout=args.body_timeout,
+        send_timeout=args.send_timeout,
+        linger_timeout=args.linger_timeout,
+        send_chunk_size=args.send_chunk_size,
+        date_header=args.date_header,
+        server_header=(args.server_header or "").encode("latin-1"),
+        access_log=not args.no_access_log,
+    )
+    options = ServerOptions(
+        host=args.host,
+        port=args.port,
+        max_connections=args.max_connections,
+        shutdown_grace=args.shutdown_grace,
+        backlog=args.backlog,
+        ssl_context=None if args.certfile is None else tls_context(args.certfile, args.keyfile),
+        workers=args.workers,
+        handle_signals=True,
+    )
+    from handlers import build_app
+
+    app = build_app(args.directory)
+    importlib.import_module(f"transports.{_MODULES[args.transport]}")  # before announcing readiness
+    try:
+        sockets = bind(options)
+    except OSError as exc:
+        logging.getLogger("httpserver.error").error("cannot listen on %s:%s: %s", args.host, args.port, exc)
+        return 1
+    directory = "none" if args.directory is None else str(args.directory)
+    print(
+        f"Listening on {url(sockets, tls=options.ssl_context is not None)}"
+        f" (transport {args.transport}, directory {directory})",
+        flush=True,
+    )
+    try:
+        if options.workers > 1:
+            from .workers import supervise
+
+            supervise(options.workers, functools.partial(run, args.transport, app, config, options, sockets))
+        else:
+            run(args.transport, app, config, options, sockets)
+    except KeyboardInterrupt:  # only before the signal handlers are in place
+        pass
+    finally:
+        for sock in sockets:
+            sock.close()
+    return 0
+
+
+def run(
+    transport: str, app: App, config: Config, options: ServerOptions, sockets: Sequence[socket.socket]
+) -> None:
+    """Serve on `sockets` with `transport` until a signal stops it."""
+    if transport == "trio":
+        import trio
+
+        from . import trio_server
+
+        trio.run(functools.partial(trio_server.serve, app, config, options, sockets=sockets))
+    elif transport == "asyncio":
+        import asyncio
+
+        from . import asyncio_server
+
+        asyncio.run(asyncio_server.serve(app, config, options, sockets=sockets))
+    else:
+        from . import thread_server
+
+        thread_server.serve(app, config, options, sockets=sockets)
+
+
+def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """A server-side TLS context with the default (secure) settings, offering http/1.1."""
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+if __name__ == "__main__":
+    sys.exit(main())
