@@ -112,7 +112,8 @@ class RawClient:
         conn.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
         conn.send(h11.EndOfMessage())
         fed = self._buffer
-        conn.receive_data(fed)
+        if fed:  # h11 takes b"" as end of input
+            conn.receive_data(fed)
         informational: list[int] = []
         head: h11.Response | None = None
         body: list[bytes] = []

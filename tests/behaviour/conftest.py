@@ -25,6 +25,8 @@ from .client import RawClient, Response, fetch, request
 
 ROOT = Path(__file__).resolve().parents[2]
 TRANSPORTS = ["trio", "asyncio", "threads"]
+SERVER_MODULE = os.environ.get("BEHAVIOUR_SERVER_MODULE", "transports")
+"""`python -m SERVER_MODULE` is the server under test; override to try another build."""
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 SECRET = b"top secret, outside the served directory\n"
@@ -88,7 +90,7 @@ def _start(transport: str, base: Path, args: list[str], *, directory: bool, trai
     (outside / "secret.txt").write_bytes(SECRET)
     stdout_path = base / "stdout.txt"
     stderr_path = base / "stderr.txt"
-    command = [sys.executable, "-m", "transports", "--transport", transport, "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", SERVER_MODULE, "--transport", transport, "--host", "127.0.0.1"]
     command += ["--port", "0"]
     if directory:
         command += ["--directory", str(served) + ("/" if trailing_slash else "")]

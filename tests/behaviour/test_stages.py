@@ -50,7 +50,7 @@ def _go_request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-class TesterConnection:
+class StageConnection:
     """Like the tester's HttpConnection: send, read one response within 2 s, no leftovers."""
 
     def __init__(self, server: Server) -> None:
@@ -102,10 +102,10 @@ def with_directory(transport: str, tmp_path_factory: pytest.TempPathFactory) -> 
         yield server
 
 
-def _echo_case(server: Server, conn: TesterConnection | None = None) -> None:
+def _echo_case(server: Server, conn: StageConnection | None = None) -> None:
     text = _path_word().replace("/", "-")
     own = conn is None
-    conn = conn or TesterConnection(server)
+    conn = conn or StageConnection(server)
     response = conn.run(_go_request(f"/echo/{text}"))
     _assert(
         response, 200, b"OK", {"Content-Type": "text/plain", "Content-Length": str(len(text))}, text.encode()
@@ -140,12 +140,12 @@ def _random_case(server: Server, index: int) -> tuple[bytes, str, tuple[int, byt
 
 
 def test_stage_bind(plain: Server) -> None:
-    conn = TesterConnection(plain)
+    conn = StageConnection(plain)
     conn.close()
 
 
 def test_stage_200(plain: Server) -> None:
-    conn = TesterConnection(plain)
+    conn = StageConnection(plain)
     response = conn.run(_go_request("/"))
     _assert(response, 200, b"OK")
     assert response.status_line == b"HTTP/1.1 200 OK"
@@ -155,7 +155,7 @@ def test_stage_200(plain: Server) -> None:
 
 
 def test_stage_404(plain: Server) -> None:
-    conn = TesterConnection(plain)
+    conn = StageConnection(plain)
     response = conn.run(_go_request(f"/{_path_word()}"))
     _assert(response, 404, b"Not Found")
     conn.close()
@@ -167,7 +167,7 @@ def test_stage_echo(plain: Server) -> None:
 
 def test_stage_user_agent(plain: Server) -> None:
     agent = f"{_word()}/{_word()}-{_word()}"
-    conn = TesterConnection(plain)
+    conn = StageConnection(plain)
     response = conn.run(_go_request("/user-agent", [("User-Agent", agent)]))
     _assert(
         response,
@@ -182,7 +182,7 @@ def test_stage_user_agent(plain: Server) -> None:
 def test_stage_concurrent_connections(plain: Server) -> None:
     for _ in range(2):
         count = _rng.randint(3, 5)
-        conns = [TesterConnection(plain) for _ in range(count)]
+        conns = [StageConnection(plain) for _ in range(count)]
         # Served in reverse order, so that a server handling one connection at a time fails.
         for conn in reversed(conns):
             _assert(conn.run(_go_request("/")), 200, b"OK")
@@ -193,7 +193,7 @@ def test_stage_get_file(with_directory: Server) -> None:
     name = f"{_word()}_{_word()}_{_rng.randint(1, 1000)}"
     content = " ".join(_word() for _ in range(4))
     (with_directory.directory / name).write_text(content)
-    conn = TesterConnection(with_directory)
+    conn = StageConnection(with_directory)
     response = conn.run(_go_request(f"/files/{name}"))
     _assert(
         response,
@@ -203,7 +203,7 @@ def test_stage_get_file(with_directory: Server) -> None:
         content.encode(),
     )
     conn.close()
-    conn = TesterConnection(with_directory)
+    conn = StageConnection(with_directory)
     _assert(
         conn.run(_go_request(f"/files/non-existent_{_word()}_{_rng.randint(1, 1000)}")), 404, b"Not Found"
     )
@@ -213,7 +213,7 @@ def test_stage_get_file(with_directory: Server) -> None:
 def test_stage_post_file(with_directory: Server) -> None:
     name = f"{_word()}_{_word()}_{_rng.randint(1, 1000)}"
     content = " ".join(_word() for _ in range(4)).encode()
-    conn = TesterConnection(with_directory)
+    conn = StageConnection(with_directory)
     request = _go_request(
         f"/files/{name}", [("Content-Type", "application/octet-stream")], method="POST", body=content
     )
@@ -225,11 +225,11 @@ def test_stage_post_file(with_directory: Server) -> None:
 
 def test_stage_compression_headers(plain: Server) -> None:
     text = _word()
-    conn = TesterConnection(plain)
+    conn = StageConnection(plain)
     response = conn.run(_go_request(f"/echo/{text}", [("Accept-Encoding", "gzip")]))
     _assert(response, 200, b"OK", {"Content-Type": "text/plain", "Content-Encoding": "gzip"})
     conn.close()
-    conn = TesterConnection(plain)
+    conn = StageConnection(plain)
     response = conn.run(_go_request(f"/echo/{text}", [("Accept-Encoding", "invalid-encoding")]))
     _assert(response, 200, b"OK", {"Content-Type": "text/plain"}, text.encode())
     assert not response.has("content-encoding")
@@ -238,13 +238,13 @@ def test_stage_compression_headers(plain: Server) -> None:
 
 def test_stage_multiple_compression_schemes(plain: Server) -> None:
     text = _word()
-    conn = TesterConnection(plain)
+    conn = StageConnection(plain)
     response = conn.run(
         _go_request(f"/echo/{text}", [("Accept-Encoding", "invalid-encoding-1, gzip, invalid-encoding-2")])
     )
     _assert(response, 200, b"OK", {"Content-Type": "text/plain", "Content-Encoding": "gzip"})
     conn.close()
-    conn = TesterConnection(plain)
+    conn = StageConnection(plain)
     response = conn.run(
         _go_request(f"/echo/{text}", [("Accept-Encoding", "invalid-encoding-1, invalid-encoding-2")])
     )
@@ -255,7 +255,7 @@ def test_stage_multiple_compression_schemes(plain: Server) -> None:
 
 def test_stage_gzip_body(plain: Server) -> None:
     text = _word()
-    conn = TesterConnection(plain)
+    conn = StageConnection(plain)
     response = conn.run(_go_request(f"/echo/{text}", [("Accept-Encoding", "gzip")]))
     _assert(response, 200, b"OK", {"Content-Type": "text/plain", "Content-Encoding": "gzip"})
     assert response.header("content-length") == str(len(response.body)).encode()
@@ -265,7 +265,7 @@ def test_stage_gzip_body(plain: Server) -> None:
 
 def test_stage_persistent_connection(with_directory: Server) -> None:
     cases = [_random_case(with_directory, i) for i in range(_rng.randint(3, 5))]
-    conn = TesterConnection(with_directory)
+    conn = StageConnection(with_directory)
     for _ in range(2):  # the same requests twice on one connection
         for request, method, (status, reason, headers, body) in cases:
             _assert(conn.run(request, method), status, reason, headers, body)
@@ -276,7 +276,7 @@ def test_stage_persistent_connection(with_directory: Server) -> None:
 def test_stage_concurrent_persistent_connections(with_directory: Server) -> None:
     count = _rng.randint(2, 3)
     cases = [_random_case(with_directory, i) for i in range(count)]
-    conns = [TesterConnection(with_directory) for _ in range(count)]
+    conns = [StageConnection(with_directory) for _ in range(count)]
     for i in reversed(range(count)):
         request, method, (status, reason, headers, body) = cases[i]
         _assert(conns[i].run(request, method), status, reason, headers, body)
@@ -289,7 +289,7 @@ def test_stage_concurrent_persistent_connections(with_directory: Server) -> None
 
 def test_stage_connection_closure(with_directory: Server) -> None:
     cases = [_random_case(with_directory, i) for i in (1, 2)]
-    conns = [TesterConnection(with_directory) for _ in range(2)]
+    conns = [StageConnection(with_directory) for _ in range(2)]
     for conn in conns:
         for index, (request, method, (status, reason, headers, body)) in enumerate(cases):
             if index == 1:
