@@ -17,7 +17,7 @@ Uploads: the body goes to a temporary file in the directory (`TEMP_PREFIX...`), 
 fsync'd, given the usual permissions (0666 less the umask) and renamed over DIR/name, and the
 directory fsync'd: 201 then means the whole file is durably in place, and a reader sees the old
 file or the new one, never a part. An aborted upload leaves nothing behind. A name that is a
-directory answers 409.
+directory answers 409; a directory we may not write to, 403.
 
 All disk access happens in the `Exchange`, whose `may_block` is true: the core runs it where
 blocking is allowed, never on the event loop.
@@ -254,7 +254,10 @@ class _Upload:
         elif os.path.isdir(target):
             self._refusal = IS_A_DIRECTORY
         else:
-            self._fd, self._temp = tempfile.mkstemp(dir=self._root, prefix=TEMP_PREFIX)
+            try:
+                self._fd, self._temp = tempfile.mkstemp(dir=self._root, prefix=TEMP_PREFIX)
+            except PermissionError:  # a directory we may not write to
+                self._refusal = FORBIDDEN
 
     def receive(self, data: bytes) -> None:
         if not self._checked:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from email.utils import formatdate
 from pathlib import Path
 
@@ -176,6 +177,11 @@ def test_absent_files_and_directories_are_404(served: Path) -> None:
         response = call(app, request(b"GET", b"/files/" + name))
         assert response.status == 404
         assert header(response, b"content-type") == b"text/plain"
+
+
+def test_special_files_are_404_and_never_block(served: Path) -> None:
+    os.mkfifo(served / "fifo")  # opening it for reading would wait for a writer
+    assert call(build_app(served), request(b"GET", b"/files/fifo")).status == 404
 
 
 def test_without_a_directory_file_routes_say_so(served: Path) -> None:
@@ -409,6 +415,18 @@ def test_abort_after_a_failed_respond_removes_the_temporary_file(served: Path) -
     exchange.abort()
     assert not temp_files(served)
     assert (served / "new").is_dir()
+
+
+def test_upload_into_a_directory_we_may_not_write_to_is_403(
+    served: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise PermissionError(13, "Permission denied")  # what a read-only directory gives, even as root
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    response = call(build_app(served), request(b"POST", b"/files/new"), [b"data"])
+    assert response.status == 403
+    assert not (served / "new").exists()
 
 
 def test_upload_onto_a_directory_is_409(served: Path) -> None:
