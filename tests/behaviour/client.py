@@ -8,6 +8,7 @@ Every socket has a timeout, so a server that stays silent fails a test instead o
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass, field
@@ -76,8 +77,11 @@ def chunked(*pieces: bytes) -> bytes:
 class RawClient:
     """One connection: send bytes, read responses one at a time (pipelining works)."""
 
-    def __init__(self, host: str, port: int, timeout: float = TIMEOUT) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self, host: str, port: int, timeout: float = TIMEOUT, tls: ssl.SSLContext | None = None
+    ) -> None:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock = tls.wrap_socket(sock, server_hostname="localhost") if tls else sock
         self.sock.settimeout(timeout)
         self._buffer = b""
         self._eof = False
@@ -102,7 +106,7 @@ class RawClient:
     def _recv(self) -> bytes:
         try:
             return self.sock.recv(65536)
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLEOFError):
             return b""
 
     def read_response(self, method: str = "GET") -> Response:

@@ -30,8 +30,8 @@ SERVER_MODULE = os.environ.get("BEHAVIOUR_SERVER_MODULE", "transports")
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 SECRET = b"top secret, outside the served directory\n"
-_LISTENING = re.compile(
-    r"Listening on http://(\[[^\]]+\]|[^\s:/]+):(\d+) \(transport (\w+), directory (.*)\)"
+LISTENING = re.compile(
+    r"Listening on https?://(\[[^\]]+\]|[^\s:/]+):(\d+) \(transport (\w+), directory (.*)\)"
 )
 
 
@@ -102,7 +102,7 @@ def _start(transport: str, base: Path, args: list[str], *, directory: bool, trai
         text = stdout_path.read_text(errors="replace")
         if "\n" in text:
             line = text.split("\n", 1)[0]
-            match = _LISTENING.fullmatch(line)
+            match = LISTENING.fullmatch(line)
             if match is None:
                 _kill(process)
                 pytest.fail(f"unexpected start-up line {line!r}; stderr:\n{stderr_path.read_text()}")

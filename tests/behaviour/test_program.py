@@ -1,0 +1,148 @@
+"""The program as a user runs it: `./your_program.sh`, `--help`, TLS, `--workers`."""
+
+from __future__ import annotations
+
+import http.client
+import select
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import trustme
+
+from .client import RawClient, request
+from .conftest import LISTENING, ROOT, Server, StartServer, stop
+
+OPTIONS = [
+    "--transport",
+    "--host",
+    "--port",
+    "--directory",
+    "--max-body-size",
+    "--keep-alive-timeout",
+    "--head-timeout",
+    "--body-timeout",
+    "--send-timeout",
+    "--max-head-size",
+    "--max-header-count",
+    "--max-target-length",
+    "--date-header",
+    "--server-header",
+    "--no-access-log",
+    "--max-connections",
+    "--shutdown-grace",
+    "--log-level",
+    "--certfile",
+    "--keyfile",
+    "--workers",
+]
+
+
+def test_help_documents_every_option() -> None:
+    result = subprocess.run(
+        [str(ROOT / "your_program.sh"), "--help"], cwd=ROOT, capture_output=True, timeout=30, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    missing = [option for option in OPTIONS if option not in result.stdout]
+    assert not missing, missing
+
+
+def test_your_program_sh_starts_fast_with_trailing_slash(transport: str, tmp_path: Path) -> None:
+    """The challenge's harness runs `./your_program.sh --directory DIR/` and connects within seconds."""
+    directory = tmp_path / "data"
+    directory.mkdir()
+    (directory / "hello").write_bytes(b"hello file")
+    command = [
+        str(ROOT / "your_program.sh"),
+        "--port",
+        "0",
+        "--transport",
+        transport,
+        "--directory",
+        f"{directory}/",
+    ]
+    started = time.monotonic()
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert process.stdout is not None
+        assert select.select([process.stdout], [], [], 15)[0], "no start-up line within 15s"
+        line = process.stdout.readline().decode().rstrip("\n")  # the server flushes its one line
+        elapsed = time.monotonic() - started
+        match = LISTENING.fullmatch(line)
+        assert match is not None, line
+        assert elapsed < 2.0, f"start-up took {elapsed:.2f}s"
+        with RawClient("127.0.0.1", int(match[2])) as client:
+            client.send(request("GET", "/files/hello"))
+            assert client.read_response().body == b"hello file"
+        process.terminate()
+        assert process.wait(5) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def test_tls(start_server: StartServer, ca: trustme.CA, tmp_path: Path) -> None:
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    for blob in cert.cert_chain_pems[1:]:
+        blob.write_to_path(str(certfile), append=True)
+    cert.private_key_pem.write_to_path(str(keyfile))
+    server = start_server("--certfile", str(certfile), "--keyfile", str(keyfile))
+    assert server.stdout_line.startswith("Listening on https://"), server.stdout_line
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with RawClient(server.host, server.port, tls=context) as client:
+        client.send(request("GET", "/echo/secure") + request("GET", "/echo/again", [("Connection", "close")]))
+        assert client.read_response().body == b"secure"
+        last = client.read_response()
+        assert (last.body, last.header("connection")) == (b"again", b"close")
+        client.assert_closed(within=1.0)
+    https = http.client.HTTPSConnection(server.host, server.port, timeout=5, context=context)
+    try:
+        for i in range(5):
+            https.request("GET", f"/echo/k{i}")
+            response = https.getresponse()
+            assert (response.status, response.read()) == (200, f"k{i}".encode())
+    finally:
+        https.close()
+    # A plain-text client on the TLS port is dropped without disturbing the server.
+    with RawClient(server.host, server.port) as plain:
+        plain.send(request("GET", "/echo/plain"))
+        plain.read_until_close(timeout=3.0)
+    with RawClient(server.host, server.port, tls=context) as client:
+        client.send(request("GET", "/echo/still"))
+        assert client.read_response().body == b"still"
+
+
+def test_workers(start_server: StartServer) -> None:
+    server: Server = start_server("--workers", "2")
+    bodies: list[bytes] = []
+    lock = threading.Lock()
+
+    def run(index: int) -> None:
+        with server.client() as client:
+            for j in range(20):
+                client.send(request("GET", f"/echo/w{index}-{j}"))
+                body = client.read_response().body
+                with lock:
+                    bodies.append(body)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert sorted(bodies) == sorted(f"w{i}-{j}".encode() for i in range(10) for j in range(20))
+    assert stop(server) < 5.0
