@@ -318,10 +318,11 @@ def bench_server(server: Server, directory: Path, args: argparse.Namespace, resu
                 results.add(server.name, scenario.name, None)
             return
         try:
-            results.idle.setdefault(server.name, []).append(idle_kib_per_connection(proc.pid, port))
+            if args.idle:
+                results.idle.setdefault(server.name, []).append(idle_kib_per_connection(proc.pid, port))
         except OSError as exc:
             results.problems.append(f"{server.name}: idle connections failed: {exc!r}")
-        for scenario in SCENARIOS:
+        for scenario in args.scenario_list:
             if scenario.full_only and not server.full:
                 continue
             try:
@@ -390,7 +391,7 @@ def report(results: Results, args: argparse.Namespace, servers: list[Server]) ->
         "'CPU vs hypercorn-asyncio' is hypercorn's CPU time per request over the server's (higher is better)",
         "",
     ]
-    for scenario in SCENARIOS:
+    for scenario in args.scenario_list:
         lines += [
             f"## {scenario.title}",
             "",
@@ -417,12 +418,16 @@ def report(results: Results, args: argparse.Namespace, servers: list[Server]) ->
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines += [
-        f"## {IDLE_CONNECTIONS} idle keep-alive connections",
-        "",
-        "| server | KiB RSS per connection |",
-        "|---|---:|",
-    ]
+    lines += (
+        []
+        if not results.idle
+        else [
+            f"## {IDLE_CONNECTIONS} idle keep-alive connections",
+            "",
+            "| server | KiB RSS per connection |",
+            "|---|---:|",
+        ]
+    )
     for server in servers:
         if server.name in results.idle:
             lines.append(f"| {server.name} | {fmt(median(results.idle[server.name]), '.1f')} |")
@@ -477,7 +482,7 @@ def targets(results: Results) -> list[str]:
     return lines
 
 
-def chart(results: Results, servers: list[Server], path: Path) -> None:
+def chart(results: Results, servers: list[Server], scenarios: list[Scenario], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -487,8 +492,8 @@ def chart(results: Results, servers: list[Server], path: Path) -> None:
     width = 0.8 / len(servers)
     colors = plt.get_cmap("tab10")
     for i, server in enumerate(servers):
-        values = [ratio(results, server.name, HYPERCORN, sc.name) or 0.0 for sc in SCENARIOS]
-        xs = [j + (i - len(servers) / 2 + 0.5) * width for j in range(len(SCENARIOS))]
+        values = [ratio(results, server.name, HYPERCORN, sc.name) or 0.0 for sc in scenarios]
+        xs = [j + (i - len(servers) / 2 + 0.5) * width for j in range(len(scenarios))]
         hatch = None if server.ours else ("//" if server.name.startswith("bare") else None)
         bars.bar(
             xs,
@@ -500,7 +505,7 @@ def chart(results: Results, servers: list[Server], path: Path) -> None:
             edgecolor="black" if server.ours else None,
         )
     bars.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
-    bars.set_xticks(range(len(SCENARIOS)), [sc.title for sc in SCENARIOS])
+    bars.set_xticks(range(len(scenarios)), [sc.title for sc in scenarios])
     bars.set_ylabel("req/s relative to hypercorn-asyncio (same round)")
     bars.set_title("Throughput, server on one core (higher is better)")
     bars.legend(fontsize=8, ncol=3)
@@ -528,7 +533,13 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=6, help="seconds per measured run (default 6)")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per run (default 1)")
     parser.add_argument("--servers", default="", help="comma-separated server names (default: all)")
+    parser.add_argument(
+        "--scenarios", default="", help="comma-separated: keep-alive,close,gzip,file,idle (default: all)"
+    )
     args = parser.parse_args()
+    wanted = args.scenarios.split(",") if args.scenarios else [sc.name for sc in SCENARIOS] + ["idle"]
+    args.scenario_list = [sc for sc in SCENARIOS if sc.name in wanted]
+    args.idle = "idle" in wanted
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 2, 1
     servers = [s for s in SERVERS if not args.servers or s.name in args.servers.split(",")]
@@ -550,7 +561,7 @@ def main() -> None:
 
     text = report(results, args, servers)
     (RESULTS / "latest.md").write_text(text + "\n")
-    chart(results, servers, RESULTS / "latest.png")
+    chart(results, servers, args.scenario_list, RESULTS / "latest.png")
     print(text)
     print(f"\nWritten: {RESULTS / 'latest.md'} and {RESULTS / 'latest.png'}")
 
