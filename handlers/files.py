@@ -74,6 +74,7 @@ class Files:
 
     def __init__(self, directory: Path | None) -> None:
         self.root: str | None = None
+        self._inside = ""  # the root with a trailing separator: what every path inside starts with
         if directory is not None:
             root = os.path.realpath(directory)
             if not os.path.isdir(root):
