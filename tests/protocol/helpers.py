@@ -278,21 +278,24 @@ class Parsed:
         return self.header(b"connection") == b"close"
 
 
-def parse(data: bytes, methods: Sequence[bytes] | int = 1) -> list[Parsed]:
+def parse(data: bytes, methods: Sequence[bytes] | int | None = 1) -> list[Parsed]:
     """Parse exactly these responses (one per request method) with an h11 client.
 
     Fails if the bytes are not valid HTTP/1.1, a response is incomplete, anything is
-    left over, or a response follows one that closed the connection.
+    left over, or a response follows one that closed the connection. `methods=None`
+    parses as many responses to GET as there are.
     """
     if isinstance(methods, int):
         methods = [b"GET"] * methods
     client = h11.Connection(h11.CLIENT)
     client.receive_data(bytes(data))
     results = []
-    for index, method in enumerate(methods):
+    index = 0
+    while client.trailing_data[0] if methods is None else index < len(methods):
         if index:
             assert client.our_state is h11.DONE and client.their_state is h11.DONE, "a response after close"
             client.start_next_cycle()
+        method = b"GET" if methods is None else methods[index]
         client.send(h11.Request(method=method, target="/", headers=[("Host", "example")]))
         client.send(h11.EndOfMessage())
         informational: list[int] = []
@@ -312,8 +315,14 @@ def parse(data: bytes, methods: Sequence[bytes] | int = 1) -> list[Parsed]:
                 assert isinstance(event, h11.EndOfMessage), event
                 break
         results.append(Parsed(status, headers, bytes(body), informational))
+        index += 1
     assert client.trailing_data[0] == b"", f"bytes after the responses: {client.trailing_data[0]!r}"
     return results
+
+
+def parse_all(data: bytes) -> list[Parsed]:
+    """Parse every response in `data`, all taken as answers to GET."""
+    return parse(data, None)
 
 
 def parse_one(data: bytes, method: bytes = b"GET") -> Parsed:
