@@ -53,7 +53,8 @@ def requests(draw: st.DrawFn, *, head: bool = True) -> tuple[bytes, Expected]:
             return data, Expected(b"POST", 200, word, closes)
         return data, Expected(b"POST", 201, b"got %d" % len(body), closes)
     method = b"HEAD" if kind == "head" else b"GET"
-    target = {"root": b"/", "missing": b"/missing/" + word, "memfile": b"/memfile"}.get(kind, b"/echo/" + word)
+    targets = {"root": b"/", "missing": b"/missing/" + word, "memfile": b"/memfile"}
+    target = targets.get(kind, b"/echo/" + word)
     response_body = {"root": b"", "missing": b"not found", "memfile": (bytes(range(256)) * 2)[3:303]}
     body = b"" if kind == "head" else response_body.get(kind, word)
     status = 404 if kind == "missing" else 200
@@ -107,7 +108,9 @@ APP_CONFIG = Config(send_chunk_size=100, access_log=False)
 
 @SETTINGS
 @given(st.lists(requests(), min_size=1, max_size=8), SIZES)
-def test_valid_requests_get_their_responses_in_order(items: list[tuple[bytes, Expected]], sizes: list[int]) -> None:
+def test_valid_requests_get_their_responses_in_order(
+    items: list[tuple[bytes, Expected]], sizes: list[int]
+) -> None:
     app = App(memfile_size=300)
     d = Driver(app, APP_CONFIG)
     feed_in_pieces(d, b"".join(data for data, _ in items), sizes)
@@ -179,7 +182,8 @@ def check_invariants(app: App, responses: list[Parsed]) -> None:
     check_endings(app)
 
 
-EVENTS = st.lists(
+Event = tuple[str, int, float]
+EVENTS: st.SearchStrategy[list[Event]] = st.lists(
     st.one_of(
         st.tuples(st.just("data"), st.integers(1, 120), st.floats(0, 3)),
         st.sampled_from([("expire", 0, 0.0), ("eof", 0, 0.0), ("shutdown", 0, 0.0), ("lost", 0, 0.0)]),
@@ -190,14 +194,18 @@ EVENTS = st.lists(
 
 @SETTINGS
 @given(st.lists(requests(head=False), min_size=1, max_size=6), EVENTS)
-def test_any_sequence_of_events_ends_cleanly(items: list[tuple[bytes, Expected]], events: list[object]) -> None:
+def test_any_sequence_of_events_ends_cleanly(
+    items: list[tuple[bytes, Expected]], events: list[Event]
+) -> None:
     """Data, deadlines, end of input, shutdown and failures in any order."""
     app = App(memfile_size=300)
-    config = Config(send_chunk_size=100, keep_alive_timeout=5, head_timeout=4, body_timeout=3, access_log=False)
+    config = Config(
+        send_chunk_size=100, keep_alive_timeout=5, head_timeout=4, body_timeout=3, access_log=False
+    )
     d = Driver(app, config)
     stream = b"".join(data for data, _ in items)
     lost = False
-    for kind, size, delay in events:  # type: ignore[misc]
+    for kind, size, delay in events:
         if d.closed:
             break
         if kind == "data" and stream:
