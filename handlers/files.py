@@ -7,7 +7,8 @@ left of double encoding), NUL or another control character, and names starting w
 symlinks; if that leads out of the directory, the request is refused (404 to read, 403 to write).
 
 Downloads, as nginx serves static files: streamed as a `FileBody` (never read whole), not
-content-coded (see `coding`), with `ETag` (`"<mtime hex>-<size hex>"`), `Last-Modified` and
+content-coded (see `coding`), with `ETag` (`"<mtime hex>-<size hex>"`, nginx's form but with the
+mtime in nanoseconds: two uploads of one size within a second still differ), `Last-Modified` and
 `Accept-Ranges: bytes`. `If-None-Match` (weak comparison), else `If-Modified-Since`, answer 304.
 One byte range answers 206 with `Content-Range`, an unsatisfiable one 416 with
 `Content-Range: bytes */size`; several ranges, an invalid `Range`, or an `If-Range` that does not
@@ -131,7 +132,7 @@ class _Download:
         try:
             info = os.fstat(fd)
             regular = stat.S_ISREG(info.st_mode)
-            answer = file_answer(self._request, info.st_size, int(info.st_mtime)) if regular else NOT_FOUND
+            answer = file_answer(self._request, info.st_size, info.st_mtime_ns) if regular else NOT_FOUND
         except BaseException:
             os.close(fd)
             raise
@@ -150,10 +151,11 @@ Part = tuple[int, tuple[tuple[bytes, bytes], ...], int, int]
 """Status, headers, offset and length of a response that sends (part of) the file."""
 
 
-def file_answer(request: Request, size: int, mtime: int) -> Response | Part:
-    """How to answer a GET or HEAD of a file of `size` bytes modified at `mtime` (epoch seconds):
-    a complete response without the file (304, 416), or the `Part` of the file to send."""
-    etag = b'"%x-%x"' % (mtime, size)
+def file_answer(request: Request, size: int, mtime_ns: int) -> Response | Part:
+    """How to answer a GET or HEAD of a file of `size` bytes modified at `mtime_ns` (epoch
+    nanoseconds): a complete response without the file (304, 416), or the `Part` of it to send."""
+    etag = b'"%x-%x"' % (mtime_ns, size)
+    mtime = mtime_ns // 1_000_000_000  # HTTP dates have whole seconds
     last_modified = (b"Last-Modified", formatdate(mtime, usegmt=True).encode())
     if _not_modified(request, etag, mtime):
         return Response(304, ((b"ETag", etag), last_modified))

@@ -135,16 +135,29 @@ def test_download(served: Path) -> None:
     reply = app(request(b"GET", b"/files/digits"))
     assert not isinstance(reply, Response), "disk work happens in an exchange"
     response = call(app, request(b"GET", b"/files/digits"))
-    mtime = int((served / "digits").stat().st_mtime)
+    mtime_ns = (served / "digits").stat().st_mtime_ns
+    mtime = mtime_ns // 10**9
     assert response.status == 200
     assert header(response, b"content-type") == b"application/octet-stream"
     assert header(response, b"accept-ranges") == b"bytes"
-    assert header(response, b"etag") == b'"%x-a"' % mtime
+    assert header(response, b"etag") == b'"%x-a"' % mtime_ns
     assert header(response, b"last-modified") == formatdate(mtime, usegmt=True).encode()
     assert header(response, b"content-encoding") is None
     assert isinstance(response.body, FileBody), "streamed, never read whole"
     assert (response.body.offset, response.body.length) == (0, 10)
     assert body_bytes(response) == DIGITS
+
+
+def test_etag_tells_apart_files_of_one_size_changed_within_a_second(served: Path) -> None:
+    app = build_app(served)
+    etags = []
+    for content, mtime_ns in [(b"aaaa", 1_700_000_000_100_000_000), (b"bbbb", 1_700_000_000_101_000_000)]:
+        (served / "f").write_bytes(content)
+        os.utime(served / "f", ns=(mtime_ns, mtime_ns))
+        response = call(app, request(b"GET", b"/files/f"))
+        close_body(response)
+        etags.append(header(response, b"etag"))
+    assert etags[0] != etags[1]
 
 
 def test_downloads_are_never_gzipped(served: Path) -> None:
