@@ -410,9 +410,10 @@ class ServerConnection:
             self._begin_close(now, linger=True)
         elif h.their_state is h11.DONE:
             self._next_cycle(now)
-        else:
+        else:  # usually just the request's EndOfMessage, already buffered
             self._phase = Phase.DRAIN
             self._deadline = now + self._config.body_timeout
+            self._drain(now)
 
     def _drain(self, now: float) -> None:
         """Discard the rest of a request body after its response went out."""
@@ -440,6 +441,8 @@ class ServerConnection:
         else:
             self._phase = Phase.IDLE
             self._deadline = now + self._config.keep_alive_timeout
+            if not self._stopping and not self._eof:
+                self._emit(Receive(self._deadline))  # nothing buffered: h11 has nothing to say
 
     # --- errors and endings ----------------------------------------------------------
 
