@@ -128,6 +128,7 @@ def stop(server: Server, timeout: float = STOP_TIMEOUT) -> float:
     """SIGTERM the server; fail unless it exits 0 within `timeout`. Returns the time it took."""
     process = server.process
     if process.poll() is not None:
+        server.stopped = True
         pytest.fail(f"server had already exited with {process.returncode}; stderr:\n{server.stderr()}")
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
@@ -135,6 +136,7 @@ def stop(server: Server, timeout: float = STOP_TIMEOUT) -> float:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
         _kill(process)
+        server.stopped = True  # reported here; teardown need not report it again
         pytest.fail(f"server ignored SIGTERM for {timeout}s; stderr:\n{server.stderr()}")
     elapsed = time.monotonic() - started
     server.stopped = True
