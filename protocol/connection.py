@@ -44,10 +44,12 @@ _REASONS: Final = {status.value: status.phrase.encode() for status in HTTPStatus
     422: b"Unprocessable Content",
 }
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+_INTERNAL_ERROR_BODY: Final = b"500 Internal Server Error\n"
 _INTERNAL_ERROR: Final = (
-    b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 26\r\n"
-    b"Connection: close\r\n\r\n500 Internal Server Error\n"
+    b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+    b"Connection: close\r\n\r\n%s" % (len(_INTERNAL_ERROR_BODY), _INTERNAL_ERROR_BODY)
 )
+"""What a handler's invalid response is replaced with, once h11 refused it."""
 
 
 class Phase(enum.Enum):
@@ -352,13 +354,13 @@ class ServerConnection:
             if type(body) is FileBody:
                 body.file.close()
             self._close_after_response = True
-            self._status = 500
             out.append(_INTERNAL_ERROR)
+            self._log_access(500, len(_INTERNAL_ERROR_BODY), now)
             self._begin_close(now, linger=True)
             return
         self._status = status
-        self._body_length = length
         if length and (request is None or request.method != b"HEAD") and status not in _NO_BODY_STATUSES:
+            self._body_length = length
             if type(body) is bytes:
                 out.append(h.send(h11.Data(data=body)))
             else:
@@ -366,8 +368,10 @@ class ServerConnection:
                 self._file_remaining = length
                 self._phase = Phase.RESPONDING
                 return
-        elif type(body) is FileBody:
-            body.file.close()
+        else:
+            self._body_length = 0
+            if type(body) is FileBody:
+                body.file.close()
         out.append(h.send(h11.EndOfMessage()))
         self._finish_response(now)
 
@@ -392,18 +396,7 @@ class ServerConnection:
 
     def _finish_response(self, now: float) -> None:
         """The response is complete: log it, then go on with the connection or end it."""
-        if self._config.access_log and access_log.isEnabledFor(logging.INFO):
-            request = self._request
-            access_log.info(
-                '%s - "%s %s HTTP/%s" %d %d %.1fms',
-                self._peer,
-                request.method.decode("latin-1") if request else "-",
-                request.target.decode("latin-1") if request else "-",
-                request.http_version.decode("latin-1") if request else "-",
-                self._status,
-                self._body_length,
-                (now - self._started) * 1000,
-            )
+        self._log_access(self._status, self._body_length, now)
         self._request = None
         h = self._h11
         if h.our_state is h11.MUST_CLOSE:
@@ -414,6 +407,21 @@ class ServerConnection:
             self._phase = Phase.DRAIN
             self._deadline = now + self._config.body_timeout
             self._drain(now)
+
+    def _log_access(self, status: int, body_length: int, now: float) -> None:
+        """One line per response: peer, request line, status, body bytes sent, duration."""
+        if self._config.access_log and access_log.isEnabledFor(logging.INFO):
+            request = self._request
+            access_log.info(
+                '%s - "%s %s HTTP/%s" %d %d %.1fms',
+                self._peer,
+                request.method.decode("latin-1") if request else "-",
+                request.target.decode("latin-1") if request else "-",
+                request.http_version.decode("latin-1") if request else "-",
+                status,
+                body_length,
+                (now - self._started) * 1000,
+            )
 
     def _drain(self, now: float) -> None:
         """Discard the rest of a request body after its response went out."""

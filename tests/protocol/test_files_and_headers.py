@@ -176,3 +176,11 @@ def test_no_access_log_when_disabled(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, "httpserver.access"):
         d.feed(get(b"/"))
     assert not caplog.records
+
+
+def test_head_and_invalid_responses_are_logged_with_the_bytes_sent(caplog: pytest.LogCaptureFixture) -> None:
+    d = Driver(App(), Config(access_log=True))
+    with caplog.at_level(logging.INFO, "httpserver.access"):
+        d.feed(get(b"/echo/abc", method=b"HEAD") + get(b"/bad-response"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpserver.access"]
+    assert [line.split('" ')[1].split()[:2] for line in lines] == [["200", "0"], ["500", "26"]]
