@@ -1,0 +1,147 @@
+"""Transport-level behaviour, in-process on all three transports: the `serve` API, TLS
+(sendfile's fallback paths), graceful shutdown and its grace period, and a broken body."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+import trustme
+
+from handlers import build_app
+from protocol import Config, FileBody, Request, Response
+from transports.options import ServerOptions
+
+from .harness import TRANSPORTS, read_until_close, running
+
+pytestmark = pytest.mark.parametrize("transport", TRANSPORTS)
+
+
+@pytest.fixture(scope="module")
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context and a client context that trusts it."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+def test_serves_on_the_reported_port(transport: str) -> None:
+    with running(transport, build_app(None)) as server, server.connect() as sock:
+        sock.sendall(b"GET /echo/abc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        response = read_until_close(sock)
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert response.endswith(b"\r\n\r\nabc")
+
+
+def test_tls_download_and_upload(
+    transport: str, tmp_path: Path, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_context, client_context = tls
+    content = os.urandom(3 * 1024 * 1024 + 17)
+    (tmp_path / "big").write_bytes(content)
+    options = ServerOptions(port=0, ssl_context=server_context)
+    with running(transport, build_app(tmp_path), options=options) as server:
+        https = http.client.HTTPSConnection("127.0.0.1", server.port, timeout=10, context=client_context)
+        try:
+            https.request("GET", "/files/big")
+            response = https.getresponse()
+            assert (response.status, response.read() == content) == (200, True)
+            https.request("POST", "/files/copy", body=content)
+            response = https.getresponse()
+            assert (response.status, response.read()) == (201, b"")
+            https.request("GET", "/echo/after")
+            assert https.getresponse().read() == b"after"
+        finally:
+            https.close()
+    assert (tmp_path / "copy").read_bytes() == content
+
+
+def test_shutdown_closes_idle_connections_at_once(transport: str) -> None:
+    options = ServerOptions(port=0, shutdown_grace=30)
+    config = Config(keep_alive_timeout=60)
+    with running(transport, build_app(None), config, options) as server, server.connect() as sock:
+        sock.sendall(b"GET /echo/idle HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).endswith(b"idle")
+        started = time.monotonic()
+        server.stop(within=5)
+        assert time.monotonic() - started < 2
+        assert read_until_close(sock) == b""
+
+
+def test_shutdown_lets_a_request_in_flight_finish(transport: str, tmp_path: Path) -> None:
+    options = ServerOptions(port=0, shutdown_grace=30)
+    with running(transport, build_app(tmp_path), options=options) as server, server.connect() as sock:
+        sock.sendall(b"POST /files/up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+        _wait_for(lambda: len(os.listdir(tmp_path)) == 1)  # the upload's temporary file
+        server.shutdown()
+        time.sleep(0.1)
+        sock.sendall(b"67890")
+        response = read_until_close(sock)
+        server.thread.join(5)
+        assert not server.thread.is_alive()
+    assert response.startswith(b"HTTP/1.1 201 Created\r\n")
+    assert b"\r\nConnection: close\r\n" in response
+    assert os.listdir(tmp_path) == ["up"]
+    assert (tmp_path / "up").read_bytes() == b"1234567890"
+
+
+def test_grace_period_cuts_a_stalled_upload_and_leaves_nothing(transport: str, tmp_path: Path) -> None:
+    options = ServerOptions(port=0, shutdown_grace=0.3)
+    with running(transport, build_app(tmp_path), options=options) as server, server.connect() as sock:
+        sock.sendall(b"POST /files/up HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n12345")
+        _wait_for(lambda: len(os.listdir(tmp_path)) == 1)
+        started = time.monotonic()
+        server.stop(within=5)
+        assert 0.25 < time.monotonic() - started < 3
+        assert not read_until_close(sock).startswith(b"HTTP/1.1 201")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_shorter_than_announced_drops_only_its_connection(transport: str, tmp_path: Path) -> None:
+    (tmp_path / "short").write_bytes(b"x" * 1000)
+
+    def app(request: Request) -> Response:
+        if request.target == b"/short":  # claims more bytes than the file holds
+            return Response(200, (), FileBody(open(tmp_path / "short", "rb"), 0, 5000))
+        return Response(200, (), b"fine")
+
+    with running(transport, app) as server:
+        with server.connect() as sock:
+            sock.sendall(b"GET /short HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = read_until_close(sock)
+            assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert len(data.split(b"\r\n\r\n", 1)[1]) < 5000
+        with server.connect() as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert read_until_close(sock).endswith(b"fine")
+
+
+def test_max_connections_leaves_the_rest_in_the_backlog(transport: str) -> None:
+    options = ServerOptions(port=0, max_connections=1)
+    with running(transport, build_app(None), options=options) as server:
+        first = server.connect()
+        first.sendall(b"GET /echo/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert first.recv(65536).endswith(b"1")
+        second = server.connect()  # completes in the kernel's backlog
+        second.sendall(b"GET /echo/2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        second.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            second.recv(65536)
+        first.close()
+        second.settimeout(5)
+        assert second.recv(65536).endswith(b"2")
+        second.close()
+
+
+def _wait_for(condition: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
