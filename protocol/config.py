@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """The core's limits, timeouts and response options; frozen, so one instance serves every connection."""
+
     max_head_size: int = 16 * 1024
     """Request line plus header fields; larger heads get 431."""
     max_target_length: int = 8 * 1024
