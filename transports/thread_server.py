@@ -29,17 +29,23 @@ _CLEANUP_WAIT: Final = 5.0
 class _Connection:
     """A connection's socket and core, and the means for shutdown to reach them."""
 
-    __slots__ = ("closed", "conn", "lock", "receiving", "sock")
+    __slots__ = ("closed", "conn", "lock", "receiving", "sock", "stopping")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.conn: ServerConnection | None = None
         self.receiving = False
+        self.stopping = False
         self.closed = False
         self.lock = threading.Lock()
 
     def stop(self) -> None:
-        """Finish the request in progress; an idle connection stops waiting at once."""
+        """Finish the request in progress; an idle connection stops waiting at once.
+
+        Races with the connection's thread about to receive: either it sees `stopping`
+        before it blocks, or this sees `receiving` and wakes its recv with SHUT_RD.
+        """
+        self.stopping = True
         conn = self.conn
         if conn is not None:
             conn.shutdown()
@@ -189,6 +195,9 @@ class ThreadServer:
                 if kind is Receive:
                     sock.settimeout(_timeout(action.deadline))  # type: ignore[union-attr]
                     connection.receiving = True
+                    if connection.stopping and conn.phase is Phase.IDLE:
+                        connection.receiving = False
+                        continue  # abandon the wait: the core closes an idle connection
                     try:
                         data = sock.recv(RECEIVE_SIZE)
                     finally:
