@@ -551,12 +551,19 @@ def test_soak_keeps_fds_and_leaves_no_temp_files(start_server: StartServer) -> N
 
 def test_sigterm_with_idle_keep_alive_exits_promptly(start_server: StartServer) -> None:
     server = start_server("--keep-alive-timeout", "30")
-    with server.client() as client:
-        client.send(request("GET", "/echo/idle"))
-        assert client.read_response().body == b"idle"
+    clients = [server.client() for _ in range(20)]
+    try:
+        for client in clients:  # all answered at once, so some are still on their way back to recv
+            client.send(request("GET", "/echo/idle"))
+        for client in clients:
+            assert client.read_response().body == b"idle"
         elapsed = stop(server)
-        assert elapsed < 2.0, f"SIGTERM took {elapsed:.2f}s with an idle keep-alive connection"
-        assert client.read_until_close(timeout=1.0) == b""
+        assert elapsed < 2.0, f"SIGTERM took {elapsed:.2f}s with idle keep-alive connections"
+        for client in clients:
+            assert client.read_until_close(timeout=1.0) == b""
+    finally:
+        for client in clients:
+            client.close()
 
 
 def test_sigint_exits_zero(start_server: StartServer) -> None:
