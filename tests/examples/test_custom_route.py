@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import queue
 import signal
+import threading
 from pathlib import Path
 
 import pytest
+import trio
 
 from examples.custom_route import MAX_BODY, Reverse, make_app
-from protocol import Request, Response
-from tests.behaviour.client import request
+from protocol import Config, Request, Response
+from tests.behaviour.client import RawClient, request
+from transports import asyncio_server, thread_server, trio_server
+from transports.options import ServerOptions
 
 from .program import running
 
@@ -54,3 +61,50 @@ def test_the_route_table_answers_without_a_server() -> None:
     assert isinstance(response, Response)
     assert response.body == b"Hello, %C3%A9!"  # the handler gets the path as sent
     assert isinstance(app(Request(b"POST", b"/reverse", ())), Reverse)
+
+
+def get_hello(port: int) -> bytes:
+    with RawClient("127.0.0.1", port) as client:
+        client.send(request("GET", "/hello/embedded"))
+        return client.read_response().body
+
+
+# The same routes, started and stopped programmatically by each transport's `serve`.
+OPTIONS = ServerOptions(host="127.0.0.1", port=0, shutdown_grace=2.0)
+BOUND = 10.0
+
+
+def test_threads_serve_in_a_background_thread_until_shutdown() -> None:
+    servers: queue.Queue[thread_server.ThreadServer] = queue.Queue()
+    serve = functools.partial(thread_server.serve, make_app(), Config(), OPTIONS, started=servers.put)
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    server = servers.get(timeout=BOUND)
+    try:
+        assert get_hello(server.ports[0]) == b"Hello, embedded!"
+    finally:
+        server.shutdown()  # from any thread; serve returns once connections are done
+        thread.join(BOUND)
+    assert not thread.is_alive()
+
+
+def test_asyncio_serve_as_a_task_until_shutdown() -> None:
+    async def scenario() -> None:
+        listening: asyncio.Future[asyncio_server.AsyncioServer] = asyncio.get_running_loop().create_future()
+        serving = asyncio.create_task(
+            asyncio_server.serve(make_app(), Config(), OPTIONS, started=listening.set_result)
+        )
+        server = await asyncio.wait_for(listening, BOUND)
+        assert await asyncio.to_thread(get_hello, server.ports[0]) == b"Hello, embedded!"
+        server.shutdown()  # on the loop's thread
+        await asyncio.wait_for(serving, BOUND)
+
+    asyncio.run(scenario())
+
+
+async def test_trio_serve_in_a_nursery_until_shutdown() -> None:
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(trio_server.serve, make_app(), Config(), OPTIONS)
+            assert await trio.to_thread.run_sync(get_hello, server.ports[0]) == b"Hello, embedded!"
+            server.shutdown()  # the nursery then waits for serve to return
