@@ -96,8 +96,9 @@ class _HttpProtocol(asyncio.Protocol):
         self._cancel_timer()
         if not self._done:
             self._lost = True
-            if not self._busy:
-                self._finish_lost()
+            if self._busy:
+                return  # the step in flight finishes first; then `_finish_lost` runs
+            self._finish_lost()
         self._server.connection_closed(self)
 
     # --- driving the core ------------------------------------------------------------
@@ -189,6 +190,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._sending_file = None
         if self._lost:
             self._finish_lost()
+            self._server.connection_closed(self)
             return
         self._action = None
         self._cancel_timer()
@@ -206,6 +208,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._action = None
         if self._lost:
             self._finish_lost()
+            self._server.connection_closed(self)
         else:
             self._pump()
 

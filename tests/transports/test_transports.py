@@ -145,3 +145,35 @@ def _wait_for(condition: object, timeout: float = 5.0) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
+
+
+class _SlowUpload:
+    """An exchange whose disk work is slow; records what the core asked of it."""
+
+    may_block = True
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def receive(self, data: bytes) -> None:
+        self.calls.append("receive")
+        time.sleep(0.5)
+
+    def respond(self) -> Response:
+        self.calls.append("respond")
+        return Response(201)
+
+    def abort(self) -> None:
+        self.calls.append("abort")
+
+
+def test_cut_during_a_blocking_step_still_aborts_the_exchange(transport: str) -> None:
+    calls: list[str] = []
+    options = ServerOptions(port=0, shutdown_grace=0.1)
+    with running(transport, lambda request: _SlowUpload(calls), options=options) as server:
+        sock = server.connect()
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n12345")
+        _wait_for(lambda: calls == ["receive"])
+        server.stop(within=5)  # the grace period ends while receive() still runs
+        sock.close()
+    assert calls == ["receive", "abort"]
