@@ -1,0 +1,72 @@
+"""The core's cost per request in-process, next to bare h11's: no sockets, no event loop.
+
+    .venv/bin/python -m bench.core [--requests 20000] [--profile]
+
+Drives `protocol.ServerConnection` with the real app (`handlers.build_app`) through
+keep-alive `GET /echo/abc` cycles exactly as a transport would (Receive, receive_data,
+Send, ...), and the bare loops' h11 code through the same bytes. The difference is what
+the core and handlers add on top of h11. Best of several repeats, so other load on the
+machine hardly moves it. `--profile` prints cProfile's top functions of the core's run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import h11
+
+from bench.peers.bare import process
+from handlers import build_app
+from protocol import Config, Receive, Send, ServerConnection
+
+REQUEST = b"GET /echo/abc HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: bench\r\n\r\n"
+
+
+def core_cycles(n: int) -> None:
+    conn = ServerConnection(build_app(None), Config(access_log=False), now=0.0)
+    for _ in range(n):
+        action = conn.next_action(0.0)
+        assert type(action) is Receive
+        conn.receive_data(REQUEST, 0.0)
+        action = conn.next_action(0.0)
+        assert type(action) is Send
+
+
+def bare_cycles(n: int) -> None:
+    conn = h11.Connection(h11.SERVER)
+    for _ in range(n):
+        out, close = process(conn, REQUEST)
+        assert out and not close
+
+
+def best(run: object, n: int, repeats: int = 7) -> float:
+    """Best CPU µs per cycle over `repeats` runs (CPU time: other load on the machine barely counts)."""
+    assert callable(run)
+    times = []
+    for _ in range(repeats):
+        started = time.thread_time()
+        run(n)
+        times.append(time.thread_time() - started)
+    return min(times) / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    core, bare = best(core_cycles, args.requests), best(bare_cycles, args.requests)
+    print(f"core + handlers: {core:.1f} µs per request")
+    print(f"bare h11 loop:   {bare:.1f} µs per request")
+    print(f"added by us:     {core - bare:.1f} µs ({core / bare:.2f}x bare)")
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(core_cycles, args.requests)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()
