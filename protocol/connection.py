@@ -250,6 +250,8 @@ class ServerConnection:
         version = request.http_version
         if version[:2] != b"1.":
             return 505
+        if request.method == b"CONNECT":  # no tunnels; a 2xx would switch h11 to raw bytes
+            return 501
         if len(request.target) > config.max_target_length:
             return 414
         headers = request.headers
@@ -460,6 +462,11 @@ class ServerConnection:
             self._begin_close(now, linger=False)
             return
         self._close_after_response = True
+        if self._request is None:
+            # The head did not parse, so its method is unknown: a body would be one
+            # too many after a HEAD. The status line says it all.
+            self._respond(Response(status), now)
+            return
         message = b"%d %s\n" % (status, _reason(status))
         self._respond(Response(status, ((b"Content-Type", b"text/plain"),), message), now)
 

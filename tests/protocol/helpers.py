@@ -235,6 +235,10 @@ class Driver(Generic[AppT]):
             self.conn.receive_data(piece, self.now)
             self.advance()
 
+    def feed_and_take(self, data: bytes) -> bytes:
+        self.feed(data)
+        return self.take()
+
     def eof(self) -> None:
         self.feed(b"", eof=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import Config, Receive
+from protocol import Config, Receive, Response
 
 from .helpers import FRAGMENT_SIZES, App, Driver, chunked, get, parse, parse_one, post
 
@@ -17,8 +17,11 @@ def refused(data: bytes, size: int = 1 << 20, config: Config | None = None) -> t
     d.feed(data + FOLLOW_UP, size)
     response = parse_one(d.take())
     assert response.closes, "an error response closes the connection"
-    assert response.header(b"content-type") == b"text/plain"
-    assert response.body.startswith(b"%d " % response.status)
+    if response.body:  # the head parsed: the body says why
+        assert response.header(b"content-type") == b"text/plain"
+        assert response.body.startswith(b"%d " % response.status)
+    else:  # h11 refused the head, so its method (HEAD?) is unknown: no body
+        assert response.header(b"content-length") == b"0"
     assert d.closed or d.half_closed
     assert all(r.target != b"/echo/after" for r in d.app.requests), "nothing after the error is processed"
     return response.status, d
@@ -48,6 +51,12 @@ def refused(data: bytes, size: int = 1 << 20, config: Config | None = None) -> t
 )
 def test_malformed_requests_get_their_status(data: bytes, status: int) -> None:
     assert refused(data)[0] == status
+
+
+def test_an_error_body_only_when_the_head_parsed() -> None:
+    assert parse_one(Driver(App()).feed_and_take(b"GARBAGE\r\n\r\n")).body == b""
+    data = get(b"/", b"Content-Length: 1", b"Transfer-Encoding: chunked")
+    assert parse_one(Driver(App()).feed_and_take(data)).body == b"400 Bad Request\n"
 
 
 @pytest.mark.parametrize("size", FRAGMENT_SIZES)
@@ -168,3 +177,27 @@ def test_the_error_response_for_an_unparsed_request_is_well_formed() -> None:
     assert isinstance(d.waiting, Receive) or d.half_closed
     d.feed(b"\r\n\r\n")
     assert parse_one(d.take()).status == 400
+
+
+@pytest.mark.parametrize(
+    "data", [get(b"/", version=b"2.0", method=b"HEAD"), get(b"/", b"Content-Length: x", method=b"HEAD")]
+)
+def test_an_error_response_to_head_has_no_body(data: bytes) -> None:
+    d = Driver(App())
+    d.feed(data)
+    response = parse_one(d.take(), b"HEAD")
+    assert response.status in (400, 505) and response.body == b"" and response.closes
+
+
+def test_connect_is_refused_by_the_core_whatever_the_app_says() -> None:
+    """A 2xx to CONNECT would switch h11 to a tunnel; the core has none."""
+    d = Driver(lambda request: Response(200, body=b"tunnel?"))
+    d.feed(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n" + FOLLOW_UP)
+    response = parse_one(d.take())
+    assert response.status == 501 and response.closes
+
+
+def test_an_upgrade_request_is_answered_as_plain_http() -> None:
+    d = Driver(App())
+    d.feed(get(b"/echo/a", b"Upgrade: websocket", b"Connection: upgrade") + FOLLOW_UP)
+    assert [r.body for r in parse(d.take(), 2)] == [b"a", b"after"]
