@@ -104,7 +104,14 @@ class _HttpProtocol(asyncio.Protocol):
     # --- driving the core ------------------------------------------------------------
 
     def _pump(self) -> None:
-        """Perform the core's actions until one has to wait."""
+        """Perform the core's actions until one has to wait; a failure ends this connection only."""
+        try:
+            self._perform()
+        except Exception:
+            error_log.exception("connection failed")
+            self._finish_lost()
+
+    def _perform(self) -> None:
         conn = self._conn
         transport = self._transport
         loop = self._loop

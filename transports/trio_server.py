@@ -123,8 +123,10 @@ class TrioServer:
                     deadline = action.deadline  # type: ignore[union-attr]
                     with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
                         connection.receiving = scope
-                        data = await stream.receive_some(RECEIVE_SIZE)
-                    connection.receiving = None
+                        try:
+                            data = await stream.receive_some(RECEIVE_SIZE)
+                        finally:
+                            connection.receiving = None
                     if not scope.cancelled_caught:
                         conn.receive_data(data, current_time())  # type: ignore[arg-type]  # bytes in practice
                     elif connection.abandoned:
