@@ -9,14 +9,24 @@ The transport's loop is the only caller, one call at a time:
     conn.connection_lost()              # when the socket failed (reset, broken pipe)
     conn.shutdown()                     # the server is stopping (any time)
 
-Invariants:
+Invariants (each pinned by tests in tests/protocol):
+- No exception escapes to the transport, whatever bytes arrive or the app does; an app
+  or exchange that raises, or a response h11 refuses, is answered 500 when no response
+  has started, else the connection just closes.
 - `next_action` always returns an action; once it returned `Close`, it returns `Close`.
+  Bytes gathered for sending always leave (in a `Send`) before `HalfClose` or `Close`.
 - At most one request is in progress; responses leave in request order, and bytes of
   pipelined responses are coalesced into one `Send` where nothing waits between them.
+- Every response is framed by Content-Length (none for 204/304, no body after HEAD) and
+  carries `Connection: close` when the connection ends after it.
+- A closing response is followed by `Close` at once when all input was read, and by
+  `HalfClose` then a bounded linger only when unread input may remain (closing with
+  unread input would make the kernel reset the connection and destroy the response).
 - An `Exchange` gets exactly one `respond()` or one `abort()`; `abort()` also follows a
   `receive()` or `respond()` that raised.
 - Every file handed over in a `FileBody` is closed, whatever happens to the connection.
 - Nothing read after a request that ends the connection is processed.
+- Every `Receive`, `Send` and `SendFile` carries a deadline: no state waits forever.
 """
 
 from __future__ import annotations

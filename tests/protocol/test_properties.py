@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from protocol import Close, Config
+from protocol import Close, Config, Receive, Send, SendFile
 
 from .helpers import App, Driver, Parsed, chunked, fragments, get, parse, parse_all
 
@@ -93,6 +93,8 @@ def finish(d: Driver[App]) -> None:
         d.expire()
     assert d.closed
     assert d.conn.next_action(d.now) == Close()
+    waits = [a for a in d.actions if isinstance(a, (Receive, Send, SendFile))]
+    assert all(a.deadline is not None for a in waits), "every wait has a deadline"
 
 
 def check_endings(app: App) -> None:
