@@ -14,7 +14,9 @@ socket and the clock and drives one `ServerConnection` per connection:
    - `HalfClose()`: shut down the writing side; keep reading.
    - `Close()`: close the socket; the connection is over.
 2. If an action's deadline passes before it completes, call `conn.timeout(now)` instead.
-3. If the socket fails (reset, broken pipe), call `conn.connection_lost()`.
+3. If the socket fails (reset, broken pipe), call `conn.connection_lost()` (after any
+   `Run` step in progress has returned); the actions that follow may still include
+   `Run` steps that undo half-done work, then `Close`.
 4. Repeat from 1 until `Close`. To stop a server gracefully, call `conn.shutdown()` on
    every connection and abandon any `Receive` in progress on an idle one.
 

@@ -165,10 +165,19 @@ class ServerConnection:
             self._begin_close(now, linger=False)
 
     def connection_lost(self) -> None:
-        """The socket failed: undo what is in progress and close without sending."""
+        """The socket failed: undo what is in progress and close without sending.
+
+        Call it between actions, never while a `Run` step is running.
+        """
         self._eof = True
         self._queue.clear()
         self._out.clear()
+        outcome = self._step_outcome
+        self._step_outcome = None
+        if isinstance(outcome, Response):  # the step's respond() succeeded: nothing to abort
+            self._exchange = None
+            if type(outcome.body) is FileBody:
+                outcome.body.file.close()
         self._drop_exchange()
         self._drop_file()
         self._phase = Phase.CLOSED

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from protocol import Close, Config, Phase, Receive, Run, Send
+from protocol import Close, Config, FileBody, Phase, Receive, Response, Run, Send
 
-from .helpers import FRAGMENT_SIZES, App, Driver, chunked, get, parse, parse_one, post
+from .helpers import FRAGMENT_SIZES, App, Driver, Recorder, TrackedFile, chunked, get, parse, parse_one, post
 
 EXPECT = b"Expect: 100-continue"
 
@@ -214,3 +214,35 @@ def test_send_then_close_order_for_a_failed_blocking_exchange() -> None:
     kinds = [type(a) for a in d.actions]
     # The 500 goes out, then the abort runs where blocking is allowed, then the close.
     assert kinds[-3:] == [Send, Run, Close] or kinds[-4:-1] == [Send, Run, Close]
+
+
+@pytest.mark.parametrize("fail", ["", "respond", "receive"])
+def test_connection_lost_after_a_blocking_step_ran_undoes_only_what_is_undone(fail: str) -> None:
+    """A transport may learn the socket is gone while a step runs, and report it after."""
+    file = TrackedFile(b"file body")
+    exchange = Recorder(may_block=True, fail=fail, response=Response(200, (), FileBody(file, 0, 9)))
+    d = Driver(lambda request: exchange, run_steps=False)
+    d.feed(post(b"/blocking", b"abc"))
+    run = d.waiting
+    assert isinstance(run, Run)
+    run.step()
+    d.conn.connection_lost()
+    d.run_steps = True
+    d.advance()
+    assert d.closed and not d.output
+    if fail:
+        assert exchange.calls[-1] == "abort" and exchange.calls.count("abort") == 1
+    else:
+        assert exchange.calls == ["receive", "respond"], "it responded: nothing to abort"
+        assert file.closed
+
+
+def test_connection_lost_before_a_blocking_step_ran_aborts() -> None:
+    app = App()
+    d = Driver(app, run_steps=False)
+    d.feed(post(b"/blocking", b"abc"))
+    assert isinstance(d.waiting, Run)
+    d.conn.connection_lost()  # the step is abandoned, never run
+    d.run_steps = True
+    d.advance()
+    assert d.closed and app.exchanges[0].calls == ["abort"]
