@@ -176,7 +176,7 @@ class ServerConnection:
         self._step_outcome = None
         if isinstance(outcome, Response):  # the step's respond() succeeded: nothing to abort
             self._exchange = None
-            if type(outcome.body) is FileBody:
+            if isinstance(outcome.body, FileBody):
                 outcome.body.file.close()
         self._drop_exchange()
         self._drop_file()
@@ -250,14 +250,14 @@ class ServerConnection:
             error_log.exception("handler failed for %r", request)
             self._fail(500, now)
             return
-        if type(reply) is Response:
+        if isinstance(reply, Response):
             if self._h11.they_are_waiting_for_100_continue:
                 # The client holds its body back; answering without reading it means
                 # its next bytes may be that body, so this connection cannot go on.
                 self._close_after_response = True
             self._respond(reply, now)
             return
-        self._exchange = cast(Exchange, reply)
+        self._exchange = reply
         if self._h11.they_are_waiting_for_100_continue and not self._h11.trailing_data[0]:
             self._out.append(
                 self._h11.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
@@ -355,7 +355,12 @@ class ServerConnection:
         request = self._request
         status = response.status
         body = response.body
-        length = len(body) if type(body) is bytes else cast(FileBody, body).length
+        if isinstance(body, FileBody):
+            file: FileBody | None = body
+            length = body.length
+        else:
+            file = None
+            length = len(body)
         headers = list(response.headers)
         if status not in _NO_BODY_STATUSES:
             headers.append((b"Content-Length", b"%d" % length))
@@ -372,8 +377,8 @@ class ServerConnection:
         except h11.LocalProtocolError:
             # A handler bug (a bad header or status). h11 is unusable now: send fixed bytes.
             error_log.exception("handler gave an invalid response for %r", request)
-            if type(body) is FileBody:
-                body.file.close()
+            if file is not None:
+                file.file.close()
             self._close_after_response = True
             out.append(_INTERNAL_ERROR)
             self._log_access(500, len(_INTERNAL_ERROR_BODY), now)
@@ -382,17 +387,17 @@ class ServerConnection:
         self._status = status
         if length and (request is None or request.method != b"HEAD") and status not in _NO_BODY_STATUSES:
             self._body_length = length
-            if type(body) is bytes:
-                out.append(h.send(h11.Data(data=body)))
+            if file is None:
+                out.append(h.send(h11.Data(data=cast(bytes, body))))
             else:
-                self._file = cast(FileBody, body)
+                self._file = file
                 self._file_remaining = length
                 self._phase = Phase.RESPONDING
                 return
         else:
             self._body_length = 0
-            if type(body) is FileBody:
-                body.file.close()
+            if file is not None:
+                file.file.close()
         out.append(h.send(h11.EndOfMessage()))
         self._finish_response(now)
 

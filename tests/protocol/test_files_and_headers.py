@@ -184,3 +184,13 @@ def test_head_and_invalid_responses_are_logged_with_the_bytes_sent(caplog: pytes
         d.feed(get(b"/echo/abc", method=b"HEAD") + get(b"/bad-response"))
     lines = [r.getMessage() for r in caplog.records if r.name == "httpserver.access"]
     assert [line.split('" ')[1].split()[:2] for line in lines] == [["200", "0"], ["500", "26"]]
+
+
+def test_a_response_subclass_and_a_bytes_like_body_are_sent() -> None:
+    class Plain(Response):
+        pass
+
+    bodies = {b"/sub": Plain(200, (), b"sub"), b"/view": Response(200, (), memoryview(b"view"))}  # type: ignore[arg-type]
+    d = Driver(lambda request: bodies[request.target])
+    d.feed(get(b"/sub") + get(b"/view"))
+    assert [r.body for r in parse(d.take(), 2)] == [b"sub", b"view"]
