@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -65,6 +66,17 @@ class Server:
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
+    def settled_fd_count(self, steady: float = 0.3, timeout: float = 5.0) -> int:
+        """The fd count once it stopped changing for `steady` seconds (closed clients are gone)."""
+        deadline = time.monotonic() + timeout
+        count, since = self.fd_count(), time.monotonic()
+        while time.monotonic() - since < steady and time.monotonic() < deadline:
+            time.sleep(0.02)
+            now = self.fd_count()
+            if now != count:
+                count, since = now, time.monotonic()
+        return count
+
     def assert_serving(self) -> None:
         """A normal request still gets a normal answer (used after every bad request)."""
         name = uuid.uuid4().hex[:8]
@@ -82,7 +94,15 @@ def unique(prefix: str = "f") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def _start(transport: str, base: Path, args: list[str], *, directory: bool, trailing_slash: bool) -> Server:
+def _start(
+    transport: str,
+    base: Path,
+    args: list[str],
+    *,
+    directory: bool,
+    trailing_slash: bool,
+    max_fds: int | None = None,
+) -> Server:
     base.mkdir(parents=True, exist_ok=True)
     outside = base / "outside"
     served = outside / "served"
@@ -95,8 +115,15 @@ def _start(transport: str, base: Path, args: list[str], *, directory: bool, trai
     if directory:
         command += ["--directory", str(served) + ("/" if trailing_slash else "")]
     command += args
+
+    def limit_fds() -> None:
+        if max_fds is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
+
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=err, preexec_fn=limit_fds
+        )
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         text = stdout_path.read_text(errors="replace")
@@ -147,9 +174,16 @@ def stop(server: Server, timeout: float = STOP_TIMEOUT) -> float:
 
 @contextlib.contextmanager
 def running_server(
-    transport: str, base: Path, *args: str, directory: bool = True, trailing_slash: bool = False
+    transport: str,
+    base: Path,
+    *args: str,
+    directory: bool = True,
+    trailing_slash: bool = False,
+    max_fds: int | None = None,
 ) -> Iterator[Server]:
-    server = _start(transport, base, list(args), directory=directory, trailing_slash=trailing_slash)
+    server = _start(
+        transport, base, list(args), directory=directory, trailing_slash=trailing_slash, max_fds=max_fds
+    )
     try:
         yield server
     finally:
@@ -210,16 +244,15 @@ def start_server(transport: str, tmp_path: Path) -> Iterator[StartServer]:
     stack = contextlib.ExitStack()
     count = 0
 
-    def start(*args: str, directory: bool = True, trailing_slash: bool = False) -> Server:
+    def start(
+        *args: str, directory: bool = True, trailing_slash: bool = False, max_fds: int | None = None
+    ) -> Server:
         nonlocal count
         count += 1
+        base = tmp_path / f"server{count}"
         return stack.enter_context(
             running_server(
-                transport,
-                tmp_path / f"server{count}",
-                *args,
-                directory=directory,
-                trailing_slash=trailing_slash,
+                transport, base, *args, directory=directory, trailing_slash=trailing_slash, max_fds=max_fds
             )
         )
 

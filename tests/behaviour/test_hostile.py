@@ -7,9 +7,11 @@ uploads that must not happen are checked on disk (no file, no temporary file).
 from __future__ import annotations
 
 import gzip
+import os
 import random
 import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -421,6 +423,81 @@ def test_disconnect_mid_upload_leaves_nothing(server: Server, framing: str, how:
     server.assert_serving()
 
 
+def test_non_regular_files_are_refused_without_blocking(start_server: StartServer) -> None:
+    """A FIFO would block a naive open() forever; a directory is no file either."""
+    server = start_server()
+    os.mkfifo(server.directory / "fifo")
+    (server.directory / "subdir").mkdir()
+    (server.directory / "subdir" / "inner").write_bytes(b"inner")
+    for name in ("fifo", "subdir"):
+        started = time.monotonic()
+        response = server.get(f"/files/{name}")
+        assert 400 <= response.status < 500, response.raw
+        assert time.monotonic() - started < 2.0
+    post = server.fetch(request("POST", "/files/subdir", body=b"onto a directory"))
+    assert 400 <= post.status < 500, post.raw
+    assert (server.directory / "subdir" / "inner").read_bytes() == b"inner"
+    assert server.directory_entries() == {"fifo", "subdir"}
+    server.assert_serving()
+
+
+def test_abort_mid_download_frees_the_file(start_server: StartServer) -> None:
+    server = start_server()
+    (server.directory / "big").write_bytes(b"z" * (16 * 1024 * 1024))
+    server.assert_serving()
+    baseline = server.settled_fd_count()
+    for _ in range(5):
+        client = server.client()
+        client.send(request("GET", "/files/big"))
+        client.sock.recv(1000)
+        client.reset()
+    assert wait_for(lambda: server.fd_count() == baseline), (server.fd_count(), baseline)
+    server.assert_serving()
+
+
+def test_reader_that_stalls_is_dropped_after_send_timeout(start_server: StartServer) -> None:
+    server = start_server("--send-timeout", "1")
+    (server.directory / "big").write_bytes(b"z" * (32 * 1024 * 1024))
+    server.assert_serving()
+    baseline = server.settled_fd_count()
+    client = server.client()
+    try:
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.send(request("GET", "/files/big"))
+        client.sock.recv(1000)  # the download started; now never read again
+        started = time.monotonic()
+        counts = [server.fd_count()]
+        assert counts[0] >= baseline + 2, (counts, baseline)  # the connection and the open file
+        while counts[-1] != baseline and time.monotonic() - started < 6.0:
+            time.sleep(0.05)
+            counts.append(server.fd_count())
+        elapsed = time.monotonic() - started
+        assert counts[-1] == baseline, (counts, baseline)
+        assert 0.5 <= elapsed <= 4.0, (elapsed, counts)
+    finally:
+        client.close()
+    server.assert_serving()
+
+
+def test_running_out_of_fds_pauses_accepting(start_server: StartServer) -> None:
+    server = start_server(max_fds=64)
+    server.assert_serving()
+    clients = []
+    try:
+        for _ in range(100):  # more than the server can hold: the rest wait in the backlog
+            clients.append(server.client())
+        time.sleep(0.5)
+        assert server.process.poll() is None, server.stderr()
+        for client in clients[:5]:
+            client.send(request("GET", "/echo/crowded"))
+            assert client.read_response().body == b"crowded"
+    finally:
+        for client in clients:
+            client.close()
+    assert wait_for(lambda: server.process.poll() is None and server.fd_count() < 40)
+    server.assert_serving()
+
+
 def test_atomic_replace(server: Server) -> None:
     name = unique()
     size = 256 * 1024
@@ -467,8 +544,7 @@ def test_soak_keeps_fds_and_leaves_no_temp_files(start_server: StartServer) -> N
     for target in ("/", "/echo/warm", "/files/static", "/nope"):
         server.get(target, [("Accept-Encoding", "gzip")])
     server.fetch(request("POST", "/files/warm", body=b"w"))
-    time.sleep(0.2)
-    baseline = server.fd_count()
+    baseline = server.settled_fd_count()
     uploaded = {"static", "warm"}
     lock = threading.Lock()
     errors: list[str] = []
