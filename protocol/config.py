@@ -35,3 +35,19 @@ class Config:
     """When not empty, the value of a Server header added to every response."""
     access_log: bool = True
     """Log one line per response to the `httpserver.access` logger."""
+
+    def __post_init__(self) -> None:
+        """Refuse values that would make every connection fail or hang, at start-up."""
+        for name in ("max_head_size", "max_target_length", "max_header_count", "send_chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_body_size < 0:
+            raise ValueError("max_body_size must not be negative")
+        for name in ("keep_alive_timeout", "head_timeout", "body_timeout", "send_timeout", "linger_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if (
+            any(byte in self.server_header for byte in b"\r\n\x00")
+            or self.server_header.strip() != self.server_header
+        ):
+            raise ValueError("server_header must be a valid header value")
