@@ -20,6 +20,9 @@ RECEIVE_SIZE: Final = 65536
 ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 """accept() errors that mean "out of resources": pause accepting, never crash."""
 
+ACCEPT_IGNORABLE_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+"""accept() errors that concern only the connection being accepted (gone, or refused by a firewall)."""
+
 ACCEPT_PAUSE: Final = 0.1
 """Seconds to stop accepting after such an error."""
 

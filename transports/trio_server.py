@@ -16,9 +16,18 @@ from typing import BinaryIO, Final
 
 import trio
 
-from protocol import App, Close, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
+from protocol import App, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
 
-from .common import ACCEPT_CAPACITY_ERRNOS, ACCEPT_PAUSE, RECEIVE_SIZE, abandon, bind, error_log, peer_name
+from .common import (
+    ACCEPT_CAPACITY_ERRNOS,
+    ACCEPT_IGNORABLE_ERRNOS,
+    ACCEPT_PAUSE,
+    RECEIVE_SIZE,
+    abandon,
+    bind,
+    error_log,
+    peer_name,
+)
 from .options import ServerOptions
 
 _BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -65,14 +74,15 @@ class TrioServer:
             async for _ in signals:
                 self.shutdown()
 
-    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        context = self._options.ssl_context
+    async def _accept(self, listener: socket.socket, nursery: trio.Nursery) -> None:
         while True:
             await self._slots.acquire()
             try:
-                tcp = await listener.accept()
+                sock = await _accept(listener)
             except OSError as exc:
                 self._slots.release()
+                if exc.errno in ACCEPT_IGNORABLE_ERRNOS:
+                    continue
                 if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
                     raise
                 error_log.warning("accept failed (%s); pausing", exc)
@@ -81,20 +91,21 @@ class TrioServer:
             except BaseException:
                 self._slots.release()
                 raise
-            stream: trio.abc.HalfCloseableStream | trio.SSLStream[trio.SocketStream] = tcp
-            if context is not None:
-                stream = trio.SSLStream(tcp, context, server_side=True, https_compatible=True)
-            nursery.start_soon(self._serve_connection, stream, tcp)
+            nursery.start_soon(self._serve_connection, sock)
 
-    async def _serve_connection(self, stream: trio.abc.Stream, tcp: trio.SocketStream) -> None:
-        now = trio.current_time()
-        peer = peer_name(tcp.socket)  # type: ignore[arg-type]
-        conn = ServerConnection(self._app, self._config, now=now, peer=peer)
+    async def _serve_connection(self, sock: socket.socket) -> None:
+        tcp = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        context = self._options.ssl_context
+        stream: trio.abc.Stream = tcp
+        if context is not None:
+            stream = trio.SSLStream(tcp, context, server_side=True, https_compatible=True)
+        peer = peer_name(sock)
+        conn = ServerConnection(self._app, self._config, now=trio.current_time(), peer=peer)
         connection = _Connection(conn)
         self._connections.add(connection)
         clean = False
         try:
-            await self._drive(stream, tcp, connection)
+            await self._drive(stream, tcp, None if context else sock, connection)
             clean = True
         except Exception:
             error_log.exception("connection from %s failed", peer)
@@ -111,8 +122,18 @@ class TrioServer:
             if not self._connections and self._stop.is_set():
                 self._all_closed.set()
 
-    async def _drive(self, stream: trio.abc.Stream, tcp: trio.SocketStream, connection: _Connection) -> None:
-        """The loop every transport has: ask the core, perform, report, until Close."""
+    async def _drive(
+        self,
+        stream: trio.abc.Stream,
+        tcp: trio.SocketStream,
+        raw: socket.socket | None,
+        connection: _Connection,
+    ) -> None:
+        """The loop every transport has: ask the core, perform, report, until Close.
+
+        Without TLS, `raw` is the socket itself: reads and writes that need no waiting
+        use it directly, which spares a cancel scope per request (the hot path).
+        """
         conn = connection.conn
         current_time = trio.current_time
         while True:
@@ -120,29 +141,49 @@ class TrioServer:
             kind = type(action)
             try:
                 if kind is Receive:
-                    deadline = action.deadline  # type: ignore[union-attr]
-                    with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-                        connection.receiving = scope
+                    data: bytes | bytearray | None = None
+                    if raw is not None:
+                        await trio.lowlevel.checkpoint_if_cancelled()
                         try:
-                            data = await stream.receive_some(RECEIVE_SIZE)
-                        finally:
-                            connection.receiving = None
-                    if not scope.cancelled_caught:
-                        conn.receive_data(data, current_time())  # type: ignore[arg-type]  # bytes in practice
-                    elif connection.abandoned:
-                        connection.abandoned = False  # shutdown: ask again, the core closes
-                    else:
-                        conn.timeout(current_time())
+                            data = raw.recv(RECEIVE_SIZE)
+                        except BlockingIOError:
+                            pass
+                        else:
+                            await trio.lowlevel.cancel_shielded_checkpoint()  # let others run
+                    if data is None:
+                        deadline = action.deadline  # type: ignore[union-attr]
+                        with trio.CancelScope(deadline=_at(deadline)) as scope:
+                            connection.receiving = scope
+                            try:
+                                data = await stream.receive_some(RECEIVE_SIZE)
+                            finally:
+                                connection.receiving = None
+                        if scope.cancelled_caught:
+                            if connection.abandoned:
+                                connection.abandoned = False  # shutdown: ask again, the core closes
+                            else:
+                                conn.timeout(current_time())
+                            continue
+                    conn.receive_data(data, current_time())  # type: ignore[arg-type]  # bytes in practice
                 elif kind is Send:
+                    data = action.data  # type: ignore[union-attr]
+                    if raw is not None:
+                        try:
+                            sent = raw.send(data)
+                        except BlockingIOError:
+                            sent = 0
+                        if sent == len(data):
+                            continue  # the next Receive is the checkpoint
+                        data = data[sent:]
                     with trio.move_on_at(_at(action.deadline)) as scope:  # type: ignore[union-attr]
-                        await stream.send_all(action.data)  # type: ignore[union-attr]
+                        await stream.send_all(data)
                     if scope.cancelled_caught:
                         conn.timeout(current_time())
                 elif kind is SendFile:
                     assert isinstance(action, SendFile)
                     with trio.move_on_at(_at(action.deadline)) as scope:
-                        if stream is tcp:
-                            await _sendfile(tcp, action.file, action.offset, action.count)
+                        if raw is not None and _has_fileno(action.file):
+                            await _sendfile(raw, action.file, action.offset, action.count)
                         else:
                             await _send_file_pieces(stream, action.file, action.offset, action.count)
                     if scope.cancelled_caught:
@@ -150,9 +191,9 @@ class TrioServer:
                 elif kind is Run:
                     await trio.to_thread.run_sync(action.step)  # type: ignore[union-attr]
                 elif kind is HalfClose:
-                    if stream is tcp:
+                    if raw is not None:
                         await tcp.send_eof()
-                elif kind is Close:
+                else:  # Close
                     return
             except _BROKEN:
                 conn.connection_lost()
@@ -162,14 +203,18 @@ def _at(deadline: float | None) -> float:
     return math.inf if deadline is None else deadline
 
 
-async def _sendfile(tcp: trio.SocketStream, file: BinaryIO, offset: int, count: int) -> None:
+async def _accept(listener: socket.socket) -> socket.socket:
+    while True:
+        try:
+            return listener.accept()[0]
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(listener)
+
+
+async def _sendfile(sock: socket.socket, file: BinaryIO, offset: int, count: int) -> None:
     """os.sendfile on the raw socket, waiting for writability between tries."""
-    try:
-        in_fd = file.fileno()
-    except (AttributeError, OSError):
-        await _send_file_pieces(tcp, file, offset, count)
-        return
-    out_fd = tcp.socket.fileno()
+    in_fd = file.fileno()
+    out_fd = sock.fileno()
     await trio.lowlevel.checkpoint_if_cancelled()
     while count:
         try:
@@ -182,6 +227,13 @@ async def _sendfile(tcp: trio.SocketStream, file: BinaryIO, offset: int, count: 
         offset += sent
         count -= sent
     await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+def _has_fileno(file: BinaryIO) -> bool:
+    try:
+        return file.fileno() >= 0
+    except (AttributeError, OSError):  # io.BytesIO and the like
+        return False
 
 
 async def _send_file_pieces(stream: trio.abc.Stream, file: BinaryIO, offset: int, count: int) -> None:
@@ -216,21 +268,20 @@ async def serve(
     """
     owned = sockets is None
     sockets = bind(options) if sockets is None else sockets
-    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
     server = TrioServer(app, config, options, sorted({sock.getsockname()[1] for sock in sockets}))
     try:
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
-                for listener in listeners:
-                    accepting.start_soon(server._accept, listener, connections)
+                for sock in sockets:
+                    accepting.start_soon(server._accept, sock, connections)
                 if options.handle_signals:
                     accepting.start_soon(server._watch_signals)
                 task_status.started(server)
                 await server._stop.wait()
                 accepting.cancel_scope.cancel()
             if owned:
-                for listener in listeners:
-                    await listener.aclose()
+                for sock in sockets:
+                    sock.close()
             for connection in list(server._connections):
                 connection.stop()
             if server._connections:
