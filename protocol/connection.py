@@ -235,7 +235,10 @@ class ServerConnection:
             self._begin_close(now, linger=False)
 
     def _start_request(self, event: h11.Request, now: float) -> None:
-        request = Request(event.method, event.target, event.headers, event.http_version)
+        # h11's Headers iterates in slow Python, item by item; its list of (raw name,
+        # lower-case name, value) gives the core and the handlers a plain list at C speed.
+        headers = [(name, value) for _, name, value in event.headers._full_items]
+        request = Request(event.method, event.target, headers, event.http_version)
         self._request = request
         self._started = now
         self._phase = Phase.BODY

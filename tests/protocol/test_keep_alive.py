@@ -224,3 +224,12 @@ def test_request_head_fields_reach_the_app() -> None:
     assert request.header(b"user-agent") == b"curl/8"
     assert request.header(b"x-multi") == b"a"
     assert request.header(b"missing") is None
+
+
+def test_request_headers_are_a_plain_list_of_lower_case_names_in_order() -> None:
+    app = App()
+    d = Driver(app)
+    d.feed(b"GET / HTTP/1.1\r\nHOST: h\r\nX-Multi:  a \r\nx-multi: b\r\nAccept-Encoding: gzip\r\n\r\n")
+    headers = app.requests[0].headers
+    assert type(headers) is list
+    assert headers == [(b"host", b"h"), (b"x-multi", b"a"), (b"x-multi", b"b"), (b"accept-encoding", b"gzip")]
