@@ -30,7 +30,7 @@ from protocol import (
     ServerConnection,
 )
 
-from .common import ACCEPT_CAPACITY_ERRNOS, ACCEPT_PAUSE, abandon, bind, error_log, peer_name
+from .common import abandon, accept_error, bind, error_log, peer_name
 from .options import ServerOptions
 
 _MAX_STEP_THREADS: Final = 64
@@ -299,15 +299,15 @@ class AsyncioServer:
                 return
             try:
                 sock, _ = listener.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                error_log.warning("accept failed (%s); pausing", exc)
-                self._stop_accepting()
-                self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
-                return
+                pause = accept_error(exc)
+                if pause:
+                    self._stop_accepting()
+                    self.loop.call_later(pause, self._resume_accepting)
+                    return
+                continue
             self._count += 1
             task = self.loop.create_task(self._connect(sock))
             self._connecting.add(task)

@@ -17,14 +17,19 @@ error_log: Final = logging.getLogger("httpserver.error")
 RECEIVE_SIZE: Final = 65536
 """Bytes asked for per read."""
 
-ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-"""accept() errors that mean "out of resources": pause accepting, never crash."""
-
-ACCEPT_IGNORABLE_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+_ACCEPT_IGNORABLE_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 """accept() errors that concern only the connection being accepted (gone, or refused by a firewall)."""
 
 ACCEPT_PAUSE: Final = 0.1
-"""Seconds to stop accepting after such an error."""
+
+
+def accept_error(exc: OSError) -> float:
+    """Seconds to stop accepting after `exc` (0: go on). No accept error stops the server:
+    out of descriptors or memory (EMFILE, ENFILE, ENOBUFS...), accepting resumes shortly."""
+    if exc.errno in _ACCEPT_IGNORABLE_ERRNOS:
+        return 0.0
+    error_log.warning("accept failed (%s); pausing %.1fs", exc, ACCEPT_PAUSE)
+    return ACCEPT_PAUSE
 
 
 def bind(options: ServerOptions) -> list[socket.socket]:

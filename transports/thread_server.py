@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from protocol import App, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
 
-from .common import ACCEPT_CAPACITY_ERRNOS, ACCEPT_PAUSE, RECEIVE_SIZE, abandon, bind, error_log, peer_name
+from .common import RECEIVE_SIZE, abandon, accept_error, bind, error_log, peer_name
 from .options import ServerOptions
 
 _CLEANUP_WAIT: Final = 5.0
@@ -127,13 +127,10 @@ class ThreadServer:
                     assert isinstance(listener, socket.socket)
                     try:
                         sock, _ = listener.accept()
-                    except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                    except (BlockingIOError, InterruptedError):
                         continue
                     except OSError as exc:
-                        if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                            raise
-                        error_log.warning("accept failed (%s); pausing", exc)
-                        time.sleep(ACCEPT_PAUSE)
+                        time.sleep(accept_error(exc))
                         continue
                     self._start(sock)
                     break  # take the next slot

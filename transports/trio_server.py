@@ -18,16 +18,7 @@ import trio
 
 from protocol import App, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
 
-from .common import (
-    ACCEPT_CAPACITY_ERRNOS,
-    ACCEPT_IGNORABLE_ERRNOS,
-    ACCEPT_PAUSE,
-    RECEIVE_SIZE,
-    abandon,
-    bind,
-    error_log,
-    peer_name,
-)
+from .common import RECEIVE_SIZE, abandon, accept_error, bind, error_log, peer_name
 from .options import ServerOptions
 
 _BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -81,12 +72,9 @@ class TrioServer:
                 sock = await _accept(listener)
             except OSError as exc:
                 self._slots.release()
-                if exc.errno in ACCEPT_IGNORABLE_ERRNOS:
-                    continue
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                error_log.warning("accept failed (%s); pausing", exc)
-                await trio.sleep(ACCEPT_PAUSE)
+                pause = accept_error(exc)
+                if pause:
+                    await trio.sleep(pause)
                 continue
             except BaseException:
                 self._slots.release()
