@@ -102,10 +102,9 @@ class ServerConnection:
         self._out: list[bytes] = []  # bytes to go out in the next Send
         self._waiting_on: Action | None = None  # the last action handed out
         self._request: Request | None = None
-        self._started = now
+        self._started = now  # when the current request's first byte arrived
         self._exchange: Exchange | None = None
         self._step_outcome: object = None
-        self._step_finishes_body = False
         self._body_size = 0
         self._file: FileBody | None = None
         self._file_remaining = 0
@@ -146,6 +145,7 @@ class ServerConnection:
         if phase is Phase.IDLE:
             if data:
                 self._phase = Phase.HEAD
+                self._started = now
                 self._deadline = now + self._config.head_timeout
         elif phase is Phase.BODY or phase is Phase.DRAIN:
             self._deadline = now + self._config.body_timeout
@@ -240,7 +240,6 @@ class ServerConnection:
         headers = [(name, value) for _, name, value in event.headers._full_items]
         request = Request(event.method, event.target, headers, event.http_version)
         self._request = request
-        self._started = now
         self._phase = Phase.BODY
         self._deadline = now + self._config.body_timeout
         status = self._check(request)
@@ -320,7 +319,6 @@ class ServerConnection:
         exchange = self._exchange
         assert exchange is not None
         if exchange.may_block:
-            self._step_finishes_body = finished
             self._step_outcome = _NOT_RUN
             self._phase = Phase.STEP
             self._emit(Run(lambda: self._step(exchange, data, finished)))
@@ -474,6 +472,7 @@ class ServerConnection:
         self._body_size = 0
         if h.trailing_data[0]:
             self._phase = Phase.HEAD
+            self._started = now
             self._deadline = now + self._config.head_timeout
         else:
             self._phase = Phase.IDLE

@@ -194,3 +194,18 @@ def test_a_response_subclass_and_a_bytes_like_body_are_sent() -> None:
     d = Driver(lambda request: bodies[request.target])
     d.feed(get(b"/sub") + get(b"/view"))
     assert [r.body for r in parse(d.take(), 2)] == [b"sub", b"view"]
+
+
+def test_the_logged_duration_runs_from_the_first_byte_of_the_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    d = Driver(App(), Config(access_log=True, head_timeout=10.0))
+    request = get(b"/echo/slow")
+    with caplog.at_level(logging.INFO, "httpserver.access"):
+        d.now = 1.0
+        d.feed(request[:5])
+        d.now = 3.5
+        d.feed(request[5:] + get(b"/")[:3])  # the next request starts now, pipelined
+        d.expire()  # and never completes: 408 at its head deadline
+    durations = [r.getMessage().rsplit(" ", 1)[1] for r in caplog.records]
+    assert durations == ["2500.0ms", "10000.0ms"]
