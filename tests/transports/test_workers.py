@@ -1,0 +1,65 @@
+"""`--workers N`: the parent replaces a worker that dies, and SIGTERM stops them all."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .harness import read_until_close
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _children(pid: int) -> set[int]:
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def _wait_for(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def _echo(port: int, text: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET /echo/{text} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        return read_until_close(sock)
+
+
+@pytest.mark.parametrize("transport", ["trio", "threads"])
+def test_a_dead_worker_is_replaced_and_sigterm_stops_all(transport: str, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "transports", "--transport", transport, "--port", "0", "--workers", "2"]
+    with open(tmp_path / "stderr.txt", "wb") as err:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=err)
+    try:
+        assert process.stdout is not None
+        match = re.search(r":(\d+) \(", process.stdout.readline().decode())
+        assert match
+        port = int(match[1])
+        _wait_for(lambda: len(_children(process.pid)) == 2)
+        first = _children(process.pid)
+        assert _echo(port, "one").endswith(b"one")
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        _wait_for(lambda: len(_children(process.pid) - first) == 1 and len(_children(process.pid)) == 2)
+        assert _echo(port, "two").endswith(b"two")
+        workers = _children(process.pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        for pid in workers:
+            assert (
+                not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+            )
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
