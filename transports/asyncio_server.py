@@ -30,7 +30,7 @@ from protocol import (
     ServerConnection,
 )
 
-from .common import abandon, accept_error, bind, error_log, peer_name
+from .common import abandon, accept_error, bind, error_log, format_peer
 from .options import ServerOptions
 
 _MAX_STEP_THREADS: Final = 64
@@ -61,8 +61,7 @@ class _HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        sock = transport.get_extra_info("socket")
-        peer = peer_name(sock) if sock is not None else "-"
+        peer = format_peer(transport.get_extra_info("peername"))
         self._conn = ServerConnection(self._server.app, self._server.config, now=self._loop.time(), peer=peer)
         self._server.connections.add(self)
         self._pump()

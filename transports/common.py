@@ -81,12 +81,15 @@ def url(sockets: Sequence[socket.socket], *, tls: bool) -> str:
 def peer_name(sock: socket.socket) -> str:
     """host:port of the peer, for the access log."""
     try:
-        address = sock.getpeername()
+        return format_peer(sock.getpeername())
     except OSError:
         return "-"
+
+
+def format_peer(address: object) -> str:
     if isinstance(address, tuple):
         return f"{address[0]}:{address[1]}"
-    return str(address) or "-"
+    return str(address or "-")
 
 
 def abandon(conn: ServerConnection, now: float) -> None:
