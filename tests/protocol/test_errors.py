@@ -201,3 +201,41 @@ def test_an_upgrade_request_is_answered_as_plain_http() -> None:
     d = Driver(App())
     d.feed(get(b"/echo/a", b"Upgrade: websocket", b"Connection: upgrade") + FOLLOW_UP)
     assert [r.body for r in parse(d.take(), 2)] == [b"a", b"after"]
+
+
+UPLOAD = b"POST /upload HTTP/1.1\r\nHost: x\r\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (UPLOAD + b"Content-Length: 5\r\n 6\r\n\r\nhello", 400),  # obs-fold in Content-Length
+        (UPLOAD + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n", 501),
+        (UPLOAD + b"Transfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n", 400),
+        (UPLOAD + b"Transfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n", 400),  # bare LF in chunks
+        (UPLOAD + b"Content-Length: \r\n\r\n", 400),
+        (b"GET / HTTP/1.1\rHost: x\r\n\r\n", 400),
+        (b"GET / http/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET /a\tb HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ],
+)
+def test_smuggling_shapes_are_refused(data: bytes, status: int) -> None:
+    assert refused(data)[0] == status
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        UPLOAD + b"X: y\r\n Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\nhello",  # folded into X
+        UPLOAD + b"Transfer-Encoding:\tChunked\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n",
+        UPLOAD + b"Content-Length:  005 \r\n\r\nhello",
+    ],
+)
+def test_lenient_but_unambiguous_framing_is_accepted(data: bytes) -> None:
+    app = App()
+    d = Driver(app)
+    d.feed(data + FOLLOW_UP)
+    assert [r.body for r in parse(d.take(), 2)] == [b"got 5", b"after"]
+    assert bytes(app.exchanges[0].body) == b"hello"
