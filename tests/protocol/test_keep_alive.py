@@ -233,3 +233,13 @@ def test_request_headers_are_a_plain_list_of_lower_case_names_in_order() -> None
     headers = app.requests[0].headers
     assert type(headers) is list
     assert headers == [(b"host", b"h"), (b"x-multi", b"a"), (b"x-multi", b"b"), (b"accept-encoding", b"gzip")]
+
+
+def test_shutdown_while_draining_an_unread_body_closes_after_it() -> None:
+    app = App()
+    d = Driver(app)
+    d.feed(post(b"/echo/x", b"b" * 100)[:-50])
+    assert parse_one(d.take()).body == b"x" and d.conn.phase is Phase.DRAIN
+    d.conn.shutdown()
+    d.feed(b"b" * 50)
+    assert d.closed and not d.output and len(app.requests) == 1
