@@ -115,9 +115,9 @@ class RawClient:
         # Put the h11 client into "request sent" so that it parses a response.
         conn.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
         conn.send(h11.EndOfMessage())
-        fed = self._buffer
+        fed = bytearray(self._buffer)  # bytearray: appending stays linear for big bodies
         if fed:  # h11 takes b"" as end of input
-            conn.receive_data(fed)
+            conn.receive_data(bytes(fed))
         informational: list[int] = []
         head: h11.Response | None = None
         body: list[bytes] = []
@@ -125,7 +125,7 @@ class RawClient:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 if self._eof:
-                    raise AssertionError(f"connection closed mid-response after {fed!r}")
+                    raise AssertionError(f"connection closed mid-response after {bytes(fed[-2000:])!r}")
                 data = self._recv()
                 if not data:
                     self._eof = True
@@ -140,11 +140,11 @@ class RawClient:
             elif isinstance(event, h11.EndOfMessage):
                 break
             else:
-                raise AssertionError(f"unexpected event {event!r} after {fed!r}")
+                raise AssertionError(f"unexpected event {event!r} after {bytes(fed[-2000:])!r}")
         assert head is not None
         trailing = conn.trailing_data[0]
         self._buffer = bytes(trailing)
-        raw = fed[: len(fed) - len(trailing)]
+        raw = bytes(fed[: len(fed) - len(trailing)])
         for _ in informational:  # keep only the final response's bytes in `raw`
             raw = raw.split(b"\r\n\r\n", 1)[1]
         return Response(

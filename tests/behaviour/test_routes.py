@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -454,6 +456,61 @@ def test_head_has_get_headers_and_no_body(server: Server) -> None:
         # If a body had been sent, it would now be parsed as the next response.
         client.send(request("GET", "/echo/after"))
         assert client.read_response().body == b"after"
+
+
+def test_http_1_0_keep_alive_is_honoured_or_refused_cleanly(server: Server) -> None:
+    with server.client() as client:
+        client.send(request("GET", "/echo/ka", [("Connection", "keep-alive")], host=False, version="1.0"))
+        response = client.read_response()
+        assert response.body == b"ka"
+        if (response.header("connection") or b"").lower() == b"keep-alive":
+            client.send(request("GET", "/echo/again", host=False, version="1.0"))
+            assert client.read_response().body == b"again"
+        else:
+            client.assert_closed(within=0.5)
+
+
+def test_ipv6_loopback(start_server: StartServer) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no ::1 here")
+    server = start_server("--host", "::1")
+    assert server.host == "::1", server.stdout_line
+    server.assert_serving()
+
+
+def _peak_rss_kib(server: Server) -> int:
+    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_big_transfers_use_bounded_memory(start_server: StartServer) -> None:
+    """A 48 MiB upload and download must not be held in memory whole."""
+    server = start_server()
+    size = 48 * 1024 * 1024
+    server.assert_serving()
+    before = _peak_rss_kib(server)
+    piece = bytes(range(256)) * 4096  # 1 MiB
+    try:
+        with server.client(timeout=20) as client:
+            client.send(request("POST", "/files/big", [("Content-Length", str(size))]))
+            for _ in range(size // len(piece)):
+                client.send(piece)
+            assert client.read_response().status == 201
+            assert (server.directory / "big").stat().st_size == size
+            client.send(request("GET", "/files/big"))
+            response = client.read_response()
+            assert response.header("content-length") == str(size).encode()
+            assert response.body == piece * (size // len(piece))
+        growth = _peak_rss_kib(server) - before
+        assert growth < 24 * 1024, f"peak RSS grew by {growth} KiB for a {size >> 20} MiB transfer"
+    finally:
+        (server.directory / "big").unlink(missing_ok=True)
 
 
 # --- malformed requests ------------------------------------------------------------------
