@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import socket
 import time
 from pathlib import Path
@@ -70,9 +71,11 @@ def main() -> None:
     parser.add_argument("--directory", type=Path, help="serve /files/ from here")
     args = parser.parse_args()
     with socket.create_server((args.host, args.port)) as listener:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # both stop it, even if the parent ignored SIGINT
+            signal.signal(signum, signal.default_int_handler)
         host, port = listener.getsockname()[:2]
         print(f"Listening on http://{host}:{port}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops it
+        with contextlib.suppress(KeyboardInterrupt):
             serve_forever(listener, build_app(args.directory), Config(keep_alive_timeout=2.0))
 
 
