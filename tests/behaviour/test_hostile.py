@@ -306,6 +306,15 @@ def test_too_many_header_fields_is_431(limited: Server) -> None:
     refused_and_closed(limited, request("GET", "/echo/a", headers), (431,))
 
 
+def test_limits_are_inclusive(limited: Server) -> None:
+    headers = [(f"X-H{i}", "v") for i in range(19)]  # with Host: exactly 20 fields
+    assert limited.fetch(request("GET", "/echo/a", headers)).status == 200
+    target = "/echo/" + "t" * (200 - len("/echo/"))  # exactly 200 bytes
+    assert limited.get(target).status == 200
+    refused_and_closed(limited, request("GET", target + "t"), (414, 431))
+    refused_and_closed(limited, request("GET", "/echo/a", [*headers, ("X-H19", "v")]), (431,))
+
+
 def test_long_target_is_414_or_431(limited: Server) -> None:
     refused_and_closed(limited, request("GET", "/echo/" + "t" * 300), (414, 431))
 

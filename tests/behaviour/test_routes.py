@@ -513,6 +513,59 @@ def test_big_transfers_use_bounded_memory(start_server: StartServer) -> None:
         (server.directory / "big").unlink(missing_ok=True)
 
 
+def test_absolute_form_target(server: Server) -> None:
+    response = server.fetch(b"GET http://localhost/echo/absolute HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert (response.status, response.body) == (200, b"absolute")
+
+
+def test_options_asterisk(server: Server) -> None:
+    response = server.fetch(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert response.status in (200, 204), response.raw
+    assert response.has("allow")
+    server.assert_serving()
+
+
+def test_refused_body_is_drained_and_connection_goes_on(server: Server) -> None:
+    with server.client() as client:
+        client.send(request("POST", "/echo/abc", body=b"x" * 50000) + request("GET", "/echo/next"))
+        assert client.read_response().status == 405
+        assert client.read_response().body == b"next"
+        client.send(request("POST", f"/{unique()}", body=b"y" * 5000))
+        assert client.read_response().status == 404
+        client.send(request("GET", "/echo/still"))
+        assert client.read_response().body == b"still"
+
+
+def test_expect_100_with_body_sent_at_once(server: Server) -> None:
+    name = unique()
+    with server.client() as client:
+        client.send(
+            request("POST", f"/files/{name}", [("Expect", "100-continue")], b"eager")
+            + request("GET", f"/files/{name}")
+        )
+        first = client.read_response()
+        assert first.status == 201
+        assert first.informational in ([], [100])
+        assert client.read_response().body == b"eager"
+
+
+def test_head_with_gzip_matches_get(server: Server) -> None:
+    target, accept = "/echo/" + "h" * 200, [("Accept-Encoding", "gzip")]
+    get = server.get(target, accept)
+    with server.client() as client:
+        client.send(request("HEAD", target, accept))
+        head = client.read_response("HEAD")
+    assert head.body == b""
+    for name in ("content-length", "content-encoding", "content-type", "vary"):
+        assert head.header(name) == get.header(name), name
+
+
+def test_many_pipelined_requests_in_one_send(server: Server) -> None:
+    with server.client() as client:
+        client.send(b"".join(request("GET", f"/echo/p{i}") for i in range(500)))
+        assert [client.read_response().body for _ in range(500)] == [f"p{i}".encode() for i in range(500)]
+
+
 # --- malformed requests ------------------------------------------------------------------
 
 MALFORMED = [
