@@ -507,6 +507,46 @@ def test_running_out_of_fds_pauses_accepting(start_server: StartServer) -> None:
     server.assert_serving()
 
 
+def test_upload_in_progress_is_invisible(server: Server) -> None:
+    name = unique()
+    before = server.directory_entries()
+    with server.client() as uploader:
+        uploader.send(request("POST", f"/files/{name}", [("Content-Length", "100000")]) + b"p" * 50000)
+        assert wait_for(lambda: server.directory_entries() != before, timeout=2.0)
+        assert not (server.directory / name).exists(), "the target appeared before the body was complete"
+        assert server.get(f"/files/{name}").status == 404
+        for temp in server.directory_entries() - before:  # a temporary file: never served, never clobbered
+            assert 400 <= server.get(f"/files/{temp}").status < 500
+            assert 400 <= server.fetch(request("POST", f"/files/{temp}", body=b"clobber")).status < 500
+        uploader.send(b"p" * 50000)
+        assert uploader.read_response("POST").status == 201
+    assert (server.directory / name).read_bytes() == b"p" * 100000
+    assert server.directory_entries() == before | {name}
+
+
+def test_concurrent_uploads_to_one_name(server: Server) -> None:
+    name = unique()
+    before = server.directory_entries()
+    contents = [bytes([65 + i]) * 200_000 for i in range(8)]
+    statuses: list[int] = []
+
+    def upload(content: bytes) -> None:
+        with server.client() as client:
+            data = request("POST", f"/files/{name}", body=content)
+            for i in range(0, len(data), 50_000):
+                client.send(data[i : i + 50_000])
+            statuses.append(client.read_response("POST").status)
+
+    threads = [threading.Thread(target=upload, args=(content,)) for content in contents]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert statuses == [201] * 8
+    assert (server.directory / name).read_bytes() in contents
+    assert server.directory_entries() == before | {name}
+
+
 def test_atomic_replace(server: Server) -> None:
     name = unique()
     size = 256 * 1024
