@@ -92,14 +92,18 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def test_tls(start_server: StartServer, ca: trustme.CA, tmp_path: Path) -> None:
+def _tls_options(ca: trustme.CA, tmp_path: Path) -> tuple[str, str, str, str]:
     cert = ca.issue_cert("localhost", "127.0.0.1")
     certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.cert_chain_pems[0].write_to_path(str(certfile))
     for blob in cert.cert_chain_pems[1:]:
         blob.write_to_path(str(certfile), append=True)
     cert.private_key_pem.write_to_path(str(keyfile))
-    server = start_server("--certfile", str(certfile), "--keyfile", str(keyfile))
+    return "--certfile", str(certfile), "--keyfile", str(keyfile)
+
+
+def test_tls(start_server: StartServer, ca: trustme.CA, tmp_path: Path) -> None:
+    server = start_server(*_tls_options(ca, tmp_path))
     assert server.stdout_line.startswith("Listening on https://"), server.stdout_line
     context = ssl.create_default_context()
     ca.configure_trust(context)
@@ -146,3 +150,17 @@ def test_workers(start_server: StartServer) -> None:
         thread.join(20)
     assert sorted(bodies) == sorted(f"w{i}-{j}".encode() for i in range(10) for j in range(20))
     assert stop(server) < 5.0
+
+
+def test_tls_client_that_never_handshakes(start_server: StartServer, ca: trustme.CA, tmp_path: Path) -> None:
+    server = start_server(*_tls_options(ca, tmp_path), "--keep-alive-timeout", "0.5", "--head-timeout", "1")
+    with RawClient(server.host, server.port) as silent:
+        started = time.monotonic()
+        assert silent.read_until_close(timeout=3.0) == b""
+        assert time.monotonic() - started < 2.5
+    pending = RawClient(server.host, server.port)
+    try:
+        time.sleep(0.1)
+        assert stop(server) < 2.5, "SIGTERM waited too long for a TLS handshake that never comes"
+    finally:
+        pending.close()
