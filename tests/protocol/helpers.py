@@ -143,7 +143,7 @@ class App:
             self.files.append(file)
             return Response(200, (), FileBody(file, 0, self.file_path.stat().st_size))
         if target.startswith(b"/memfile"):  # /memfile, /memfile/{status}, /memfile/bad
-            mem = TrackedFile(bytes(range(256)) * (self.memfile_size // 256 + 1))
+            mem = TrackedFile(bytes(range(256)) * (self.memfile_size // 256 + 2))
             self.files.append(mem)
             status, headers = 200, cast(Headers, ())
             if target == b"/memfile/bad":

@@ -68,6 +68,8 @@ def test_connection_close_is_answered_with_close_and_closed_at_once(size: int) -
     response = parse_one(d.take())
     assert response.body == b"bye" and response.closes
     assert d.closed and not d.half_closed, "nothing unread: close at once, no lingering"
+    d.feed(get(b"/echo/late"))
+    assert d.unprocessed == get(b"/echo/late") and len(d.app.requests) == 1
 
 
 def test_nothing_after_a_closing_request_is_processed() -> None:
