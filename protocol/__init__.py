@@ -18,7 +18,11 @@ socket and the clock and drives one `ServerConnection` per connection:
    `Run` step in progress has returned); the actions that follow may still include
    `Run` steps that undo half-done work, then `Close`.
 4. Repeat from 1 until `Close`. To stop a server gracefully, call `conn.shutdown()` on
-   every connection and abandon any `Receive` in progress on an idle one.
+   every connection and abandon any `Receive` in progress on an idle one (its `phase`
+   is `Phase.IDLE`), then ask for the next action.
+
+No exception reaches the transport from these calls, whatever the peer sends or the
+application does (a failing handler gets a 500); only breaking this contract raises.
 
 `now` is any monotonic clock in seconds; deadlines are on the same clock. All HTTP
 decisions (keep-alive, pipelining, 100-continue, error statuses, timeouts, lingering
@@ -26,7 +30,7 @@ close) are made here, so every transport behaves the same.
 
 A complete blocking server for one connection, without timeouts::
 
-    import os, socket, time
+    import socket, time
     from protocol import Config, ServerConnection, Receive, Send, SendFile, Run, HalfClose, Close
 
     def serve(sock: socket.socket, app) -> None:
