@@ -259,6 +259,10 @@ class ServerConnection:
                 self._close_after_response = True
             self._respond(reply, now)
             return
+        if not hasattr(reply, "respond"):  # say, None from a handler that forgot to return
+            error_log.error("handler returned %r for %r", reply, request)
+            self._fail(500, now)
+            return
         self._exchange = reply
         if self._h11.they_are_waiting_for_100_continue and not self._h11.trailing_data[0]:
             self._out.append(
