@@ -157,6 +157,12 @@ class RawClient:
             informational=informational,
         )
 
+    def receive_some(self) -> None:
+        """Read what has arrived (at least one byte) into the buffer, to parse later."""
+        data = self._recv()
+        assert data, "connection closed"
+        self._buffer += data
+
     def read_informational(self) -> bytes:
         """Read just an informational response head (e.g. `100 Continue`) and return it."""
         while b"\r\n\r\n" not in self._buffer:

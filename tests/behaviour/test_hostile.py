@@ -719,3 +719,32 @@ def test_sigterm_during_upload_completes_or_leaves_nothing(start_server: StartSe
         assert path.read_bytes() == b"q" * 200000
     else:
         assert server.directory_entries() == set(), server.directory_entries()
+
+
+def test_sigterm_lets_a_download_finish(start_server: StartServer) -> None:
+    server = start_server("--shutdown-grace", "5")
+    (server.directory / "big").write_bytes(b"d" * (32 * 1024 * 1024))
+    with server.client(timeout=10) as client:
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        client.send(request("GET", "/files/big"))
+        client.receive_some()
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        response = client.read_response()
+        assert (response.status, len(response.body)) == (200, 32 * 1024 * 1024)
+        client.assert_closed(within=1.0)
+    assert server.process.wait(5) == 0, server.stderr()
+    server.stopped = True
+    assert time.monotonic() - started < 5.0
+
+
+def test_sigterm_grace_cuts_a_stalled_download(start_server: StartServer) -> None:
+    server = start_server("--shutdown-grace", "1")
+    (server.directory / "big").write_bytes(b"d" * (32 * 1024 * 1024))
+    with server.client() as client:
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.send(request("GET", "/files/big"))
+        client.receive_some()  # then never read again
+        elapsed = stop(server, timeout=5.0)
+        assert elapsed < 3.0, f"shutdown took {elapsed:.2f}s with a 1s grace period"
