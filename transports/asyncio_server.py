@@ -116,8 +116,7 @@ class _HttpProtocol(asyncio.Protocol):
         loop = self._loop
         while True:
             action = conn.next_action(loop.time())
-            kind = type(action)
-            if kind is Receive:
+            if type(action) is Receive:
                 if self._pending:
                     data = bytes(self._pending)
                     self._pending.clear()
@@ -126,18 +125,17 @@ class _HttpProtocol(asyncio.Protocol):
                 if self._eof:
                     conn.receive_data(b"", loop.time())
                     continue
-                self._wait(action, action.deadline)  # type: ignore[union-attr]
+                self._wait(action, action.deadline)
                 if not transport.is_reading():
                     transport.resume_reading()
                 return
-            if kind is Send:
-                transport.write(action.data)  # type: ignore[union-attr]
+            if type(action) is Send:
+                transport.write(action.data)
                 if self._write_paused:
-                    self._wait(action, action.deadline)  # type: ignore[union-attr]
+                    self._wait(action, action.deadline)
                     self._pause_reading()
                     return
-            elif kind is SendFile:
-                assert isinstance(action, SendFile)
+            elif type(action) is SendFile:
                 self._wait(action, action.deadline)
                 self._pause_reading()
                 self._busy = True
@@ -145,14 +143,14 @@ class _HttpProtocol(asyncio.Protocol):
                 self._sending_file = task
                 task.add_done_callback(functools.partial(self._sent_file, count=action.count))
                 return
-            elif kind is Run:
+            elif type(action) is Run:
                 self._wait(action, None)
                 self._pause_reading()
                 self._busy = True
-                future = self._server.executor.submit(action.step)  # type: ignore[union-attr]
+                future = self._server.executor.submit(action.step)
                 future.add_done_callback(self._step_done_threadsafe)
                 return
-            elif kind is HalfClose:
+            elif type(action) is HalfClose:
                 if transport.can_write_eof():
                     transport.write_eof()
             else:  # Close

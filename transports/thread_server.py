@@ -187,10 +187,9 @@ class ThreadServer:
         monotonic = time.monotonic
         while True:
             action = conn.next_action(monotonic())
-            kind = type(action)
             try:
-                if kind is Receive:
-                    sock.settimeout(_timeout(action.deadline))  # type: ignore[union-attr]
+                if type(action) is Receive:
+                    sock.settimeout(_timeout(action.deadline))
                     connection.receiving = True
                     if connection.stopping and conn.phase is Phase.IDLE:
                         connection.receiving = False
@@ -200,17 +199,16 @@ class ThreadServer:
                     finally:
                         connection.receiving = False
                     conn.receive_data(data, monotonic())
-                elif kind is Send:
-                    sock.settimeout(_timeout(action.deadline))  # type: ignore[union-attr]
-                    sock.sendall(action.data)  # type: ignore[union-attr]
-                elif kind is SendFile:
-                    assert isinstance(action, SendFile)
+                elif type(action) is Send:
+                    sock.settimeout(_timeout(action.deadline))
+                    sock.sendall(action.data)
+                elif type(action) is SendFile:
                     sock.settimeout(_timeout(action.deadline))
                     if sock.sendfile(action.file, action.offset, action.count) != action.count:
                         raise OSError("file ended before its announced length")
-                elif kind is Run:
-                    action.step()  # type: ignore[union-attr]
-                elif kind is HalfClose:
+                elif type(action) is Run:
+                    action.step()
+                elif type(action) is HalfClose:
                     if not tls:
                         sock.shutdown(socket.SHUT_WR)
                 else:  # Close

@@ -126,35 +126,17 @@ class TrioServer:
         current_time = trio.current_time
         while True:
             action = conn.next_action(current_time())
-            kind = type(action)
             try:
-                if kind is Receive:
-                    data: bytes | bytearray | None = None
-                    if raw is not None:
-                        await trio.lowlevel.checkpoint_if_cancelled()
-                        try:
-                            data = raw.recv(RECEIVE_SIZE)
-                        except BlockingIOError:
-                            pass
-                        else:
-                            await trio.lowlevel.cancel_shielded_checkpoint()  # let others run
-                    if data is None:
-                        deadline = action.deadline  # type: ignore[union-attr]
-                        with trio.CancelScope(deadline=_at(deadline)) as scope:
-                            connection.receiving = scope
-                            try:
-                                data = await stream.receive_some(RECEIVE_SIZE)
-                            finally:
-                                connection.receiving = None
-                        if scope.cancelled_caught:
-                            if connection.abandoned:
-                                connection.abandoned = False  # shutdown: ask again, the core closes
-                            else:
-                                conn.timeout(current_time())
-                            continue
-                    conn.receive_data(data, current_time())  # type: ignore[arg-type]  # bytes in practice
-                elif kind is Send:
-                    data = action.data  # type: ignore[union-attr]
+                if type(action) is Receive:
+                    data = await _receive(stream, raw, action.deadline, connection)
+                    if data is not None:
+                        conn.receive_data(data, current_time())
+                    elif connection.abandoned:
+                        connection.abandoned = False  # shutdown: ask again, the core closes
+                    else:
+                        conn.timeout(current_time())
+                elif type(action) is Send:
+                    data = action.data
                     if raw is not None:
                         try:
                             sent = raw.send(data)
@@ -163,12 +145,11 @@ class TrioServer:
                         if sent == len(data):
                             continue  # the next Receive is the checkpoint
                         data = data[sent:]
-                    with trio.move_on_at(_at(action.deadline)) as scope:  # type: ignore[union-attr]
+                    with trio.move_on_at(_at(action.deadline)) as scope:
                         await stream.send_all(data)
                     if scope.cancelled_caught:
                         conn.timeout(current_time())
-                elif kind is SendFile:
-                    assert isinstance(action, SendFile)
+                elif type(action) is SendFile:
                     with trio.move_on_at(_at(action.deadline)) as scope:
                         if raw is not None and _has_fileno(action.file):
                             await _sendfile(raw, action.file, action.offset, action.count)
@@ -176,15 +157,47 @@ class TrioServer:
                             await _send_file_pieces(stream, action.file, action.offset, action.count)
                     if scope.cancelled_caught:
                         conn.timeout(current_time())
-                elif kind is Run:
-                    await trio.to_thread.run_sync(action.step)  # type: ignore[union-attr]
-                elif kind is HalfClose:
+                elif type(action) is Run:
+                    await trio.to_thread.run_sync(action.step)
+                elif type(action) is HalfClose:
                     if raw is not None:
                         await tcp.send_eof()
                 else:  # Close
                     return
             except _BROKEN:
                 conn.connection_lost()
+
+
+async def _receive(
+    stream: trio.abc.Stream, raw: socket.socket | None, deadline: float | None, connection: _Connection
+) -> bytes | None:
+    """Some bytes (b"" at end of input), or None if the deadline passed or shutdown abandoned the wait.
+
+    On a raw socket, waiting is a bare `wait_readable`: an idle connection holds little.
+    """
+    if raw is not None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            data = raw.recv(RECEIVE_SIZE)
+        except BlockingIOError:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # let others run
+            return data
+    with trio.CancelScope(deadline=_at(deadline)) as scope:
+        connection.receiving = scope
+        try:
+            if raw is None:
+                return bytes(await stream.receive_some(RECEIVE_SIZE))
+            while True:
+                await trio.lowlevel.wait_readable(raw)
+                try:
+                    return raw.recv(RECEIVE_SIZE)
+                except BlockingIOError:  # a spurious wake-up
+                    continue
+        finally:
+            connection.receiving = None
+    return None
 
 
 def _at(deadline: float | None) -> float:
