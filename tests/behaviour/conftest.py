@@ -66,6 +66,13 @@ class Server:
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
+    def status(self, field: str) -> int:
+        """A number from /proc/PID/status, e.g. `VmHWM` (peak RSS, KiB) or `Threads`."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} in /proc/{self.process.pid}/status")
+
     def settled_fd_count(self, steady: float = 0.3, timeout: float = 5.0) -> int:
         """The fd count once it stopped changing for `steady` seconds (closed clients are gone)."""
         deadline = time.monotonic() + timeout

@@ -6,6 +6,7 @@ uploads that must not happen are checked on disk (no file, no temporary file).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import random
@@ -334,6 +335,40 @@ def test_max_connections(start_server: StartServer) -> None:
             assert extra.read_response().body == b"extra"
     for client in idle:
         client.close()
+    server.assert_serving()
+
+
+def test_pipelining_flood_meets_backpressure(start_server: StartServer) -> None:
+    """A client that sends requests and never reads the answers must not grow the server's memory."""
+    server = start_server("--no-access-log")
+    server.assert_serving()
+    before = server.status("VmHWM")
+    flood = server.client(timeout=1.0)
+    try:
+        flood.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        batch = request("GET", "/echo/" + "e" * 8000) * 10
+        started = time.monotonic()
+        with contextlib.suppress(OSError):  # the send blocks once the server stops reading
+            while time.monotonic() - started < 8.0:
+                flood.send(batch)
+        assert time.monotonic() - started < 8.0, "the server read requests without bound"
+        server.assert_serving()
+        growth = server.status("VmHWM") - before
+        assert growth < 16 * 1024, f"peak RSS grew by {growth} KiB"
+    finally:
+        flood.reset()
+    server.assert_serving()
+
+
+def test_connection_limit_bounds_threads(start_server: StartServer) -> None:
+    server = start_server("--max-connections", "20")
+    clients = [server.client() for _ in range(150)]
+    try:
+        time.sleep(0.5)
+        assert server.status("Threads") <= 20 + 45, "threads grow with connections"
+    finally:
+        for client in clients:
+            client.close()
     server.assert_serving()
 
 

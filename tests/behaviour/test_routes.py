@@ -7,7 +7,6 @@ import http.client
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -482,19 +481,12 @@ def test_ipv6_loopback(start_server: StartServer) -> None:
     server.assert_serving()
 
 
-def _peak_rss_kib(server: Server) -> int:
-    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 def test_big_transfers_use_bounded_memory(start_server: StartServer) -> None:
     """A 48 MiB upload and download must not be held in memory whole."""
     server = start_server()
     size = 48 * 1024 * 1024
     server.assert_serving()
-    before = _peak_rss_kib(server)
+    before = server.status("VmHWM")
     piece = bytes(range(256)) * 4096  # 1 MiB
     try:
         with server.client(timeout=20) as client:
@@ -507,7 +499,7 @@ def test_big_transfers_use_bounded_memory(start_server: StartServer) -> None:
             response = client.read_response()
             assert response.header("content-length") == str(size).encode()
             assert response.body == piece * (size // len(piece))
-        growth = _peak_rss_kib(server) - before
+        growth = server.status("VmHWM") - before
         assert growth < 24 * 1024, f"peak RSS grew by {growth} KiB for a {size >> 20} MiB transfer"
     finally:
         (server.directory / "big").unlink(missing_ok=True)
