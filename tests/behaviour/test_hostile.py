@@ -287,6 +287,37 @@ def test_chunked_body_over_limit_is_413(limited: Server) -> None:
     limited.assert_serving()
 
 
+@pytest.mark.parametrize(
+    ("body", "statuses"),
+    [
+        (b"ffffffffffffffffffffffff\r\n" + b"x" * 2000, (400, 413)),
+        (b"fffff\r\n" + b"x" * 2000, (413,)),
+        (b"5;" + b"e" * 100_000 + b"\r\nhello\r\n0\r\n\r\n", (400, 431)),
+        (b"5\r\nhello\r\n0\r\nX-T: " + b"t" * 100_000 + b"\r\n\r\n", (400, 431)),
+    ],
+    ids=["size-overflow", "size-over-limit", "long-extension", "long-trailer"],
+)
+def test_chunk_edge_cases(limited: Server, body: bytes, statuses: tuple[int, ...]) -> None:
+    name = unique()
+    before = limited.directory_entries()
+    data = request("POST", f"/files/{name}", [("Transfer-Encoding", "chunked")]) + body
+    with limited.client() as client:
+        client.send(data)
+        response = client.read_response("POST")
+        assert response.status in statuses, response.raw
+        client.read_until_close(timeout=3.0)
+    assert wait_for(lambda: limited.directory_entries() == before)
+    limited.assert_serving()
+
+
+def test_chunked_body_at_limit_is_accepted(limited: Server) -> None:
+    name = unique()
+    body = chunked(b"x" * 600, b"y" * (MAX_BODY - 600))
+    response = limited.fetch(request("POST", f"/files/{name}", [("Transfer-Encoding", "chunked")]) + body)
+    assert response.status == 201
+    assert (limited.directory / name).read_bytes() == b"x" * 600 + b"y" * (MAX_BODY - 600)
+
+
 def test_body_at_limit_is_accepted(limited: Server) -> None:
     name = unique()
     response = limited.fetch(request("POST", f"/files/{name}", body=b"z" * MAX_BODY))
