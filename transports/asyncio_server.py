@@ -54,6 +54,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._write_paused = False
         self._busy = False  # a Run step or a sendfile is in flight
         self._lost = False  # the socket is gone; cleanup waits for a step in flight
+        self._broken = False  # a write failed or timed out: close without flushing
         self._done = False
 
     # --- asyncio's callbacks ---------------------------------------------------------
@@ -93,6 +94,7 @@ class _HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        self._stop_sending_file()
         if not self._done:
             self._lost = True
             if self._busy:
@@ -156,7 +158,10 @@ class _HttpProtocol(asyncio.Protocol):
             else:  # Close
                 self._cancel_timer()
                 self._done = True
-                transport.close()
+                if self._broken:
+                    transport.abort()
+                else:
+                    transport.close()
                 return
 
     def _wait(self, action: Action, deadline: float | None) -> None:
@@ -182,9 +187,9 @@ class _HttpProtocol(asyncio.Protocol):
         self._timer = None
         kind = type(self._action)
         if kind is SendFile:
-            assert self._sending_file is not None
-            self._sending_file.cancel()  # `_sent_file` reports the timeout
+            self._stop_sending_file()  # `_sent_file` reports the timeout
         elif kind is Receive or kind is Send:
+            self._broken = kind is Send
             self._action = None
             self._conn.timeout(self._loop.time())
             self._pump()
@@ -198,11 +203,18 @@ class _HttpProtocol(asyncio.Protocol):
             return
         self._action = None
         self._cancel_timer()
+        self._broken = task.cancelled() or task.exception() is not None or task.result() != count
         if task.cancelled():
             self._conn.timeout(self._loop.time())
-        elif task.exception() is not None or task.result() != count:
+        elif self._broken:
             self._conn.connection_lost()
         self._pump()
+
+    def _stop_sending_file(self) -> None:
+        # Cancelled before the transport closes: Python 3.11's transport would otherwise
+        # leave a native sendfile waiting forever on a closed socket.
+        if self._sending_file is not None:
+            self._sending_file.cancel()
 
     def _step_done_threadsafe(self, future: ConcurrentFuture[None]) -> None:
         self._loop.call_soon_threadsafe(self._step_done)
@@ -239,6 +251,7 @@ class _HttpProtocol(asyncio.Protocol):
     def cut(self) -> None:
         """Drop the connection now (the grace period is over)."""
         if not self._done:
+            self._stop_sending_file()
             self._transport.abort()
 
 
