@@ -134,10 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("workers", "max_connections", "backlog"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    worker = "[%(process)d] " if args.workers > 1 else ""  # which worker logged it
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s {worker}%(levelname)s %(name)s: %(message)s",
     )
     config = Config(
         max_head_size=args.max_head_size,
