@@ -119,7 +119,7 @@ class Sample:
     p99_ms: float
     cpu_us: float  # server CPU time per request
     mib_s: float
-    errors: int
+    errors: str  # wrk's error counts by kind, "" when none
 
 
 @dataclass
@@ -293,7 +293,8 @@ def measure(root: int, port: int, scenario: Scenario, seconds: int) -> Sample:
     cpu = cpu_seconds(pids) - cpu
     requests = max(s["requests"], 1)
     duration = s["duration_us"] / 1e6
-    errors = s["connect"] + s["read"] + s["write"] + s["status"] + s["timeout"]
+    kinds = ("connect", "read", "write", "timeout", "status")  # status: responses not 2xx or 3xx
+    errors = ", ".join(f"{s[kind]} {kind}" for kind in kinds if s[kind])
     return Sample(
         rps=s["requests"] / duration,
         p50_ms=s["p50_us"] / 1000,
@@ -332,7 +333,7 @@ def bench_server(server: Server, directory: Path, args: argparse.Namespace, resu
                 results.problems.append(f"{server.name} {scenario.name}: {str(exc)[:300]}")
                 sample = None
             if sample and sample.errors:
-                results.problems.append(f"{server.name} {scenario.name}: {sample.errors} wrk errors")
+                results.problems.append(f"{server.name} {scenario.name}: wrk errors: {sample.errors}")
             results.add(server.name, scenario.name, sample)
             time.sleep(0.3)  # let closed connections settle before the next run
 
