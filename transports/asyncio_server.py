@@ -30,7 +30,7 @@ from protocol import (
     ServerConnection,
 )
 
-from .common import abandon, accept_error, bind, error_log, format_peer
+from .common import abandon, accept_error, bind, error_log, format_peer, ports
 from .options import ServerOptions
 
 _MAX_STEP_THREADS: Final = 64
@@ -270,7 +270,7 @@ class AsyncioServer:
         self.config = config
         self.loop = loop
         self.ssl_context = options.ssl_context
-        self.ports = sorted({sock.getsockname()[1] for sock in sockets})
+        self.ports = ports(sockets)
         self.executor = ThreadPoolExecutor(
             max_workers=min(_MAX_STEP_THREADS, options.max_connections), thread_name_prefix="http-step"
         )
@@ -350,23 +350,22 @@ class AsyncioServer:
         if not self._stopping and self._count < self._options.max_connections:
             self._start_accepting()
 
-    async def _run(self, owned: bool) -> None:
+    async def _run(self) -> None:
         try:
             self._start_accepting()
             await self._stop.wait()
-            await self._close(self._options.shutdown_grace, owned)
+            await self._close(self._options.shutdown_grace)
         except asyncio.CancelledError:
-            await self._close(0, owned)
+            await self._close(0)
             raise
         finally:
             self.executor.shutdown(wait=False)
 
-    async def _close(self, grace: float, owned: bool) -> None:
+    async def _close(self, grace: float) -> None:
         self._stopping = True
         self._stop_accepting()
-        if owned:
-            for sock in self._sockets:
-                sock.close()
+        for sock in self._sockets:
+            sock.close()  # new connections are refused, not left waiting
         for protocol in list(self.connections):
             protocol.stop()
         if self._count:
@@ -388,12 +387,11 @@ async def serve(
 ) -> None:
     """Serve `app` until `shutdown()` (or a signal, with `options.handle_signals`).
 
-    Listens on `sockets` when given (already bound and listening), else binds
-    `options.host`/`options.port`. Calls `started(server)` once listening.
-    Cancelling `serve` cuts every connection at once.
+    Listens on `sockets` when given (bound and listening; serve closes them when it
+    stops accepting), else binds `options.host`/`options.port`. Calls
+    `started(server)` once listening. Cancelling `serve` cuts every connection at once.
     """
     loop = asyncio.get_running_loop()
-    owned = sockets is None
     server = AsyncioServer(app, config, options, bind(options) if sockets is None else sockets, loop)
     if options.handle_signals:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -401,7 +399,7 @@ async def serve(
     try:
         if started is not None:
             started(server)
-        await server._run(owned)
+        await server._run()
     finally:
         if options.handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):

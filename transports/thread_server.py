@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from protocol import App, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
 
-from .common import RECEIVE_SIZE, abandon, accept_error, bind, error_log, peer_name
+from .common import RECEIVE_SIZE, abandon, accept_error, bind, error_log, peer_name, ports
 from .options import ServerOptions
 
 _CLEANUP_WAIT: Final = 5.0
@@ -75,7 +75,7 @@ class ThreadServer:
     def __init__(
         self, app: App, config: Config, options: ServerOptions, sockets: Sequence[socket.socket]
     ) -> None:
-        self.ports = sorted({sock.getsockname()[1] for sock in sockets})
+        self.ports = ports(sockets)
         self._app = app
         self._config = config
         self._options = options
@@ -97,8 +97,8 @@ class ThreadServer:
         try:
             self._accept_until_stopped()
         finally:
-            self._wake_reader.close()
-            self._wake_writer.close()
+            for sock in (*self._sockets, self._wake_reader, self._wake_writer):
+                sock.close()  # new connections are refused, not left waiting
         with self._changed:
             connections = list(self._connections)
         for connection in connections:
@@ -234,11 +234,10 @@ def serve(
 ) -> None:
     """Serve `app` until `shutdown()` (or a signal, with `options.handle_signals`).
 
-    Listens on `sockets` when given (already bound and listening), else binds
-    `options.host`/`options.port`. Calls `started(server)` once listening. Blocks;
-    signals need it on the main thread.
+    Listens on `sockets` when given (bound and listening; serve closes them when it
+    stops accepting), else binds `options.host`/`options.port`. Calls
+    `started(server)` once listening. Blocks; signals need it on the main thread.
     """
-    owned = sockets is None
     sockets = bind(options) if sockets is None else sockets
     server = ThreadServer(app, config, options, sockets)
     previous: dict[signal.Signals, Any] = {}
@@ -256,6 +255,5 @@ def serve(
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if owned:
-            for sock in sockets:
-                sock.close()
+        for sock in sockets:
+            sock.close()

@@ -18,7 +18,7 @@ import trio
 
 from protocol import App, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
 
-from .common import RECEIVE_SIZE, abandon, accept_error, bind, error_log, peer_name
+from .common import RECEIVE_SIZE, abandon, accept_error, bind, error_log, peer_name, ports
 from .options import ServerOptions
 
 _BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -69,7 +69,7 @@ class TrioServer:
         while True:
             await self._slots.acquire()
             try:
-                sock = await _accept(listener)
+                sock = await _accept_socket(listener)
             except OSError as exc:
                 self._slots.release()
                 pause = accept_error(exc)
@@ -204,7 +204,7 @@ def _at(deadline: float | None) -> float:
     return math.inf if deadline is None else deadline
 
 
-async def _accept(listener: socket.socket) -> socket.socket:
+async def _accept_socket(listener: socket.socket) -> socket.socket:
     while True:
         try:
             return listener.accept()[0]
@@ -263,13 +263,13 @@ async def serve(
 ) -> None:
     """Serve `app` until `shutdown()` (or a signal, with `options.handle_signals`).
 
-    Listens on `sockets` when given (already bound and listening), else binds
-    `options.host`/`options.port`. Reports the `TrioServer` (its `ports`) via
-    `task_status`. Cancelling `serve` cuts every connection at once.
+    Listens on `sockets` when given (bound and listening; serve closes them when it
+    stops accepting), else binds `options.host`/`options.port`. Reports the
+    `TrioServer` (its `ports`) via `task_status`. Cancelling `serve` cuts every
+    connection at once.
     """
-    owned = sockets is None
     sockets = bind(options) if sockets is None else sockets
-    server = TrioServer(app, config, options, sorted({sock.getsockname()[1] for sock in sockets}))
+    server = TrioServer(app, config, options, ports(sockets))
     try:
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
@@ -280,9 +280,8 @@ async def serve(
                 task_status.started(server)
                 await server._stop.wait()
                 accepting.cancel_scope.cancel()
-            if owned:
-                for sock in sockets:
-                    sock.close()
+            for sock in sockets:
+                sock.close()  # new connections are refused, not left waiting
             for connection in list(server._connections):
                 connection.stop()
             if server._connections:
@@ -290,6 +289,5 @@ async def serve(
                     await server._all_closed.wait()
             connections.cancel_scope.cancel()
     finally:
-        if owned:
-            for sock in sockets:
-                sock.close()
+        for sock in sockets:
+            sock.close()
