@@ -56,7 +56,13 @@ def main() -> None:
         load = subprocess.Popen([*wrk, f"http://127.0.0.1:{port}{args.path}"], stdout=subprocess.DEVNULL)
         try:
             time.sleep(1)
-            spy = [str(BENCH / ".venv-peers" / "bin" / "py-spy"), "record", "--nonblocking", "--function"]
+            spy = [
+                str(BENCH / ".venv-peers" / "bin" / "py-spy"),
+                "record",
+                "--nonblocking",
+                "--function",
+                "--gil",
+            ]
             spy += ["-r", "250", "-d", str(args.seconds), "-f", "raw", "-o", str(raw), "-p", str(proc.pid)]
             subprocess.run(
                 [*spy, "--subprocesses"], check=True, capture_output=True, timeout=args.seconds + 30
