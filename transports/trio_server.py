@@ -82,13 +82,19 @@ class TrioServer:
             nursery.start_soon(self._serve_connection, sock)
 
     async def _serve_connection(self, sock: socket.socket) -> None:
-        tcp = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        context = self._options.ssl_context
-        stream: trio.abc.Stream = tcp
-        if context is not None:
-            stream = trio.SSLStream(tcp, context, server_side=True, https_compatible=True)
-        peer = peer_name(sock)
-        conn = ServerConnection(self._app, self._config, now=trio.current_time(), peer=peer)
+        try:
+            tcp = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+            context = self._options.ssl_context
+            stream: trio.abc.Stream = tcp
+            if context is not None:
+                stream = trio.SSLStream(tcp, context, server_side=True, https_compatible=True)
+            peer = peer_name(sock)
+            conn = ServerConnection(self._app, self._config, now=trio.current_time(), peer=peer)
+        except Exception:
+            error_log.exception("cannot set up a connection")
+            sock.close()
+            self._slots.release()
+            return
         connection = _Connection(conn)
         self._connections.add(connection)
         clean = False
