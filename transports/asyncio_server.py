@@ -65,6 +65,8 @@ class _HttpProtocol(asyncio.Protocol):
         peer = format_peer(transport.get_extra_info("peername"))
         self._conn = ServerConnection(self._server.app, self._server.config, now=self._loop.time(), peer=peer)
         self._server.connections.add(self)
+        if self._server.stopping:  # the TLS handshake ended after shutdown began
+            self._conn.shutdown()
         self._pump()
 
     def data_received(self, data: bytes) -> None:
@@ -280,7 +282,7 @@ class AsyncioServer:
         self._accepting: set[socket.socket] = set()
         self._connecting: set[asyncio.Task[None]] = set()
         self._count = 0  # accepted connections not yet closed (some still in the TLS handshake)
-        self._stopping = False
+        self.stopping = False
         self._stop = asyncio.Event()
         self._all_closed = asyncio.Event()
 
@@ -343,11 +345,11 @@ class AsyncioServer:
     def _release(self) -> None:
         self._count -= 1
         self._resume_accepting()
-        if self._stopping and not self.connections and not self._count:
+        if self.stopping and not self.connections and not self._count:
             self._all_closed.set()
 
     def _resume_accepting(self) -> None:
-        if not self._stopping and self._count < self._options.max_connections:
+        if not self.stopping and self._count < self._options.max_connections:
             self._start_accepting()
 
     async def _run(self) -> None:
@@ -362,7 +364,7 @@ class AsyncioServer:
             self.executor.shutdown(wait=False)
 
     async def _close(self, grace: float) -> None:
-        self._stopping = True
+        self.stopping = True
         self._stop_accepting()
         for sock in self._sockets:
             sock.close()  # new connections are refused, not left waiting

@@ -193,6 +193,7 @@ class ThreadServer:
                     connection.receiving = True
                     if connection.stopping and conn.phase is Phase.IDLE:
                         connection.receiving = False
+                        conn.shutdown()  # (again: stop() may have run before conn existed)
                         continue  # abandon the wait: the core closes an idle connection
                     try:
                         data = sock.recv(RECEIVE_SIZE)

@@ -97,6 +97,8 @@ class TrioServer:
             return
         connection = _Connection(conn)
         self._connections.add(connection)
+        if self._stop.is_set():  # accepted just before shutdown began
+            conn.shutdown()
         clean = False
         try:
             await self._drive(stream, tcp, None if context else sock, connection)
