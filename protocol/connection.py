@@ -113,6 +113,11 @@ class ServerConnection:
         self._close_after_response = False
         self._stopping = False
         self._eof = False
+        # Input not yet given to h11: it bounds only what it holds incomplete, so large
+        # reads go in slices of at most max_head_size, for limits that do not depend on
+        # how the bytes arrived (a long chunk extension or trailer gets 431 either way).
+        self._unfed: memoryview | bytes = b""
+        self._slice = config.max_head_size
         self._now = now  # the time of the call in progress, for deadlines
 
     # --- the transport's side -------------------------------------------------------
@@ -141,7 +146,12 @@ class ServerConnection:
             return
         if not data:
             self._eof = True
-        self._h11.receive_data(data)
+        if len(data) > self._slice:
+            view = memoryview(data)  # slices without copying; h11 takes any bytes-like
+            self._h11.receive_data(cast(bytes, view[: self._slice]))
+            self._unfed = view[self._slice :]
+        else:
+            self._h11.receive_data(data)
         if phase is Phase.IDLE:
             if data:
                 self._phase = Phase.HEAD
@@ -172,6 +182,7 @@ class ServerConnection:
         self._eof = True
         self._queue.clear()
         self._out.clear()
+        self._unfed = b""
         outcome = self._step_outcome
         self._step_outcome = None
         if isinstance(outcome, Response):  # the step's respond() succeeded: nothing to abort
@@ -221,6 +232,15 @@ class ServerConnection:
             self._queue.append(Send(data, self._now + self._config.send_timeout))
         self._queue.append(action)
 
+    def _feed_slice(self) -> bool:
+        """Give h11 the next slice of input held back; False when there is none."""
+        unfed = self._unfed
+        if not unfed:
+            return False
+        self._h11.receive_data(cast(bytes, unfed[: self._slice]))
+        self._unfed = unfed[self._slice :]
+        return True
+
     def _read_head(self, now: float) -> None:
         try:
             event = self._h11.next_event()
@@ -228,7 +248,8 @@ class ServerConnection:
             self._fail(exc.error_status_hint, now)
             return
         if event is h11.NEED_DATA:
-            self._emit(Receive(self._deadline))
+            if not self._feed_slice():
+                self._emit(Receive(self._deadline))
         elif type(event) is h11.Request:
             self._start_request(event, now)
         else:  # ConnectionClosed: the peer finished cleanly between requests
@@ -264,7 +285,7 @@ class ServerConnection:
             self._fail(500, now)
             return
         self._exchange = reply
-        if self._h11.they_are_waiting_for_100_continue and not self._h11.trailing_data[0]:
+        if self._h11.they_are_waiting_for_100_continue and not (self._h11.trailing_data[0] or self._unfed):
             self._out.append(
                 self._h11.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
             )
@@ -309,6 +330,8 @@ class ServerConnection:
                 self._fail(exc.error_status_hint, now)
                 return
             if type(event) is not h11.Data:
+                if event is h11.NEED_DATA and self._feed_slice():
+                    continue  # gather the whole read for one step
                 break
             self._body_size += len(event.data)
             if self._body_size > limit:
@@ -467,14 +490,14 @@ class ServerConnection:
                 self._begin_close(now, linger=False)
         elif type(event) is h11.EndOfMessage:
             self._next_cycle(now)
-        else:
+        elif not self._feed_slice():
             self._emit(Receive(self._deadline))
 
     def _next_cycle(self, now: float) -> None:
         h = self._h11
         h.start_next_cycle()
         self._body_size = 0
-        if h.trailing_data[0]:
+        if h.trailing_data[0] or self._unfed:
             self._phase = Phase.HEAD
             self._started = now
             self._deadline = now + self._config.head_timeout
@@ -525,7 +548,9 @@ class ServerConnection:
                     return True
         except h11.RemoteProtocolError:
             return True
-        return bool(h.trailing_data[0]) or h.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
+        if self._unfed or h.trailing_data[0]:
+            return True
+        return h.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
 
     def _drop_exchange(self) -> None:
         exchange = self._exchange

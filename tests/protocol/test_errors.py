@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import Config, Receive, Response
+from protocol import Config, Receive, Response, Run, Send
 
 from .helpers import FRAGMENT_SIZES, App, Driver, chunked, get, parse, parse_one, post
 
@@ -239,3 +239,39 @@ def test_lenient_but_unambiguous_framing_is_accepted(data: bytes) -> None:
     d.feed(data + FOLLOW_UP)
     assert [r.body for r in parse(d.take(), 2)] == [b"got 5", b"after"]
     assert bytes(app.exchanges[0].body) == b"hello"
+
+
+@pytest.mark.parametrize("size", [1000, 1 << 20])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"5;" + b"e" * 40_000 + b"\r\nhello\r\n0\r\n\r\n",
+        b"5\r\nhello\r\n0\r\nX-T: " + b"t" * 40_000 + b"\r\n\r\n",
+    ],
+    ids=["long-extension", "long-trailer"],
+)
+def test_long_chunk_lines_are_refused_however_they_arrive(body: bytes, size: int) -> None:
+    """h11 bounds only the bytes it holds incomplete; the core feeds it in slices so a
+    chunk extension or trailer is bounded the same whether it arrives in pieces or in
+    one large read."""
+    head = get(b"/upload", b"Transfer-Encoding: chunked", method=b"POST")
+    status, d = refused(head + body, size)
+    assert status == 431
+    assert d.app.exchanges[0].calls[-1] == "abort"
+
+
+def test_a_large_read_of_body_is_still_one_step_for_a_blocking_exchange() -> None:
+    app = App()
+    d = Driver(app)
+    d.feed(post(b"/blocking", b"z" * 200_000))
+    assert parse_one(d.take()).body == b"got 200000"
+    assert app.exchanges[0].calls == ["receive", "respond"]
+    assert sum(isinstance(a, Run) for a in d.actions) == 1
+
+
+def test_a_large_read_of_pipelined_requests_is_answered_in_one_send() -> None:
+    d = Driver(App())
+    requests = [get(b"/echo/%d" % i) for i in range(2000)]
+    d.feed(b"".join(requests))
+    assert sum(isinstance(a, Send) for a in d.actions) == 1
+    assert [r.body for r in parse(d.take(), len(requests))] == [b"%d" % i for i in range(2000)]

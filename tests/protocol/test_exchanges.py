@@ -251,7 +251,7 @@ def test_connection_lost_before_a_blocking_step_ran_aborts() -> None:
 def test_an_app_returning_neither_a_response_nor_an_exchange_gets_500(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    d = Driver(lambda request: None)  # type: ignore[arg-type,return-value]
+    d = Driver(lambda request: None)  # type: ignore[type-var]
     with caplog.at_level(logging.ERROR, "httpserver.error"):
         d.feed(get(b"/"))
     assert parse_one(d.take()).status == 500

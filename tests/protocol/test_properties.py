@@ -104,8 +104,9 @@ def check_endings(app: App) -> None:
     assert all(f.closed for f in app.files)
 
 
-SIZES = st.lists(st.integers(1, 80), min_size=1, max_size=6)
-APP_CONFIG = Config(send_chunk_size=100, access_log=False)
+SIZES = st.lists(st.integers(1, 80) | st.sampled_from([600, 1 << 20]), min_size=1, max_size=6)
+APP_CONFIG = Config(send_chunk_size=100, max_head_size=512, access_log=False)
+"""Small pieces for files and h11's input slices (max_head_size), so large reads are sliced."""
 
 
 @SETTINGS
@@ -184,7 +185,7 @@ def test_garbage_anywhere_never_escapes_and_output_stays_valid(
     items: list[tuple[bytes, Expected] | bytes], sizes: list[int]
 ) -> None:
     app = App(memfile_size=300)
-    d = Driver(app, Config(send_chunk_size=100, max_head_size=2048, max_body_size=500, access_log=False))
+    d = Driver(app, Config(send_chunk_size=100, max_head_size=512, max_body_size=500, access_log=False))
     stream = b"".join(item if isinstance(item, bytes) else item[0] for item in items)
     assume(b"HEAD" not in stream)  # parse_all reads every response as one to GET
     feed_in_pieces(d, stream, sizes)
@@ -219,7 +220,7 @@ def check_invariants(app: App, responses: list[Parsed]) -> None:
 Event = tuple[str, int, float]
 EVENTS: st.SearchStrategy[list[Event]] = st.lists(
     st.one_of(
-        st.tuples(st.just("data"), st.integers(1, 120), st.floats(0, 3)),
+        st.tuples(st.just("data"), st.integers(1, 120) | st.just(2000), st.floats(0, 3)),
         st.sampled_from([("expire", 0, 0.0), ("eof", 0, 0.0), ("shutdown", 0, 0.0), ("lost", 0, 0.0)]),
     ),
     max_size=30,
@@ -234,7 +235,12 @@ def test_any_sequence_of_events_ends_cleanly(
     """Data, deadlines, end of input, shutdown and failures in any order."""
     app = App(memfile_size=300)
     config = Config(
-        send_chunk_size=100, keep_alive_timeout=5, head_timeout=4, body_timeout=3, access_log=False
+        send_chunk_size=100,
+        max_head_size=512,
+        keep_alive_timeout=5,
+        head_timeout=4,
+        body_timeout=3,
+        access_log=False,
     )
     d = Driver(app, config)
     stream = b"".join(data for data, _ in items)
