@@ -163,6 +163,16 @@ def test_access_log_line(server: Server) -> None:
     assert _wait_for_log(server, f'"GET /{missing} HTTP/1.1" 404') is not None
 
 
+def test_access_log_has_bad_requests(server: Server) -> None:
+    """A request that never parsed is still logged (as 400), so an operator sees the abuse."""
+    before = server.stderr().count(" 400 ")
+    assert server.fetch(b"GARBAGE\r\n\r\n").status == 400
+    deadline = time.monotonic() + 2.0
+    while server.stderr().count(" 400 ") == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.stderr().count(" 400 ") == before + 1, server.stderr()[-1000:]
+
+
 def test_no_access_log(start_server: StartServer) -> None:
     server = start_server("--no-access-log")
     marker = unique("quiet")

@@ -96,6 +96,16 @@ def test_post_replaces_and_empty_body(server: Server) -> None:
     assert (server.directory / name).read_bytes() == b""
 
 
+def test_percent_encoded_file_names_round_trip(server: Server) -> None:
+    name = unique("a%20b%C3%A9")
+    assert server.fetch(request("POST", f"/files/{name}", body=b"encoded")).status == 201
+    assert (
+        server.directory / name.replace("%20", " ").replace("%C3%A9", "\u00e9")
+    ).read_bytes() == b"encoded"
+    assert server.get(f"/files/{name}").body == b"encoded"
+    assert server.get(f"/files/{name}?download=1").body == b"encoded"
+
+
 @pytest.mark.parametrize("target", ["/nope", "/echo", "/user-agent/x", "/files", "/index.html", "/ECHO/abc"])
 def test_unknown_paths_are_404(server: Server, target: str) -> None:
     response = server.get(target)
