@@ -27,7 +27,8 @@ Invariants (each pinned by tests in tests/protocol):
 - Every file handed over in a `FileBody` is closed, whatever happens to the connection.
 - Nothing read after a request that ends the connection is processed.
 - Every `Receive`, `Send` and `SendFile` carries a deadline: no state waits forever.
-- Limits and statuses do not depend on how the input is split into reads.
+- Limits hold however the input is split into reads: the head's exactly; a chunk
+  extension or trailer line within twice max_head_size (h11 is fed in slices).
 """
 
 from __future__ import annotations
