@@ -48,6 +48,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._action: Action | None = None  # the action being waited on, if any
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._deadline: float | None = None  # of the action waited on
         self._sending_file: asyncio.Task[int] | None = None
         self._pending = bytearray()  # bytes that arrived while the core was busy
         self._eof = False
@@ -167,14 +168,32 @@ class _HttpProtocol(asyncio.Protocol):
                 return
 
     def _wait(self, action: Action, deadline: float | None) -> None:
-        """Wait for `action` to complete, until `deadline`."""
+        """Wait for `action` to complete, until `deadline`.
+
+        A connection has one timer, moved only when a deadline comes before it. A later
+        deadline (the usual case: each keep-alive wait ends after the previous one) is
+        found when the timer fires, which then re-arms: a request costs no timer of its own.
+        """
         self._action = action
-        if deadline is None:
-            self._cancel_timer()
-        elif self._timer is None or self._timer_at != deadline:
-            self._cancel_timer()
-            self._timer_at = deadline
-            self._timer = self._loop.call_at(deadline, self._timed_out)
+        self._deadline = deadline
+        if deadline is not None and (self._timer is None or deadline < self._timer_at):
+            self._arm(deadline)
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if self._action is None or deadline is None:
+            return  # nothing waits; the next wait arms the timer again
+        if deadline > self._loop.time():
+            self._arm(deadline)
+        else:
+            self._timed_out()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -186,7 +205,6 @@ class _HttpProtocol(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _timed_out(self) -> None:
-        self._timer = None
         kind = type(self._action)
         if kind is SendFile:
             self._stop_sending_file()  # `_sent_file` reports the timeout
@@ -204,7 +222,6 @@ class _HttpProtocol(asyncio.Protocol):
             self._server.connection_closed(self)
             return
         self._action = None
-        self._cancel_timer()
         self._broken = task.cancelled() or task.exception() is not None or task.result() != count
         if task.cancelled():
             self._conn.timeout(self._loop.time())
