@@ -92,6 +92,11 @@ class RawClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def unread(self) -> bytes:
+        """Bytes received but not yet parsed as a response."""
+        return self._buffer
+
     def close(self) -> None:
         self.sock.close()
 

@@ -359,7 +359,7 @@ def test_max_connections(start_server: StartServer) -> None:
         assert client.read_response().body == b"held"
     with server.client() as extra:
         extra.send(request("GET", "/echo/extra"))
-        if extra.is_open(wait=0.3) and extra._buffer:
+        if extra.is_open(wait=0.3) and extra.unread:
             assert extra.read_response().status == 503
         else:
             idle.pop().close()

@@ -59,7 +59,7 @@ class StageConnection:
     def run(self, data: bytes, method: str = "GET") -> Response:
         self.client.send(data)
         response = self.client.read_response(method)
-        assert self.client._buffer == b"", f"unread data after the response: {self.client._buffer!r}"
+        assert self.client.unread == b"", f"unread data after the response: {self.client.unread!r}"
         return response
 
     def is_open(self) -> bool:
