@@ -370,8 +370,9 @@ class ServerConnection:
         if outcome is _NOT_RUN:
             raise RuntimeError("next_action called before the Run step was run")
         self._step_outcome = None
-        if outcome is None:
+        if outcome is None:  # more body to come; time spent in the step is not the client's
             self._phase = Phase.BODY
+            self._deadline = now + self._config.body_timeout
         elif isinstance(outcome, Response):
             self._exchange = None
             self._respond(outcome, now)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import Close, Config, Phase, Receive, Send, SendFile
+from protocol import Close, Config, Phase, Receive, Run, Send, SendFile
 
 from .helpers import App, Driver, get, parse_one, post
 
@@ -128,3 +128,16 @@ def test_every_receive_carries_a_deadline() -> None:
     d.feed(b"c" + get(b"/echo/x", b"Connection: close") + b"extra")
     receives = [a for a in d.actions if isinstance(a, Receive)]
     assert receives and all(r.deadline is not None for r in receives)
+
+
+def test_time_spent_in_a_blocking_step_does_not_count_against_the_client() -> None:
+    app = App()
+    d = Driver(app, CONFIG, now=0.0, run_steps=False)
+    request = post(b"/blocking", b"x" * 100)
+    d.feed(request[:-50])
+    run = d.waiting
+    assert isinstance(run, Run)
+    d.now = 29.0  # a slow disk
+    run.step()
+    receive = d.advance()
+    assert isinstance(receive, Receive) and receive.deadline == 29.0 + CONFIG.body_timeout
