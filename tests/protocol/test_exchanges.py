@@ -256,3 +256,14 @@ def test_an_app_returning_neither_a_response_nor_an_exchange_gets_500(
         d.feed(get(b"/"))
     assert parse_one(d.take()).status == 500
     assert "handler returned None" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [((b"X-Evil", b"a\r\nSet-Cookie: stolen"),), ((b"X-Nul", b"a\x00b"),), ((b"", b"empty name"),)],
+)
+def test_a_response_header_that_would_inject_gets_500(headers: tuple[tuple[bytes, bytes], ...]) -> None:
+    d = Driver(lambda request: Response(200, headers, b"x"))
+    d.feed(get(b"/"))
+    output = d.take()
+    assert parse_one(output).status == 500 and b"stolen" not in output
