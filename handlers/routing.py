@@ -2,7 +2,8 @@
 
 A `Router` is an `App`. It answers by itself, before any handler runs:
 - `*` as the target: 200 with `Allow` for `OPTIONS *`, else 400;
-- a method that no route implements (`CONNECT`, `get`, unknown tokens): 501;
+- a method it does not recognise (`CONNECT`, `get`, unknown tokens): 501; RFC 9110's other
+  standard methods and those of any route are recognised;
 - a target that is neither origin-form (`/p?q`) nor absolute-form (`http://host/p`): 400;
 - a path that no route matches: 404; a matched route without that method: 405 with `Allow`.
 
@@ -39,6 +40,8 @@ NOT_IMPLEMENTED: Final = text(501, b"Not Implemented\n")
 GET: Final = b"GET"
 HEAD: Final = b"HEAD"
 _METHOD_ORDER: Final = (b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS")
+_STANDARD_METHODS: Final = frozenset({*_METHOD_ORDER, b"TRACE"})
+"""RFC 9110's methods but CONNECT: a known path answers them 405, not 501."""
 
 
 def allow_value(methods: Iterable[bytes]) -> bytes:
@@ -77,7 +80,7 @@ class Router:
         self._exact: dict[bytes, _Entry] = {}
         self._prefixes: dict[bytes, _Entry] = {}
         self._ordered_prefixes: tuple[tuple[bytes, _Entry], ...] = ()
-        self._methods: frozenset[bytes] = frozenset()
+        self._recognised: frozenset[bytes] = _STANDARD_METHODS
         self._options: Response = Response(200)
         for route in routes:
             self.add(route)
@@ -90,8 +93,9 @@ class Router:
         (self._prefixes if route.prefix else self._exact)[route.path] = entry
         self._ordered_prefixes = tuple(sorted(self._prefixes.items(), key=lambda item: -len(item[0])))
         every = [*self._exact.values(), *self._prefixes.values()]
-        self._methods = frozenset().union(*(e.methods for e in every))
-        self._options = Response(200, ((b"Allow", allow_value(self._methods)),))
+        routed = frozenset().union(*(e.methods for e in every))
+        self._recognised = _STANDARD_METHODS | routed
+        self._options = Response(200, ((b"Allow", allow_value(routed)),))
 
     def __call__(self, request: Request) -> Response | Exchange:
         method = request.method
@@ -99,13 +103,13 @@ class Router:
         if path[:1] != b"/":
             if path == b"*":
                 return self._options if method == b"OPTIONS" else BAD_REQUEST
-            if method not in self._methods:
+            if method not in self._recognised:
                 return NOT_IMPLEMENTED
             absolute = _absolute_path(path)
             if absolute is None:
                 return BAD_REQUEST
             path = absolute
-        elif method not in self._methods:
+        elif method not in self._recognised:
             return NOT_IMPLEMENTED
         query = path.find(b"?")
         if query >= 0:

@@ -99,10 +99,19 @@ def test_a_method_the_path_does_not_allow_is_405(method: bytes, target: bytes, a
     assert header(response, b"allow") == allow
 
 
-@pytest.mark.parametrize("method", [b"get", b"Get", b"CONNECT", b"PUT", b"DELETE", b"BREW", b"OPTIONS"])
-def test_methods_no_route_implements_are_501(method: bytes) -> None:
+@pytest.mark.parametrize("method", [b"get", b"Get", b"CONNECT", b"BREW"])
+def test_unrecognised_methods_are_501(method: bytes) -> None:
     for target in (b"/", b"/nope", b"/files/x"):
         assert call(APP, request(method, target)).status == 501
+
+
+@pytest.mark.parametrize("method", [b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"TRACE"])
+def test_standard_methods_no_route_has_are_405_on_known_paths(method: bytes) -> None:
+    for target, allow in ((b"/", b"GET, HEAD"), (b"/files/x", b"GET, HEAD, POST")):
+        response = call(APP, request(method, target))
+        assert response.status == 405
+        assert header(response, b"allow") == allow
+    assert call(APP, request(method, b"/nope")).status == 404
 
 
 def test_asterisk_target() -> None:
@@ -154,5 +163,6 @@ def test_longest_prefix_wins_and_a_route_replaces_one_for_the_same_path() -> Non
     assert call(app, request(b"GET", b"/a/c")).body == b"new:c"
 
 
-def test_an_empty_router_refuses_every_method() -> None:
-    assert call(Router(), request(b"GET", b"/")).status == 501
+def test_an_empty_router_finds_nothing() -> None:
+    assert call(Router(), request(b"GET", b"/")).status == 404
+    assert call(Router(), request(b"BREW", b"/")).status == 501
