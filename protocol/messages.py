@@ -1,9 +1,11 @@
 """The messages handlers see: a request head in, a response out.
 
-These are the core's own types; h11 stays private to `protocol`. Header names in a
-`Request` are lower-case bytes, exactly as h11 normalised them. A handler that wants
-the request body, or whose work may block, returns an `Exchange` instead of a
-`Response`, and the core feeds it the body and asks it for the response.
+These are the core's own types; h11 stays private to `protocol`. A `Request`'s headers
+are a list of (lower-case name, value) bytes in arrival order, repeated fields kept,
+already validated by h11. A handler that wants the request body, or whose work may
+block, returns an `Exchange` instead of a `Response`, and the core feeds it the body and
+asks it for the response. A `Response`'s headers are validated when sent: an invalid
+one (say, a value with CR LF) is replaced by a 500, never sent.
 """
 
 from __future__ import annotations
