@@ -108,6 +108,7 @@ class ServerConnection:
         self._exchange: Exchange | None = None
         self._step_outcome: object = None
         self._body_size = 0
+        self._body_expected = False  # the request declared a non-empty body
         self._file: FileBody | None = None
         self._file_remaining = 0
         self._status = 0
@@ -275,8 +276,9 @@ class ServerConnection:
             error_log.exception("handler failed for %r", request)
             self._fail(500, now)
             return
+        waiting = self._body_expected and self._h11.they_are_waiting_for_100_continue
         if isinstance(reply, Response):
-            if self._h11.they_are_waiting_for_100_continue:
+            if waiting:
                 # The client holds its body back; answering without reading it means
                 # its next bytes may be that body, so this connection cannot go on.
                 self._close_after_response = True
@@ -287,7 +289,7 @@ class ServerConnection:
             self._fail(500, now)
             return
         self._exchange = reply
-        if self._h11.they_are_waiting_for_100_continue and not (self._h11.trailing_data[0] or self._unfed):
+        if waiting and not (self._h11.trailing_data[0] or self._unfed):
             self._out.append(
                 self._h11.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
             )
@@ -315,11 +317,12 @@ class ServerConnection:
                 encoding = value
         if size > config.max_head_size:
             return 431
-        if length is not None:
-            if encoding is not None:  # RFC 9112 §6.1: a smuggling vector; refuse it
-                return 400
-            if int(length) > config.max_body_size:
-                return 413
+        if length is not None and encoding is not None:  # RFC 9112 §6.1: a smuggling vector
+            return 400
+        declared = 0 if length is None else int(length)
+        if declared > config.max_body_size:
+            return 413
+        self._body_expected = declared > 0 or encoding is not None
         return 0
 
     def _read_body(self, now: float) -> None:

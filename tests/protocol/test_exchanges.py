@@ -267,3 +267,14 @@ def test_a_response_header_that_would_inject_gets_500(headers: tuple[tuple[bytes
     d.feed(get(b"/"))
     output = d.take()
     assert parse_one(output).status == 500 and b"stolen" not in output
+
+
+@pytest.mark.parametrize("target", [b"/echo/x", b"/upload"])
+def test_expect_100_continue_without_a_body_needs_no_100_and_no_close(target: bytes) -> None:
+    d = Driver(App())
+    d.feed(
+        get(target, EXPECT) + get(target, EXPECT, b"Content-Length: 0", method=b"POST") + get(b"/echo/next")
+    )
+    responses = parse(d.take(), 3)
+    assert [r.informational for r in responses] == [[], [], []]
+    assert not any(r.closes for r in responses) and responses[2].body == b"next"
