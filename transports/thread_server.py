@@ -8,6 +8,7 @@ measured on `time.monotonic()`; blocking steps simply run inline.
 from __future__ import annotations
 
 import contextlib
+import queue
 import selectors
 import signal
 import socket
@@ -24,6 +25,9 @@ from .options import ServerOptions
 
 _CLEANUP_WAIT: Final = 5.0
 """After cutting connections, how long to wait for their threads to finish cleaning up."""
+
+_IDLE_THREAD_TIMEOUT: Final = 10.0
+"""A thread that finished its connection waits this long for the next one, then exits."""
 
 
 class _Connection:
@@ -81,8 +85,10 @@ class ThreadServer:
         self._options = options
         self._sockets = sockets
         self._connections: set[_Connection] = set()
-        self._changed = threading.Condition()  # guards _connections and _stopping
+        self._changed = threading.Condition()  # guards _connections, _stopping and _idle
         self._stopping = False
+        self._idle = 0  # threads waiting in `_handoff` for their next connection
+        self._handoff: queue.SimpleQueue[_Connection | None] = queue.SimpleQueue()
         self._wake_reader, self._wake_writer = socket.socketpair()
 
     def shutdown(self) -> None:
@@ -101,6 +107,9 @@ class ThreadServer:
                 sock.close()  # new connections are refused, not left waiting
         with self._changed:
             connections = list(self._connections)
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._handoff.put(None)  # idle threads exit
         for connection in connections:
             connection.stop()
         with self._changed:
@@ -136,20 +145,47 @@ class ThreadServer:
                     break  # take the next slot
 
     def _start(self, sock: socket.socket) -> None:
+        """Hand the connection to an idle thread, or start one (starting costs far more)."""
         connection = _Connection(sock)
         with self._changed:
             self._connections.add(connection)
+            reuse = self._idle > 0
+            if reuse:
+                self._idle -= 1
+        if reuse:
+            self._handoff.put(connection)
+            return
         try:
-            threading.Thread(target=self._serve_connection, args=(connection,), daemon=True).start()
+            threading.Thread(target=self._work, args=(connection,), daemon=True).start()
         except RuntimeError:  # no more threads: refuse this one, keep serving the others
             error_log.exception("cannot start a connection thread")
-            self._release(connection)
+            self._release(connection, idle=False)
 
-    def _release(self, connection: _Connection) -> None:
-        connection.close()
+    def _work(self, connection: _Connection | None) -> None:
+        """A connection thread: serve connections one after another until idle too long."""
+        while connection is not None:
+            self._serve_connection(connection)
+            if not self._release(connection, idle=True):
+                return
+            try:
+                connection = self._handoff.get(timeout=_IDLE_THREAD_TIMEOUT)
+            except queue.Empty:
+                with self._changed:
+                    if self._idle > 0:  # no connection is on its way to this thread
+                        self._idle -= 1
+                        return
+                connection = self._handoff.get()  # one is: `_start` counted on an idle thread
+
+    def _release(self, connection: _Connection, *, idle: bool) -> bool:
+        """The connection is over. True if its thread, now `idle`, may wait for the next one."""
         with self._changed:
             self._connections.discard(connection)
+            idle = idle and not self._stopping
+            if idle:
+                self._idle += 1
             self._changed.notify_all()
+        connection.close()  # after: a client that saw the close finds this thread idle
+        return idle
 
     def _serve_connection(self, connection: _Connection) -> None:
         sock = connection.sock
@@ -179,7 +215,6 @@ class ThreadServer:
                     abandon(conn, time.monotonic())
                 except Exception:
                     error_log.exception("cleaning up the connection from %s failed", peer)
-            self._release(connection)
 
     def _drive(self, connection: _Connection, conn: ServerConnection, *, tls: bool) -> None:
         """The loop every transport has: ask the core, perform, report, until Close."""
