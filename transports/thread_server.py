@@ -256,8 +256,11 @@ class ThreadServer:
 
 
 def _timeout(deadline: float | None) -> float | None:
-    """A socket timeout that ends at `deadline` (0 when it passed: fail at once)."""
-    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    """A socket timeout that ends at `deadline`; once it passed, only what is ready gets through.
+
+    Never 0, which would make the socket non-blocking (BlockingIOError, not TimeoutError).
+    """
+    return None if deadline is None else max(deadline - time.monotonic(), 1e-6)
 
 
 def serve(
