@@ -245,3 +245,9 @@ def test_shutdown_while_draining_an_unread_body_closes_after_it() -> None:
     d.conn.shutdown()
     d.feed(b"b" * 50)
     assert d.closed and not d.output and len(app.requests) == 1
+
+
+def test_a_connection_has_no_instance_dict() -> None:
+    """Servers hold thousands of idle connections; slots keep each core small."""
+    d = Driver(App())
+    assert not hasattr(d.conn, "__dict__")
