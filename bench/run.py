@@ -498,10 +498,11 @@ COLORS = {
 
 
 def chart(results: Results, servers: list[Server], scenarios: list[Scenario], path: Path) -> None:
-    import matplotlib
+    # matplotlib lives in bench/.venv-peers only; the project's mypy does not see it.
+    import matplotlib  # type: ignore[import-not-found,unused-ignore]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
 
     fig, (bars, idle) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / len(servers)
