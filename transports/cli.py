@@ -11,7 +11,7 @@ import importlib
 import logging
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,55 +36,19 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--transport", choices=tuple(_MODULES), default="trio", help="the I/O runtime")
     p.add_argument("--host", default=options.host, help="address to listen on (0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=options.port, help="TCP port; 0 picks a free one")
-    p.add_argument("--directory", type=_directory, help="serve and store /files/ here (default: none)")
+    p.add_argument("--port", type=_port, default=options.port, help="TCP port; 0 picks a free one")
+    p.add_argument("--directory", type=_directory, help="serve and store /files/ here")
 
     limits = p.add_argument_group("limits and timeouts of the HTTP core (sizes in bytes, times in seconds)")
-    limits.add_argument("--max-head-size", type=int, default=config.max_head_size, help="request head (431)")
-    limits.add_argument(
-        "--max-target-length", type=int, default=config.max_target_length, help="request target (414)"
-    )
-    limits.add_argument(
-        "--max-header-count", type=int, default=config.max_header_count, help="header fields (431)"
-    )
-    limits.add_argument("--max-body-size", type=int, default=config.max_body_size, help="request body (413)")
-    limits.add_argument(
-        "--keep-alive-timeout",
-        type=float,
-        default=config.keep_alive_timeout,
-        help="an idle connection is closed after this",
-    )
-    limits.add_argument(
-        "--head-timeout",
-        type=float,
-        default=config.head_timeout,
-        help="a request head must arrive within this from its first byte (408)",
-    )
-    limits.add_argument(
-        "--body-timeout",
-        type=float,
-        default=config.body_timeout,
-        help="a request body must make progress this often (408)",
-    )
-    limits.add_argument(
-        "--send-timeout", type=float, default=config.send_timeout, help="each write must complete within this"
-    )
-    limits.add_argument(
-        "--linger-timeout",
-        type=float,
-        default=config.linger_timeout,
-        help="after a closing response, unread input is discarded for at most this",
-    )
-    limits.add_argument(
-        "--send-chunk-size",
-        type=int,
-        default=config.send_chunk_size,
-        help="file bodies go out in such pieces",
-    )
+    for field, kind, text in _LIMITS:
+        flag = "--" + field.replace("_", "-")
+        limits.add_argument(flag, type=kind, default=getattr(config, field), help=text)
 
     responses = p.add_argument_group("responses and logs")
     responses.add_argument("--date-header", action="store_true", help="add a Date header to every response")
-    responses.add_argument("--server-header", metavar="VALUE", help="add 'Server: VALUE' to every response")
+    responses.add_argument(
+        "--server-header", metavar="VALUE", type=_header_value, help="add 'Server: VALUE' to every response"
+    )
     responses.add_argument(
         "--no-access-log", action="store_true", help="do not log one line per response (httpserver.access)"
     )
@@ -95,15 +59,15 @@ def parser() -> argparse.ArgumentParser:
     server = p.add_argument_group("server")
     server.add_argument(
         "--max-connections",
-        type=int,
+        type=_positive_int,
         default=options.max_connections,
         help="concurrent connections per process; more wait in the listen backlog",
     )
-    server.add_argument("--backlog", type=int, default=options.backlog, help="the listen backlog")
+    server.add_argument("--backlog", type=_positive_int, default=options.backlog, help="the listen backlog")
     server.add_argument(
         "--shutdown-grace",
         metavar="SECONDS",
-        type=float,
+        type=_non_negative_float,
         default=options.shutdown_grace,
         help="on SIGTERM/SIGINT, in-flight requests get this long to finish",
     )
@@ -112,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--workers",
         metavar="N",
-        type=int,
+        type=_positive_int,
         default=options.workers,
         help="processes sharing the listening socket (a dead one is replaced)",
     )
@@ -126,14 +90,64 @@ def _directory(value: str) -> Path:
     return path
 
 
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not 0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} is not a number of seconds")
+    return number
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port")
+    return port
+
+
+def _header_value(value: str) -> bytes:
+    try:
+        data = value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("use Latin-1 characters only") from None
+    if any((byte < 0x20 and byte != 0x09) or byte == 0x7F for byte in data):
+        raise argparse.ArgumentTypeError("no control characters")
+    return data
+
+
+_LIMITS: tuple[tuple[str, Callable[[str], object], str], ...] = (
+    ("max_head_size", _positive_int, "request line and header fields (431)"),
+    ("max_target_length", _positive_int, "request target (414)"),
+    ("max_header_count", _positive_int, "header fields in one request (431)"),
+    ("max_body_size", _positive_int, "request body, declared or chunked (413)"),
+    ("keep_alive_timeout", _positive_float, "an idle connection is closed after this"),
+    ("head_timeout", _positive_float, "a request head must arrive within this from its first byte (408)"),
+    ("body_timeout", _positive_float, "a request body must make progress this often (408)"),
+    ("send_timeout", _positive_float, "each write must complete within this"),
+    ("linger_timeout", _positive_float, "after a closing response, unread input is discarded this long"),
+    ("send_chunk_size", _positive_int, "file bodies go out in pieces of at most this"),
+)
+"""The `Config` fields set from the command line, each as --field-name."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if (args.certfile is None) != (args.keyfile is None):
         p.error("--certfile and --keyfile go together")
-    for name in ("workers", "max_connections", "backlog"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
     worker = "[%(process)d] " if args.workers > 1 else ""  # which worker logged it
     logging.basicConfig(
         stream=sys.stderr,
@@ -141,27 +155,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"%(asctime)s {worker}%(levelname)s %(name)s: %(message)s",
     )
     config = Config(
-        max_head_size=args.max_head_size,
-        max_target_length=args.max_target_length,
-        max_header_count=args.max_header_count,
-        max_body_size=args.max_body_size,
-        keep_alive_timeout=args.keep_alive_timeout,
-        head_timeout=args.head_timeout,
-        body_timeout=args.body_timeout,
-        send_timeout=args.send_timeout,
-        linger_timeout=args.linger_timeout,
-        send_chunk_size=args.send_chunk_size,
+        **{field: getattr(args, field) for field, _, _ in _LIMITS},
         date_header=args.date_header,
-        server_header=(args.server_header or "").encode("latin-1"),
+        server_header=args.server_header or b"",
         access_log=not args.no_access_log,
     )
+    try:
+        context = None if args.certfile is None else tls_context(args.certfile, args.keyfile)
+    except OSError as exc:  # ssl.SSLError included
+        p.error(f"cannot use --certfile/--keyfile: {exc}")
     options = ServerOptions(
         host=args.host,
         port=args.port,
         max_connections=args.max_connections,
         shutdown_grace=args.shutdown_grace,
         backlog=args.backlog,
-        ssl_context=None if args.certfile is None else tls_context(args.certfile, args.keyfile),
+        ssl_context=context,
         workers=args.workers,
         handle_signals=True,
     )
