@@ -1,0 +1,50 @@
+"""The command line covers every `Config` field and refuses bad values with a usage error."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from protocol import Config
+from transports.cli import parser
+
+_SPECIAL = {
+    "date_header": "--date-header",
+    "server_header": "--server-header",
+    "access_log": "--no-access-log",
+}
+
+
+def test_every_config_field_has_an_option() -> None:
+    options = {flag for action in parser()._actions for flag in action.option_strings}
+    for field in dataclasses.fields(Config):
+        assert _SPECIAL.get(field.name, "--" + field.name.replace("_", "-")) in options, field.name
+
+
+def test_defaults_are_the_config_defaults() -> None:
+    args = parser().parse_args([])
+    for field in dataclasses.fields(Config):
+        if field.name not in _SPECIAL:
+            assert getattr(args, field.name) == getattr(Config(), field.name), field.name
+    assert (args.transport, args.host, args.port, args.directory) == ("trio", "127.0.0.1", 4221, None)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--port", "65536"],
+        ["--max-body-size", "0"],
+        ["--keep-alive-timeout", "-1"],
+        ["--keep-alive-timeout", "nan"],
+        ["--workers", "0"],
+        ["--server-header", "a\r\nb"],
+        ["--directory", "/no/such/directory"],
+        ["--transport", "gevent"],
+    ],
+)
+def test_bad_values_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        parser().parse_args(argv)
+    assert exit.value.code == 2
+    assert "error:" in capsys.readouterr().err
