@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from protocol import Close, Config, Receive, Send, SendFile
+from protocol import Close, Config, Phase, Receive, Send, SendFile
 
 from .helpers import App, Driver, Parsed, chunked, fragments, get, parse, parse_all
 
@@ -260,7 +260,7 @@ def test_any_sequence_of_events_ends_cleanly(
             stream = b""
         elif kind == "shutdown":
             d.conn.shutdown()
-            if d.conn.phase.name == "IDLE":  # the transport abandons an idle Receive
+            if d.conn.phase is Phase.IDLE:  # the transport abandons an idle Receive
                 d.advance()
         elif kind == "lost":
             d.conn.connection_lost()
