@@ -251,3 +251,12 @@ def test_a_connection_has_no_instance_dict() -> None:
     """Servers hold thousands of idle connections; slots keep each core small."""
     d = Driver(App())
     assert not hasattr(d.conn, "__dict__")
+
+
+def test_http_1_0_keep_alive_is_declined_with_close() -> None:
+    """h11 implements no HTTP/1.0 keep-alive; declining it is allowed and says so."""
+    d = Driver(App())
+    d.feed(get(b"/echo/x", b"Connection: keep-alive", version=b"1.0") + get(b"/echo/y", version=b"1.0"))
+    response = parse_one(d.take())
+    assert response.body == b"x" and response.closes
+    assert len(d.app.requests) == 1
