@@ -5,7 +5,15 @@ reports what happened, and makes no HTTP decision of its own. All three share on
 shape (ask `next_action`, perform it, report, repeat until `Close`) and the helpers in
 `common`. Each module is imported only when chosen, so that start-up stays fast:
 
-- `transports.trio_server.serve`
-- `transports.asyncio_server.serve`
-- `transports.thread_server.serve`
+- `trio_server.serve(app, config, options, *, sockets=None, task_status=...)`
+- `asyncio_server.serve(app, config, options, *, sockets=None, started=None)`
+- `thread_server.serve(app, config, options, *, sockets=None, started=None)`
+
+Each serves until its server's `shutdown()` (or SIGTERM/SIGINT with
+`ServerOptions.handle_signals`): it stops accepting, lets requests in flight finish
+within `shutdown_grace`, then cuts the rest, whose cleanup (an upload's temporary
+file...) still runs. The server handle (`task_status.started` / `started`) has the
+bound `ports`. `options.ServerOptions` holds the server-level settings; the HTTP
+limits and timeouts are `protocol.Config`. `cli` is `python -m transports`; `workers`
+forks `--workers N` processes on shared listening sockets.
 """
