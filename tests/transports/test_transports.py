@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -177,3 +178,12 @@ def test_cut_during_a_blocking_step_still_aborts_the_exchange(transport: str) ->
         server.stop(within=5)  # the grace period ends while receive() still runs
         sock.close()
     assert calls == ["receive", "abort"]
+
+
+def test_requests_before_the_client_shuts_its_side_are_all_answered(transport: str) -> None:
+    with running(transport, build_app(None)) as server, server.connect() as sock:
+        sock.sendall(b"GET /echo/one HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/two HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        response = read_until_close(sock)
+    assert response.count(b"HTTP/1.1 200 OK\r\n") == 2
+    assert response.endswith(b"\r\n\r\ntwo")
