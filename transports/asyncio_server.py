@@ -9,6 +9,7 @@ deadlines are `loop.call_at` timers on `loop.time()`; blocking steps go to an ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import signal
 import socket
@@ -30,7 +31,7 @@ from protocol import (
     ServerConnection,
 )
 
-from .common import abandon, accept_error, bind, error_log, format_peer, ports
+from .common import CLEANUP_WAIT, abandon, accept_error, bind, error_log, format_peer, ports
 from .options import ServerOptions
 
 _MAX_STEP_THREADS: Final = 64
@@ -393,7 +394,8 @@ class AsyncioServer:
             except TimeoutError:
                 for protocol in list(self.connections):
                     protocol.cut()
-                await self._all_closed.wait()  # cut connections still finish their cleanup
+                with contextlib.suppress(TimeoutError):  # cut connections still finish their cleanup
+                    await asyncio.wait_for(self._all_closed.wait(), CLEANUP_WAIT)
 
 
 async def serve(

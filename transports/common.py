@@ -22,6 +22,10 @@ _ACCEPT_IGNORABLE_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, e
 
 ACCEPT_PAUSE: Final = 0.1
 
+CLEANUP_WAIT: Final = 5.0
+"""After the grace period cut the remaining connections, how long serve waits for their
+cleanup (a blocking step in flight; a TLS handshake, under asyncio) before it returns."""
+
 
 def accept_error(exc: OSError) -> float:
     """Seconds to stop accepting after `exc` (0: go on). No accept error stops the server:

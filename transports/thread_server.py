@@ -20,11 +20,8 @@ from typing import Any, Final
 
 from protocol import App, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
 
-from .common import RECEIVE_SIZE, abandon, accept_error, bind, error_log, peer_name, ports
+from .common import CLEANUP_WAIT, RECEIVE_SIZE, abandon, accept_error, bind, error_log, peer_name, ports
 from .options import ServerOptions
-
-_CLEANUP_WAIT: Final = 5.0
-"""After cutting connections, how long to wait for their threads to finish cleaning up."""
 
 _IDLE_THREAD_TIMEOUT: Final = 10.0
 """A thread that finished its connection waits this long for the next one, then exits."""
@@ -116,7 +113,7 @@ class ThreadServer:
             if not self._changed.wait_for(lambda: not self._connections, self._options.shutdown_grace):
                 for connection in self._connections:
                     connection.cut()
-                self._changed.wait_for(lambda: not self._connections, _CLEANUP_WAIT)
+                self._changed.wait_for(lambda: not self._connections, CLEANUP_WAIT)
 
     def _accept_until_stopped(self) -> None:
         limit = self._options.max_connections
