@@ -302,13 +302,17 @@ class AsyncioServer:
         self._count = 0  # accepted connections not yet closed (some still in the TLS handshake)
         self.stopping = False
         self._stop = asyncio.Event()
+        self._cut = asyncio.Event()
         self._all_closed = asyncio.Event()
 
     def shutdown(self) -> None:
         """Stop accepting, finish in-flight requests (within the grace period), return from serve.
 
-        Call it on the loop's thread (`loop.call_soon_threadsafe(server.shutdown)` elsewhere).
+        Called again (a second Ctrl-C), it cuts the remaining connections at once. Call it
+        on the loop's thread (`loop.call_soon_threadsafe(server.shutdown)` elsewhere).
         """
+        if self._stop.is_set():
+            self._cut.set()
         self._stop.set()
 
     def _start_accepting(self) -> None:
@@ -389,9 +393,11 @@ class AsyncioServer:
         for protocol in list(self.connections):
             protocol.stop()
         if self._count:
-            try:
-                await asyncio.wait_for(self._all_closed.wait(), grace)
-            except TimeoutError:
+            waits = [self.loop.create_task(event.wait()) for event in (self._all_closed, self._cut)]
+            await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            for wait in waits:
+                wait.cancel()
+            if not self._all_closed.is_set():
                 for protocol in list(self.connections):
                     protocol.cut()
                 with contextlib.suppress(TimeoutError):  # cut connections still finish their cleanup

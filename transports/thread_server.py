@@ -82,15 +82,20 @@ class ThreadServer:
         self._options = options
         self._sockets = sockets
         self._connections: set[_Connection] = set()
-        self._changed = threading.Condition()  # guards _connections, _stopping and _idle
+        self._changed = threading.Condition()  # guards _connections, _stopping, _cutting and _idle
         self._stopping = False
+        self._cutting = False  # shutdown() was called twice
         self._idle = 0  # threads waiting in `_handoff` for their next connection
         self._handoff: queue.SimpleQueue[_Connection | None] = queue.SimpleQueue()
         self._wake_reader, self._wake_writer = socket.socketpair()
 
     def shutdown(self) -> None:
-        """Stop accepting, finish in-flight requests (within the grace period), return from serve."""
+        """Stop accepting, finish in-flight requests (within the grace period), return from serve.
+
+        Called again (a second Ctrl-C), it cuts the remaining connections at once.
+        """
         with self._changed:
+            self._cutting = self._stopping
             self._stopping = True
             self._changed.notify_all()
         with contextlib.suppress(OSError):
@@ -110,7 +115,10 @@ class ThreadServer:
         for connection in connections:
             connection.stop()
         with self._changed:
-            if not self._changed.wait_for(lambda: not self._connections, self._options.shutdown_grace):
+            self._changed.wait_for(
+                lambda: not self._connections or self._cutting, self._options.shutdown_grace
+            )
+            if self._connections:
                 for connection in self._connections:
                     connection.cut()
                 self._changed.wait_for(lambda: not self._connections, CLEANUP_WAIT)

@@ -55,9 +55,15 @@ class TrioServer:
         self._connections: set[_Connection] = set()
         self._stop = trio.Event()
         self._all_closed = trio.Event()
+        self._grace = trio.CancelScope()  # the wait for requests in flight
 
     def shutdown(self) -> None:
-        """Stop accepting, finish in-flight requests (within the grace period), return from serve."""
+        """Stop accepting, finish in-flight requests (within the grace period), return from serve.
+
+        Called again (a second Ctrl-C), it cuts the remaining connections at once.
+        """
+        if self._stop.is_set():
+            self._grace.cancel()
         self._stop.set()
 
     async def _watch_signals(self) -> None:
@@ -293,7 +299,8 @@ async def serve(
             for connection in list(server._connections):
                 connection.stop()
             if server._connections:
-                with trio.move_on_after(options.shutdown_grace):
+                server._grace.deadline = trio.current_time() + options.shutdown_grace
+                with server._grace:
                     await server._all_closed.wait()
             connections.cancel_scope.cancel()
     finally:

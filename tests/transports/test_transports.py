@@ -187,3 +187,17 @@ def test_requests_before_the_client_shuts_its_side_are_all_answered(transport: s
         response = read_until_close(sock)
     assert response.count(b"HTTP/1.1 200 OK\r\n") == 2
     assert response.endswith(b"\r\n\r\ntwo")
+
+
+def test_a_second_shutdown_cuts_at_once(transport: str, tmp_path: Path) -> None:
+    options = ServerOptions(port=0, shutdown_grace=60)
+    with running(transport, build_app(tmp_path), options=options) as server, server.connect() as sock:
+        sock.sendall(b"POST /files/up HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n12345")
+        _wait_for(lambda: len(os.listdir(tmp_path)) == 1)
+        server.shutdown()
+        time.sleep(0.2)
+        assert server.thread.is_alive()  # waiting for the upload, up to a minute
+        started = time.monotonic()
+        server.stop(within=5)  # the second call: a second Ctrl-C
+        assert time.monotonic() - started < 3
+    assert os.listdir(tmp_path) == []
