@@ -69,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=_non_negative_float,
         default=options.shutdown_grace,
-        help="on SIGTERM/SIGINT, in-flight requests get this long to finish",
+        help="on SIGTERM/SIGINT, in-flight requests get this long to finish (a second signal: at once)",
     )
     server.add_argument("--certfile", help="serve HTTPS with this PEM certificate chain (needs --keyfile)")
     server.add_argument("--keyfile", help="the PEM private key for --certfile")
