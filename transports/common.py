@@ -91,8 +91,10 @@ def peer_name(sock: socket.socket) -> str:
 
 
 def format_peer(address: object) -> str:
+    """host:port ([host]:port for IPv6) from a socket address."""
     if isinstance(address, tuple):
-        return f"{address[0]}:{address[1]}"
+        host = address[0]
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
     return str(address or "-")
 
 
