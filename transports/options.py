@@ -29,4 +29,5 @@ class ServerOptions:
     workers: int = 1
     """Processes sharing the listening sockets (the CLI forks them)."""
     handle_signals: bool = False
-    """Install SIGTERM/SIGINT handlers that shut the server down gracefully."""
+    """Install SIGTERM/SIGINT handlers (main thread only): the first signal shuts the
+    server down gracefully, a second one cuts the remaining connections."""
