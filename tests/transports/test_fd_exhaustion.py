@@ -57,3 +57,5 @@ def test_emfile_pauses_accepting_and_recovers(transport: str, tmp_path: Path) ->
             client.close()
         process.terminate()
         assert process.wait(10) == 0, stderr.read_text()
+        if process.stdout is not None:
+            process.stdout.close()

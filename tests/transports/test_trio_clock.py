@@ -37,6 +37,7 @@ async def test_idle_keep_alive_closes_after_its_timeout(autojump_clock: trio.tes
         started = trio.current_time()
         assert await _until_close(stream) == b""
         assert trio.current_time() - started == pytest.approx(60, abs=0.5)
+        await stream.aclose()
         server.shutdown()
 
 
@@ -53,4 +54,5 @@ async def test_slow_request_head_gets_408_at_its_deadline(autojump_clock: trio.t
         response = await _until_close(stream)
         assert response.startswith(b"HTTP/1.1 408 ")
         assert trio.current_time() - started == pytest.approx(20, abs=1.5)
+        await stream.aclose()
         server.shutdown()

@@ -63,3 +63,5 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_all(transport: str, tmp_pat
         if process.poll() is None:
             process.kill()
             process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
