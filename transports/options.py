@@ -14,6 +14,8 @@ if TYPE_CHECKING:  # ssl costs start-up time; only the TLS path imports it
 
 @dataclass(frozen=True, slots=True)
 class ServerOptions:
+    """Where a server listens and how many connections it carries (the CLI builds one)."""
+
     host: str = "127.0.0.1"
     """Address to bind; a name that resolves to several addresses binds each."""
     port: int = 4221
