@@ -41,10 +41,11 @@ from http import HTTPStatus
 from typing import Final, cast
 
 import h11
+from h11._headers import Headers as _H11Headers  # private, but h11 is pinned: see _validated_fields
 
 from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile
 from .config import Config
-from .messages import App, Exchange, FileBody, Request, Response
+from .messages import App, Exchange, FileBody, Headers, Request, Response
 
 access_log: Final = logging.getLogger("httpserver.access")
 error_log: Final = logging.getLogger("httpserver.error")
@@ -87,6 +88,8 @@ class _Placeholder:
 
 
 _NOT_RUN: Final = object()
+_END_OF_MESSAGE: Final = h11.EndOfMessage()
+"""Events are immutable: one instance serves every response."""
 
 
 class ServerConnection:
@@ -424,21 +427,33 @@ class ServerConnection:
         else:
             file = None
             length = len(body)
-        headers = list(response.headers)
+        # The core's own fields, already in h11's normalised form (raw name, lower name, value).
+        fields = []
         if status not in _NO_BODY_STATUSES:
-            headers.append((b"Content-Length", b"%d" % length))
+            fields.append((b"Content-Length", b"content-length", b"%d" % length))
         if self._close_after_response or self._stopping:
-            headers.append((b"Connection", b"close"))
+            fields.append(_CONNECTION_CLOSE)
         config = self._config
         if config.date_header:
-            headers.append((b"Date", _http_date()))
-        if config.server_header:
-            headers.append((b"Server", config.server_header))
+            fields.append((b"Date", b"date", _http_date()))
+        if config.server_header:  # validated by Config
+            fields.append((b"Server", b"server", config.server_header))
         out = self._out
         try:
-            out.append(h.send(h11.Response(status_code=status, headers=headers, reason=_reason(status))))
-        except h11.LocalProtocolError:
-            # A handler bug (a bad header or status). h11 is unusable now: send fixed bytes.
+            trusted = _validated_fields(response.headers)
+            if trusted is None:  # h11 validates them, as it would any headers
+                headers: list[tuple[bytes, bytes]] | _H11Headers = [
+                    *response.headers,
+                    *((raw, value) for raw, _, value in fields),
+                ]
+            else:  # already valid and normalised: h11 takes a Headers object as it is
+                headers = _H11Headers(trusted + fields)
+            head = h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+            # send_with_data_passthrough: h11's send() would join pieces that _emit joins anyway.
+            pieces = h.send_with_data_passthrough(head)
+        except (h11.LocalProtocolError, TypeError, ValueError):
+            # A handler bug (a bad header or status, or not bytes at all). h11 may be
+            # unusable now: send fixed bytes.
             error_log.exception("handler gave an invalid response for %r", request)
             if file is not None:
                 file.file.close()
@@ -447,11 +462,12 @@ class ServerConnection:
             self._log_access(500, len(_INTERNAL_ERROR_BODY), now)
             self._begin_close(now, linger=True)
             return
+        out += pieces or ()
         self._status = status
         if length and (request is None or request.method != b"HEAD") and status not in _NO_BODY_STATUSES:
             self._body_length = length
             if file is None:
-                out.append(h.send(h11.Data(data=cast(bytes, body))))
+                out += h.send_with_data_passthrough(h11.Data(data=cast(bytes, body))) or ()
             else:
                 self._file = file
                 self._file_remaining = length
@@ -461,7 +477,7 @@ class ServerConnection:
             self._body_length = 0
             if file is not None:
                 file.file.close()
-        out.append(h.send(h11.EndOfMessage()))
+        out += h.send_with_data_passthrough(_END_OF_MESSAGE) or ()
         self._finish_response(now)
 
     def _send_file_piece(self, now: float) -> None:
@@ -470,7 +486,7 @@ class ServerConnection:
         remaining = self._file_remaining
         if not remaining:
             self._drop_file()
-            self._out.append(self._h11.send(h11.EndOfMessage()))
+            self._out += self._h11.send_with_data_passthrough(_END_OF_MESSAGE) or ()
             self._finish_response(now)
             return
         count = min(remaining, self._config.send_chunk_size)
@@ -608,6 +624,43 @@ def _abort(exchange: Exchange) -> None:
         exchange.abort()
     except Exception:
         error_log.exception("aborting %r failed", exchange)
+
+
+_CONNECTION_CLOSE: Final = (b"Connection", b"connection", b"close")
+_FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_VALIDATED_MAX: Final = 256
+_validated: dict[Headers, list[tuple[bytes, bytes, bytes]] | None] = {}
+
+
+def _validated_fields(headers: Headers) -> list[tuple[bytes, bytes, bytes]] | None:
+    """A handler's headers in h11's normalised form once h11 accepted them, or None.
+
+    h11 checks every header it is given with regexes, on every response: the costliest
+    part of sending one. Handlers mostly return the same constant tuples, so each distinct
+    tuple is validated once and its verdict kept (bounded: a full table starts afresh, so
+    constant tuples come back at once and one-off ones go). None (not a tuple of hashable
+    pairs, invalid, or naming a framing field the core must reconcile with its own) means
+    the headers go through h11's own validation as usual.
+    """
+    if type(headers) is not tuple:
+        return None
+    try:
+        return _validated[headers]
+    except KeyError:
+        pass
+    except TypeError:  # a mutable value such as a bytearray: it could change after a check
+        return None
+    fields: list[tuple[bytes, bytes, bytes]] | None
+    try:
+        fields = h11.Response(status_code=200, headers=list(headers)).headers._full_items
+    except Exception:  # whatever h11 refuses, it refuses again when sending: a 500
+        fields = None
+    if fields and any(name in _FRAMING_FIELDS for _, name, _ in fields):
+        fields = None
+    if len(_validated) >= _VALIDATED_MAX:
+        _validated.clear()
+    _validated[headers] = fields
+    return fields
 
 
 def _reason(status: int) -> bytes:

@@ -268,6 +268,43 @@ def test_a_response_header_that_would_inject_gets_500(headers: tuple[tuple[bytes
     assert parse_one(output).status == 500 and b"stolen" not in output
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [((b"X", 5),), ((b"X", "\xe9"),), ((b"X",),), ((b"X", bytearray(b"a\r\nb")),), [(b"X", b"a\r\nb")]],
+    ids=["int", "non-ascii str", "not a pair", "bytearray", "list"],
+)
+def test_response_headers_of_the_wrong_shape_get_500(headers: object) -> None:
+    for _ in range(2):  # the second time meets the verdict kept from the first
+        d = Driver(lambda request: Response(200, headers, b"x"))  # type: ignore[arg-type]
+        d.feed(get(b"/"))
+        assert parse_one(d.take()).status == 500
+
+
+def test_a_constant_header_tuple_gives_the_same_bytes_every_time() -> None:
+    headers = ((b"X-Mixed-Case", b"a b"), (b"Content-Type", b"text/plain"))
+    d = Driver(lambda request: Response(200, headers, b"x"))
+    first = d.feed_and_take(get(b"/"))  # validated by h11
+    assert d.feed_and_take(get(b"/") + get(b"/")) == first * 2  # the verdict kept
+    assert parse_one(first).headers[:2] == [(b"x-mixed-case", b"a b"), (b"content-type", b"text/plain")]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "closes"),
+    [
+        (((b"content-length", b"1"),), 200, False),  # the handler's own, agreeing with the body
+        (((b"Content-Length", b"2"),), 500, True),  # disagreeing
+        (((b"Connection", b"close"),), 200, True),
+    ],
+)
+def test_framing_fields_from_a_handler_are_reconciled_by_h11(
+    headers: tuple[tuple[bytes, bytes], ...], status: int, closes: bool
+) -> None:
+    for _ in range(2):  # the second time meets the verdict kept from the first
+        d = Driver(lambda request: Response(200, headers, b"x"))
+        response = parse_one(d.feed_and_take(get(b"/")))
+        assert (response.status, response.closes, d.closed) == (status, closes, closes)
+
+
 @pytest.mark.parametrize("target", [b"/echo/x", b"/upload"])
 def test_expect_100_continue_without_a_body_needs_no_100_and_no_close(target: bytes) -> None:
     d = Driver(App())
