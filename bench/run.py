@@ -580,10 +580,12 @@ def main() -> None:
             bench_server(server, directory, args, results)
 
     text = report(results, args, servers)
-    (RESULTS / "latest.md").write_text(text + "\n")
-    chart(results, servers, args.scenario_list, RESULTS / "latest.png")
+    # Only a run over everything replaces the published results; a partial one goes to tmp/.
+    where = WORK / "partial" if args.servers or args.scenarios else RESULTS / "latest"
+    where.with_suffix(".md").write_text(text + "\n")
+    chart(results, servers, args.scenario_list, where.with_suffix(".png"))
     print(text)
-    print(f"\nWritten: {RESULTS / 'latest.md'} and {RESULTS / 'latest.png'}")
+    print(f"\nWritten: {where}.md and {where}.png")
 
 
 if __name__ == "__main__":
