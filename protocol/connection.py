@@ -123,6 +123,7 @@ class ServerConnection:
         "_file",
         "_file_remaining",
         "_h11",
+        "_head",
         "_now",
         "_out",
         "_peer",
@@ -149,6 +150,7 @@ class ServerConnection:
         self._out: list[bytes] = []  # bytes to go out in the next Send
         self._waiting_on: Action | None = None  # the last action handed out
         self._request: Request | None = None
+        self._head = False  # the request is a HEAD: kept apart, as handlers get the Request
         self._started = now  # when the current request's first byte arrived
         self._exchange: Exchange | None = None
         self._step_outcome: object = None
@@ -309,6 +311,7 @@ class ServerConnection:
         headers = [(name, value) for _, name, value in event.headers._full_items]
         request = Request(event.method, event.target, headers, event.http_version)
         self._request = request
+        self._head = event.method == b"HEAD"
         self._phase = _BODY
         self._deadline = now + self._config.body_timeout
         status = self._check(request)
@@ -477,7 +480,8 @@ class ServerConnection:
             return
         out += pieces or ()
         self._status = status
-        if length and (request is None or request.method != b"HEAD") and status not in _NO_BODY_STATUSES:
+        # No request (its head did not parse) means an error status without a body.
+        if length and not self._head and status not in _NO_BODY_STATUSES:
             self._body_length = length
             if file is None:
                 out += h.send_with_data_passthrough(h11.Data(data=cast(bytes, body))) or ()

@@ -17,9 +17,13 @@ from typing import BinaryIO, Protocol
 Headers = Sequence[tuple[bytes, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
-    """A request head. The body, if any, goes to the `Exchange` a handler returns."""
+    """A request head. The body, if any, goes to the `Exchange` a handler returns.
+
+    Read-only by contract, but not frozen: the core builds one per request, and a frozen
+    dataclass costs twice as much to build. The core never reads it back for a decision.
+    """
 
     method: bytes
     target: bytes

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from protocol import Close, Config, FileBody, Phase, Receive, Response, Run, Send
+from protocol import Close, Config, FileBody, Phase, Receive, Request, Response, Run, Send
 
 from .helpers import FRAGMENT_SIZES, App, Driver, Recorder, TrackedFile, chunked, get, parse, parse_one, post
 
@@ -278,6 +278,15 @@ def test_response_headers_of_the_wrong_shape_get_500(headers: object) -> None:
         d = Driver(lambda request: Response(200, headers, b"x"))  # type: ignore[arg-type]
         d.feed(get(b"/"))
         assert parse_one(d.take()).status == 500
+
+
+def test_a_handler_changing_its_request_does_not_change_the_core_s_decisions() -> None:
+    def app(request: Request) -> Response:
+        request.method = b"HEAD"  # against the contract; the core must not care
+        return Response(200, (), b"body")
+
+    d = Driver(app)
+    assert parse_one(d.feed_and_take(get(b"/"))).body == b"body" and not d.closed
 
 
 def test_a_constant_header_tuple_gives_the_same_bytes_every_time() -> None:
