@@ -1,12 +1,18 @@
 """The core's cost per request in-process, next to bare h11's: no sockets, no event loop.
 
-    .venv/bin/python -m bench.core [--requests 20000] [--profile]
+    .venv/bin/python -m bench.core [--requests 20000] [--profile] [--calls]
 
 Drives `protocol.ServerConnection` with the real app (`handlers.build_app`) through
 keep-alive `GET /echo/abc` cycles exactly as a transport would (Receive, receive_data,
 Send, ...), and the bare loops' h11 code through the same bytes. The difference is what
 the core and handlers add on top of h11. Best of several repeats, so other load on the
-machine hardly moves it. `--profile` prints cProfile's top functions of the core's run.
+machine hardly moves it. `--profile` prints cProfile's top functions of the core's run;
+`--calls` prints Python function calls per request of both, which load does not move at all.
+On a busy machine, instructions per request are the steadiest measure (run N and 5N cycles,
+take the difference):
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        .venv/bin/python -c "from bench.core import core_cycles; core_cycles(1000)"
 """
 
 from __future__ import annotations
@@ -57,7 +63,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--calls", action="store_true")
     args = parser.parse_args()
+    if args.calls:
+        for name, run in (("core + handlers", core_cycles), ("bare h11 loop", bare_cycles)):
+            counter = cProfile.Profile()
+            counter.runcall(run, 1000)
+            calls = sum(value[1] for value in pstats.Stats(counter).stats.values())  # type: ignore[attr-defined]
+            print(f"{name}: {calls / 1000:.0f} Python calls per request")
     core, bare = best(core_cycles, args.requests), best(bare_cycles, args.requests)
     print(f"core + handlers: {core:.1f} µs per request")
     print(f"bare h11 loop:   {bare:.1f} µs per request")
