@@ -46,8 +46,8 @@ class Config:
         for name in ("keep_alive_timeout", "head_timeout", "body_timeout", "send_timeout", "linger_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
-        if (
-            any(byte in self.server_header for byte in b"\r\n\x00")
-            or self.server_header.strip() != self.server_header
-        ):
+        # The core sends it without asking h11 to check it again (see connection.py), so
+        # this is h11's rule: no control characters but tab, no surrounding whitespace.
+        value = self.server_header
+        if value.strip() != value or any((byte < 0x20 and byte != 0x09) or byte == 0x7F for byte in value):
             raise ValueError("server_header must be a valid header value")

@@ -24,6 +24,8 @@ from protocol import Config
         {"linger_timeout": 0},
         {"server_header": b"x\r\nSet-Cookie: y"},
         {"server_header": b" padded "},
+        {"server_header": b"a\x01b"},  # control characters h11 would refuse
+        {"server_header": b"a\x7fb"},
     ],
 )
 def test_invalid_values_are_refused(change: dict[str, Any]) -> None:
@@ -33,4 +35,4 @@ def test_invalid_values_are_refused(change: dict[str, Any]) -> None:
 
 def test_defaults_and_edge_values_are_accepted() -> None:
     Config()
-    Config(max_body_size=0, server_header=b"h11-server/0.1 (test)", keep_alive_timeout=0.001)
+    Config(max_body_size=0, server_header=b"h11-server/0.1 (test)\tx\xe9", keep_alive_timeout=0.001)
