@@ -190,14 +190,15 @@ async def _receive(
     On a raw socket, waiting is a bare `wait_readable`: an idle connection holds little.
     """
     if raw is not None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        # Yield first, then try: by the time the other connections have had their turn, a
+        # keep-alive client has usually sent its next request, so the recv succeeds and no
+        # cancel scope or epoll registration is needed (the bare loop gets this from send_all).
+        # One yield per read also keeps a connection that always has data from starving others.
+        await trio.lowlevel.checkpoint()
         try:
-            data = raw.recv(RECEIVE_SIZE)
+            return raw.recv(RECEIVE_SIZE)
         except BlockingIOError:
             pass
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()  # let others run
-            return data
     with trio.CancelScope(deadline=_at(deadline)) as scope:
         connection.receiving = scope
         try:
