@@ -65,6 +65,8 @@ _INTERNAL_ERROR: Final = (
 
 
 class Phase(enum.Enum):
+    """Where a connection stands; `ServerConnection.phase` tells a transport (e.g. IDLE)."""
+
     IDLE = enum.auto()  # between requests; no byte of the next one yet
     HEAD = enum.auto()  # part of a request head has arrived
     BODY = enum.auto()  # reading the request body into an exchange
@@ -230,7 +232,9 @@ class ServerConnection:
         Call it between actions, never while a `Run` step is running.
         """
         self._eof = True
-        self._queue.clear()
+        # Only cleanup may still happen: queued aborts (say, behind a 413 that failed to
+        # go out) must run; a queued body step no longer reaches its exchange (`_step`).
+        self._queue = [action for action in self._queue if type(action) is Run]
         self._out.clear()
         self._unfed = b""
         outcome = self._step_outcome
@@ -409,6 +413,8 @@ class ServerConnection:
 
     def _step(self, exchange: Exchange, data: bytes, finished: bool) -> None:
         """Feed body bytes to the exchange and, at the end, ask it for the response."""
+        if exchange is not self._exchange:  # dropped since this step was queued
+            return
         try:
             if data:
                 exchange.receive(data)

@@ -323,3 +323,30 @@ def test_expect_100_continue_without_a_body_needs_no_100_and_no_close(target: by
     responses = parse(d.take(), 3)
     assert [r.informational for r in responses] == [[], [], []]
     assert not any(r.closes for r in responses) and responses[2].body == b"next"
+
+
+def test_connection_lost_while_a_413_goes_out_still_aborts_the_upload() -> None:
+    """Regression: connection_lost() dropped the abort queued behind the 413's Send."""
+    app = App()
+    d = Driver(app, Config(access_log=False, max_body_size=50))
+    request = get(b"/blocking", b"Transfer-Encoding: chunked", method=b"POST")
+    d.conn.receive_data(request + chunked(b"x" * 40, b"y" * 30), d.now)
+    action = d.advance(stop_at=(Send,))
+    assert isinstance(action, Send) and action.data.startswith(b"HTTP/1.1 413 ")
+    d.conn.connection_lost()  # the client reset while the 413 was being sent
+    d.advance()
+    assert d.closed
+    assert app.exchanges[0].calls[-1] == "abort"
+
+
+def test_a_body_step_queued_behind_a_failed_send_is_not_run() -> None:
+    """A feed step left in the queue by connection_lost() must not reach the exchange."""
+    app = App()
+    d = Driver(app, run_steps=False)
+    d.conn.receive_data(get(b"/") + post(b"/blocking", b"abc"), d.now)
+    action = d.conn.next_action(d.now)
+    assert isinstance(action, Send) and action.data.startswith(b"HTTP/1.1 200 ")
+    d.conn.connection_lost()  # sending the first response failed
+    d.run_steps = True
+    d.advance()
+    assert d.closed and app.exchanges[0].calls == ["abort"]
