@@ -124,6 +124,16 @@ def test_a_file_shorter_than_announced_drops_only_its_connection(transport: str,
             assert read_until_close(sock).endswith(b"fine")
 
 
+def test_an_idle_keep_alive_connection_closes_after_its_timeout(transport: str) -> None:
+    config = Config(keep_alive_timeout=0.3)
+    with running(transport, build_app(None), config) as server, server.connect() as sock:
+        sock.sendall(b"GET /echo/idle HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).endswith(b"idle")
+        started = time.monotonic()
+        assert read_until_close(sock) == b""
+        assert 0.2 < time.monotonic() - started < 3
+
+
 def test_max_connections_leaves_the_rest_in_the_backlog(transport: str) -> None:
     options = ServerOptions(port=0, max_connections=1)
     with running(transport, build_app(None), options=options) as server:
