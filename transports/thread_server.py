@@ -168,6 +168,9 @@ class ThreadServer:
 
     def _work(self, connection: _Connection | None) -> None:
         """A connection thread: serve connections one after another until idle too long."""
+        # The kernel may hand a process's SIGTERM to any thread that does not block it;
+        # taken here, the main thread would sleep on in select() and never see it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         while connection is not None:
             self._serve_connection(connection)
             if not self._release(connection, idle=True):
