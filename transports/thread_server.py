@@ -23,6 +23,7 @@ from protocol import App, Config, HalfClose, Phase, Receive, Run, Send, SendFile
 from .common import CLEANUP_WAIT, RECEIVE_SIZE, abandon, accept_error, bind, error_log, peer_name, ports
 from .options import ServerOptions
 
+_STOP_SIGNALS: Final = {signal.SIGINT, signal.SIGTERM}
 _IDLE_THREAD_TIMEOUT: Final = 10.0
 """A thread that finished its connection waits this long for the next one, then exits."""
 
@@ -160,17 +161,20 @@ class ThreadServer:
         if reuse:
             self._handoff.put(connection)
             return
+        # The kernel may hand a process's SIGTERM to any thread that does not block it;
+        # taken by a connection thread, the main thread would sleep on in select() and
+        # never see it. Threads inherit the mask they are started with.
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             threading.Thread(target=self._work, args=(connection,), daemon=True).start()
         except RuntimeError:  # no more threads: refuse this one, keep serving the others
             error_log.exception("cannot start a connection thread")
             self._release(connection, idle=False)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
     def _work(self, connection: _Connection | None) -> None:
         """A connection thread: serve connections one after another until idle too long."""
-        # The kernel may hand a process's SIGTERM to any thread that does not block it;
-        # taken here, the main thread would sleep on in select() and never see it.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         while connection is not None:
             self._serve_connection(connection)
             if not self._release(connection, idle=True):
