@@ -24,6 +24,8 @@ from .common import CLEANUP_WAIT, RECEIVE_SIZE, abandon, accept_error, bind, err
 from .options import ServerOptions
 
 _STOP_SIGNALS: Final = {signal.SIGINT, signal.SIGTERM}
+_SIGNAL_CHECK_INTERVAL: Final = 0.5
+"""Seconds the accept loop waits in select() at most (see `_accept_until_stopped`)."""
 _IDLE_THREAD_TIMEOUT: Final = 10.0
 """A thread that finished its connection waits this long for the next one, then exits."""
 
@@ -135,7 +137,10 @@ class ThreadServer:
                     self._changed.wait_for(lambda: self._stopping or len(self._connections) < limit)
                     if self._stopping:
                         return
-                for key, _ in selector.select():
+                # A timeout, so that Python code runs here now and then: a signal handler
+                # runs only between bytecodes of the main thread, and a signal arriving
+                # just before select() blocks does not interrupt it.
+                for key, _ in selector.select(_SIGNAL_CHECK_INTERVAL):
                     if key.fileobj is self._wake_reader:
                         return
                     listener = key.fileobj
