@@ -26,6 +26,8 @@ Invariants (each pinned by tests in tests/protocol):
   `receive()` or `respond()` that raised.
 - Every file handed over in a `FileBody` is closed, whatever happens to the connection.
 - Nothing read after a request that ends the connection is processed.
+- Empty lines (CR, LF) before a request line are skipped (RFC 9112 §2.2); on an idle
+  connection they neither start a request nor extend the keep-alive deadline.
 - Every `Receive`, `Send` and `SendFile` carries a deadline: no state waits forever.
 - Limits hold however the input is split into reads: the head's exactly; a chunk
   extension or trailer line within twice max_head_size (h11 is fed in slices).
@@ -196,6 +198,12 @@ class ServerConnection:
             if not data:
                 self._phase = _CLOSED
             return
+        if phase is _IDLE and data[:1] in b"\r\n" and data:  # b"" (end of input) is `in` too
+            # RFC 9112 §2.2: ignore empty lines before a request line. Skipped bytes leave
+            # the connection idle, on its keep-alive deadline: CRLFs forever still time out.
+            data = data.lstrip(b"\r\n")
+            if not data:
+                return
         if not data:
             self._eof = True
         if len(data) > self._slice:
@@ -572,7 +580,10 @@ class ServerConnection:
         h = self._h11
         h.start_next_cycle()
         self._body_size = 0
-        if h.trailing_data[0] or self._unfed:
+        buffered, closed = h.trailing_data
+        if buffered[:1] in b"\r\n" and buffered:
+            buffered = self._skip_empty_lines(buffered, closed)
+        if buffered or self._unfed:
             self._phase = _HEAD
             self._started = now
             self._deadline = now + self._config.head_timeout
@@ -581,6 +592,24 @@ class ServerConnection:
             self._deadline = now + self._config.keep_alive_timeout
             if not self._stopping and not self._eof:
                 self._emit(Receive(self._deadline))  # nothing buffered: h11 has nothing to say
+
+    def _skip_empty_lines(self, buffered: bytes, closed: bool) -> bytes:
+        """Drop empty lines before the next request line that h11 already holds; the rest.
+
+        RFC 9112 §2.2, as in `receive_data`, for CR/LF read together with the previous
+        request (say, an old client's CRLF after a POST body). h11 refuses them and cannot
+        discard buffered bytes, so a fresh h11 connection, the same as this one at the start
+        of a cycle, takes over what follows them.
+        """
+        buffered = buffered.lstrip(b"\r\n")
+        if not buffered and self._unfed:
+            self._unfed = bytes(self._unfed).lstrip(b"\r\n")
+        h = self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self._config.max_head_size)
+        if buffered:
+            h.receive_data(buffered)
+        if closed:
+            h.receive_data(b"")  # end of input
+        return buffered
 
     # --- errors and endings ----------------------------------------------------------
 

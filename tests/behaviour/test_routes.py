@@ -409,6 +409,23 @@ def test_pipelining_byte_by_byte(server: Server) -> None:
         assert [client.read_response().body for _ in range(3)] == [b"a", b"b", b"c"]
 
 
+def test_empty_lines_before_requests_are_ignored(server: Server) -> None:
+    """RFC 9112 §2.2: CRLFs before a request line, alone, split, or after a body."""
+    name = unique()
+    with server.client() as client:
+        client.send(b"\r\n\r\n" + request("GET", "/echo/first"))
+        assert client.read_response().body == b"first"
+        client.send(b"\r")
+        time.sleep(0.05)  # most likely a read of its own
+        client.send(b"\n" + request("GET", "/echo/split"))
+        assert client.read_response().body == b"split"
+        client.send(request("POST", f"/files/{name}", body=b"data") + b"\r\n" + request("GET", "/echo/after"))
+        assert client.read_response().status == 201
+        assert client.read_response().body == b"after"
+        assert client.is_open()
+    assert (server.directory / name).read_bytes() == b"data"
+
+
 def test_connection_close_closes_at_once(server: Server) -> None:
     with server.client() as client:
         client.send(request("GET", "/echo/first"))

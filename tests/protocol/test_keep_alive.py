@@ -260,3 +260,69 @@ def test_http_1_0_keep_alive_is_declined_with_close() -> None:
     response = parse_one(d.take())
     assert response.body == b"x" and response.closes
     assert len(d.app.requests) == 1
+
+
+# --- empty lines before a request line (RFC 9112 §2.2) --------------------------------------
+
+
+@pytest.mark.parametrize("size", FRAGMENT_SIZES)
+@pytest.mark.parametrize("prefix", [b"\r\n", b"\n", b"\r\n\r\n\r\n", b"\r\n" * 10000])
+def test_empty_lines_before_a_request_are_ignored(size: int, prefix: bytes) -> None:
+    d = Driver(App())
+    d.feed(prefix + get(b"/echo/a"), size)
+    assert parse_one(d.take()).body == b"a"
+    d.feed(prefix + get(b"/echo/b") + prefix, size)
+    assert parse_one(d.take()).body == b"b"
+    assert d.conn.phase is Phase.IDLE and not d.closed
+    assert [r.target for r in d.app.requests] == [b"/echo/a", b"/echo/b"]
+
+
+def test_a_crlf_split_across_reads_is_ignored() -> None:
+    d = Driver(App())
+    d.feed(b"\r")
+    assert d.conn.phase is Phase.IDLE and not d.output
+    d.feed(b"\n" + get(b"/echo/split"))
+    assert parse_one(d.take()).body == b"split"
+
+
+def test_empty_lines_neither_start_a_request_nor_extend_the_keep_alive_deadline() -> None:
+    config = Config(keep_alive_timeout=5.0, head_timeout=10.0, access_log=False)
+    d = Driver(App(), config, now=100.0)
+    for second in range(4):
+        d.now = 101.0 + second
+        d.feed(b"\r\n")
+        assert d.conn.phase is Phase.IDLE and d.deadline == 105.0
+    d.expire()
+    assert d.closed and not d.output and not d.half_closed
+
+
+def test_empty_lines_then_end_of_input_close_silently() -> None:
+    d = Driver(App())
+    d.feed(b"\r\n\r\n", eof=True)
+    assert d.closed and not d.output and not d.app.requests
+
+
+@pytest.mark.parametrize("size", FRAGMENT_SIZES)
+def test_a_crlf_after_a_body_read_with_it_is_ignored(size: int) -> None:
+    """Some old clients send CRLF after a POST body: h11 holds it with the body's end."""
+    d = Driver(App())
+    d.feed(post(b"/upload", b"data") + b"\r\n" + post(b"/upload", b"more") + b"\r\n\r\n", size)
+    assert [r.status for r in parse(d.take(), [b"POST", b"POST"])] == [201, 201]
+    assert [bytes(e.body) for e in d.app.exchanges] == [b"data", b"more"]
+    assert d.conn.phase is Phase.IDLE and not d.closed
+    d.feed(get(b"/echo/after"))
+    assert parse_one(d.take()).body == b"after"
+
+
+def test_crlfs_after_a_body_then_end_of_input_close_silently() -> None:
+    d = Driver(App())
+    d.feed(post(b"/upload", b"data") + b"\r\n", eof=True)
+    assert parse_one(d.take(), b"POST").status == 201
+    assert d.closed
+
+
+def test_a_large_read_of_empty_lines_between_requests_is_ignored() -> None:
+    """The CRLFs run past the slice h11 is fed at once (max_head_size)."""
+    d = Driver(App(), Config(max_head_size=1024, access_log=False))
+    d.feed(get(b"/echo/a") + b"\r\n" * 3000 + get(b"/echo/b"))
+    assert [r.body for r in parse(d.take(), 2)] == [b"a", b"b"]
