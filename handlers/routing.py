@@ -5,9 +5,11 @@ A `Router` is an `App`. It answers by itself, before any handler runs:
 - a method it does not recognise (`CONNECT`, `get`, unknown tokens): 501; RFC 9110's other
   standard methods and those of any route are recognised;
 - a target that is neither origin-form (`/p?q`) nor absolute-form (`http://host/p`): 400;
+- a path whose `..` segments climb above the root (`/../x`): 400;
 - a path that no route matches: 404; a matched route without that method: 405 with `Allow`.
 
-Paths are matched as sent (percent-encoded, dot segments not resolved), without the query.
+Paths are matched without the query, with their `.` and `..` segments resolved as nginx does
+(RFC 3986 §5.2.4: `/a/./b/../c` is `/a/c`), and still percent-encoded: `%2e` is not a dot.
 Methods are case-sensitive; a route that allows GET also allows HEAD (the core drops the body).
 """
 
@@ -21,9 +23,9 @@ from protocol import Exchange, Request, Response
 
 Handler = Callable[[Request, bytes], "Response | Exchange"]
 """Answers one request: called with the request and the rest of its path after the route's
-prefix (still percent-encoded, query removed; b"" for an exact route). It runs on the event
-loop, so it must be quick and never block: work that touches the disk goes into an `Exchange`
-whose `may_block` is true."""
+prefix (dot segments resolved, query removed, still percent-encoded; b"" for an exact route).
+It runs on the event loop, so it must be quick and never block: work that touches the disk
+goes into an `Exchange` whose `may_block` is true."""
 
 TEXT_PLAIN: Final = ((b"Content-Type", b"text/plain"),)
 
@@ -114,6 +116,11 @@ class Router:
         query = path.find(b"?")
         if query >= 0:
             path = path[:query]
+        if b"/." in path:
+            resolved = remove_dot_segments(path)
+            if resolved is None:
+                return BAD_REQUEST
+            path = resolved
         rest = b""
         entry = self._exact.get(path)
         if entry is None:
@@ -147,6 +154,23 @@ def _absolute_path(target: bytes) -> bytes | None:
         return None
     path = target[end:]
     return path if path[:1] == b"/" else b"/" + path
+
+
+def remove_dot_segments(path: bytes) -> bytes | None:
+    """An absolute path without its `.` and `..` segments (RFC 3986 §5.2.4), or None when a
+    `..` would climb above the root (nginx answers such a path 400)."""
+    segments = path.split(b"/")
+    resolved: list[bytes] = []
+    for segment in segments[1:]:
+        if segment == b"..":
+            if not resolved:
+                return None
+            resolved.pop()
+        elif segment != b".":
+            resolved.append(segment)
+    if segments[-1] in (b".", b".."):  # `/a/b/..` is the directory `/a/`
+        resolved.append(b"")
+    return b"/" + b"/".join(resolved)
 
 
 def field_value(request: Request, name: bytes) -> bytes | None:

@@ -173,7 +173,6 @@ TRAVERSALS = [
     "/files/%2fetc%2fpasswd",
     "/files/a%00b",
     "/files/secret.txt%00",
-    "/files/..",
     "/files/.",
     "/files/%2e%2e",
     "/files/sub/../../secret.txt",
@@ -214,6 +213,20 @@ def test_traversal_post_is_refused(server: Server, target: str) -> None:
     assert server.outside_entries() == before
     assert server.directory_entries() == inside
     assert (server.outside / "secret.txt").read_bytes() == SECRET
+    server.assert_serving()
+
+
+def test_dot_segments_are_resolved_as_nginx_does(server: Server) -> None:
+    name = unique()
+    (server.directory / name).write_bytes(b"inside")
+    assert server.get("/echo/../echo/./x").body == b"x"
+    assert server.get(f"/files/sub/../{name}").body == b"inside"
+    root = server.get("/files/..")  # the root: `/files/..` is `/`
+    assert (root.status, root.body) == (200, b"")
+    for target in ("/..", "/files/../../secret.txt", "/../outside/secret.txt"):
+        response = server.get(target)
+        assert response.status_line == b"HTTP/1.1 400 Bad Request", response.raw
+        assert SECRET not in response.body
     server.assert_serving()
 
 

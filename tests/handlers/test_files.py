@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from handlers import build_app
+from handlers import Files, build_app
 from handlers.files import TEMP_PREFIX, parse_range
 from protocol import FileBody, Response
 
@@ -79,8 +79,11 @@ UNSAFE_NAMES = [
 def test_unsafe_names_are_refused_without_touching_the_disk(
     served: Path, tmp_path: Path, method: bytes, name: bytes
 ) -> None:
+    """The handler's own check, whatever rest a route hands it (the router resolves dot
+    segments before: see `test_dot_segments_never_lead_out_of_the_directory`)."""
+    files = Files(served)
     before = snapshot(tmp_path)
-    response = call(build_app(served), request(method, b"/files/" + name), [b"evil"])
+    response = call(lambda req: files(req, name), request(method, b"/files/" + name), [b"evil"])
     assert response.status == 400
     assert type(response.body) is bytes
     assert snapshot(tmp_path) == before
@@ -91,6 +94,38 @@ def test_unusual_but_safe_names_work(served: Path, name: bytes) -> None:
     app = build_app(served)
     assert call(app, request(b"POST", b"/files/" + name), [b"ok"]).status == 201
     assert body_bytes(call(app, request(b"GET", b"/files/" + name))) == b"ok"
+
+
+@pytest.mark.parametrize(
+    ("target", "read_status", "write_status"),
+    [
+        (b"/files/..", 200, 405),  # the root, `/`
+        (b"/files/../secret.txt", 404, 404),  # `/secret.txt`: no such route
+        (b"/files/sub/../../secret.txt", 404, 404),
+        (b"/files/../../secret.txt", 400, 400),  # above the root
+        (b"/files/sub/../../../secret.txt", 400, 400),
+        (b"/files/.", 400, 400),  # `/files/`: no name
+        (b"/files/%2e%2e/secret.txt", 400, 400),  # not resolved; decoded, not one segment
+    ],
+)
+def test_dot_segments_never_lead_out_of_the_directory(
+    served: Path, tmp_path: Path, target: bytes, read_status: int, write_status: int
+) -> None:
+    app = build_app(served)
+    before = snapshot(tmp_path)
+    for method, status in ((b"GET", read_status), (b"HEAD", read_status), (b"POST", write_status)):
+        response = call(app, request(method, target), [b"evil"])
+        assert response.status == status, method
+        assert b"secret" not in body_bytes(response)
+    assert snapshot(tmp_path) == before
+
+
+def test_dot_segments_inside_the_directory_are_resolved(served: Path) -> None:
+    app = build_app(served)
+    assert body_bytes(call(app, request(b"GET", b"/files/sub/../digits"))) == DIGITS
+    assert body_bytes(call(app, request(b"GET", b"/x/../files/./digits"))) == DIGITS
+    assert call(app, request(b"POST", b"/files/sub/./../new"), [b"new"]).status == 201
+    assert (served / "new").read_bytes() == b"new"
 
 
 def test_symlinks_out_of_the_directory_are_refused(served: Path, tmp_path: Path) -> None:

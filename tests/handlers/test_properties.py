@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from handlers import accepts_gzip, build_app
 from handlers.files import TEMP_PREFIX, file_name, parse_range
+from handlers.routing import remove_dot_segments
 from protocol import Request, Response
 
 ROOT = "/srv/files"
@@ -63,3 +64,41 @@ def test_the_app_answers_any_target_without_raising(target: bytes, method: bytes
     reply = app(Request(method, target, ()))
     assert isinstance(reply, Response), "without a directory, nothing needs an exchange"
     assert 200 <= reply.status < 600
+
+
+def rfc_remove_dot_segments(path: bytes) -> bytes | None:
+    """RFC 3986 §5.2.4's algorithm rule by rule, on strings; None when a `..` finds no segment."""
+    buffer, output = path, b""
+    while buffer:
+        if buffer.startswith((b"../", b"./")):  # A
+            buffer = buffer[buffer.index(b"/") + 1 :]
+        elif buffer.startswith(b"/./") or buffer == b"/.":  # B
+            buffer = b"/" + buffer[3:]
+        elif buffer.startswith(b"/../") or buffer == b"/..":  # C
+            if not output:
+                return None
+            buffer = b"/" + buffer[4:]
+            output = output[: max(output.rfind(b"/"), 0)]
+        elif buffer in (b".", b".."):  # D
+            buffer = b""
+        else:  # E
+            end = buffer.find(b"/", 1)
+            end = len(buffer) if end < 0 else end
+            output, buffer = output + buffer[:end], buffer[end:]
+    return output
+
+
+PATHS = st.lists(st.sampled_from([b".", b"..", b"", b"a", b"b", b".a", b"...", b"%2e"]), max_size=10).map(
+    lambda segments: b"/" + b"/".join(segments)
+)
+
+
+@given(PATHS)
+@example(b"/a/../..")
+@example(b"//..")
+def test_dot_segments_are_removed_as_rfc_3986_says(path: bytes) -> None:
+    resolved = remove_dot_segments(path)
+    assert resolved == rfc_remove_dot_segments(path)
+    if resolved is not None:
+        assert resolved[:1] == b"/"
+        assert not {b".", b".."} & set(resolved.split(b"/"))

@@ -7,6 +7,7 @@ import gzip
 import pytest
 
 from handlers import Route, Router, build_app, text_response
+from handlers.routing import remove_dot_segments
 from protocol import Exchange, Request, Response
 
 from .helpers import body_bytes, call, header, request
@@ -166,3 +167,86 @@ def test_longest_prefix_wins_and_a_route_replaces_one_for_the_same_path() -> Non
 def test_an_empty_router_finds_nothing() -> None:
     assert call(Router(), request(b"GET", b"/")).status == 404
     assert call(Router(), request(b"BREW", b"/")).status == 501
+
+
+# --- dot segments (RFC 3986 §5.2.4, as nginx resolves them) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "body"),
+    [
+        (b"/echo/../echo/x", b"x"),
+        (b"/a/../echo/x", b"x"),
+        (b"/./echo/x", b"x"),
+        (b"/echo/./x", b"x"),
+        (b"/echo/a/./b/../c", b"a/c"),
+        (b"/echo/a/b/..", b"a/"),
+        (b"/echo/a/.", b"a/"),
+        (b"/echo/a//../b", b"a/b"),  # `..` removes the empty segment before it
+        (b"/echo/x/../../echo/y", b"y"),
+        (b"/echo/x?q=/../y", b"x"),  # the query is not a path
+        (b"/echo/x?/..", b"x"),
+        (b"http://example/a/../echo/x", b"x"),
+        (b"/echo/.x/..y/...", b".x/..y/..."),  # not dot segments
+        (b"/echo/%2e%2e/x", b"../x"),  # percent-encoded dots are data, not resolved
+        (b"/echo/.%2e/x", b"../x"),
+    ],
+)
+def test_dot_segments_are_resolved_before_matching(target: bytes, body: bytes) -> None:
+    response = call(APP, request(b"GET", target))
+    assert (response.status, response.body) == (200, body)
+
+
+@pytest.mark.parametrize("target", [b"/.", b"/..x/..", b"/echo/..", b"/echo/x/../.."])
+def test_dot_segments_can_lead_to_the_root(target: bytes) -> None:
+    response = call(APP, request(b"GET", target))
+    assert (response.status, tuple(response.headers), response.body) == (200, (), b"")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/..",
+        b"/../",
+        b"/../echo/x",
+        b"/echo/../../echo/x",
+        b"/a/b/../../../c",
+        b"/./..",
+        b"http://host/../x",
+    ],
+)
+def test_a_path_climbing_above_the_root_is_400(target: bytes) -> None:
+    for method in (b"GET", b"POST"):
+        response = call(APP, request(method, target))
+        assert response.status == 400
+        assert header(response, b"content-type") == b"text/plain"
+
+
+def test_a_route_gets_the_resolved_rest_and_the_request_as_sent() -> None:
+    seen: list[tuple[bytes, bytes]] = []
+
+    def record(req: Request, rest: bytes) -> Response:
+        seen.append((req.target, rest))
+        return Response(200)
+
+    app = Router([Route(b"/p/", record, prefix=True), Route(b"/exact", record)])
+    call(app, request(b"GET", b"/p/a/../b/./c?x=/../"))
+    call(app, request(b"GET", b"/p/../exact"))
+    assert seen == [(b"/p/a/../b/./c?x=/../", b"b/c"), (b"/p/../exact", b"")]
+
+
+@pytest.mark.parametrize(
+    ("path", "resolved"),
+    [
+        (b"/", b"/"),
+        (b"/a/b/c/./../../g", b"/a/g"),  # RFC 3986 §5.2.4's example
+        (b"/a/./b", b"/a/b"),
+        (b"/a/b/..", b"/a/"),
+        (b"/a/b/.", b"/a/b/"),
+        (b"/..", None),
+        (b"/a/../..", None),
+        (b"/a/../../b", None),
+    ],
+)
+def test_remove_dot_segments(path: bytes, resolved: bytes | None) -> None:
+    assert remove_dot_segments(path) == resolved
