@@ -1,10 +1,11 @@
 """`/files/{name}`: files of one directory, downloaded (GET, HEAD) and uploaded (POST).
 
-Names: `{name}` is one path segment, percent-decoded once, UTF-8. Refused with 400 without
-touching the disk: empty, `.`, `..`, longer than 255 bytes, or containing `/`, `\\`, `%` (what is
-left of double encoding), NUL or another control character, and names starting with
-`TEMP_PREFIX` (uploads in progress). Before any read or write, DIR/name is resolved with its
-symlinks; if that leads out of the directory, the request is refused (404 to read, 403 to write).
+Names: `{name}` is one path segment, percent-decoded exactly once, UTF-8: `a%25b` is the file
+`a%b`, `a%2525b` the file `a%25b`. Refused with 400 without touching the disk: empty, `.`, `..`,
+longer than 255 bytes, or containing `/`, `\\`, NUL or another control character, and names
+starting with `TEMP_PREFIX` (uploads in progress). Before any read or write, DIR/name is resolved
+with its symlinks; if that leads out of the directory, the request is refused (404 to read, 403
+to write).
 
 Downloads, as nginx serves static files: streamed as a `FileBody` (never read whole), not
 content-coded (see `coding`), with `ETag` (`"<mtime hex>-<size hex>"`, nginx's form but with the
@@ -43,7 +44,7 @@ TEMP_PREFIX: Final = ".upload-"
 """Temporary files of uploads in progress start with this; such names are never served."""
 
 _NAME_MAX: Final = 255
-_FORBIDDEN_BYTES: Final = bytes(range(0x20)) + b"/\\%\x7f"
+_FORBIDDEN_BYTES: Final = bytes(range(0x20)) + b"/\\\x7f"
 _READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 NO_DIRECTORY: Final = text(404, b"Not Found: this server serves no directory.\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import quote
 
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -31,7 +32,18 @@ def test_a_file_name_is_one_plain_segment(rest: bytes) -> None:
     assert os.path.normpath(path) == path
     assert name not in ("", ".", "..")
     assert not name.startswith(TEMP_PREFIX)
-    assert not any(c in name for c in "/\\%\x00")
+    assert not any(c in name for c in "/\\\x00")
+
+
+NAMES = st.characters(min_codepoint=0x20, blacklist_categories=("Cs",), blacklist_characters="/\\\x7f")
+
+
+@given(st.text(NAMES, min_size=1, max_size=30))
+@example("a%25b")
+@example("%2e%2e%2f")
+def test_a_file_name_is_decoded_exactly_once(name: str) -> None:
+    expected = None if name in (".", "..") or name.startswith(TEMP_PREFIX) else name
+    assert file_name(quote(name, safe="").encode()) == expected
 
 
 @given(st.binary(max_size=60))
