@@ -3,8 +3,8 @@
     GET /               200, empty body
     GET /echo/{s}       200 text/plain, body s (percent-decoded, without the query)
     GET /user-agent     200 text/plain, body the User-Agent value (empty when absent)
-    GET /files/{name}   the file, nginx-like (ETag, ranges, 304...; see `files`)
-    POST /files/{name}  201 once the body is durably stored as DIR/name
+    GET /files/{name}   the file, nginx-like (ETag, ranges, 304, 412...; see `files`)
+    POST /files/{name}  201 once the body is durably stored as DIR/name (412: a precondition)
     HEAD                wherever GET is allowed
 
 Routing statuses (400, 404, 405 with `Allow`, 501) are in `routing`; gzip of text bodies in `coding`.

@@ -10,10 +10,13 @@ to write).
 Downloads, as nginx serves static files: streamed as a `FileBody` (never read whole), not
 content-coded (see `coding`), with `ETag` (`"<mtime hex>-<size hex>"`, nginx's form but with the
 mtime in nanoseconds: two uploads of one size within a second still differ), `Last-Modified` and
-`Accept-Ranges: bytes`. `If-None-Match` (weak comparison), else `If-Modified-Since`, answer 304.
-One byte range answers 206 with `Content-Range`, an unsatisfiable one 416 with
+`Accept-Ranges: bytes`. Preconditions are evaluated in RFC 9110 §13.2.2's order: `If-Match`
+(strong comparison, `*` for any file), else `If-Unmodified-Since` (an invalid date is ignored),
+answer 412 when false; then `If-None-Match` (weak comparison), else `If-Modified-Since`, answer
+304. One byte range answers 206 with `Content-Range`, an unsatisfiable one 416 with
 `Content-Range: bytes */size`; several ranges, an invalid `Range`, or an `If-Range` that does not
-match (strong ETag or exact date) answer 200 with the whole file. Not a regular file: 404.
+match (strong ETag or exact date) answer 200 with the whole file. Not a regular file: 404, whatever
+the preconditions (§13.2.1: they only turn a 2xx into 412 or 304).
 
 Uploads: the body goes to a temporary file in the directory (`TEMP_PREFIX...`), which is then
 fsync'd, given the usual permissions (0666 less the umask) and renamed over DIR/name, and the
@@ -21,12 +24,22 @@ directory fsync'd: 201 then means the whole file is durably in place, and a read
 file or the new one, never a part. An aborted upload leaves nothing behind. A name that is a
 directory answers 409; a directory we may not write to, 403.
 
+Conditional uploads answer 412 and store nothing when a precondition is false: `If-Match` (strong
+comparison with the current file's ETag; `*` needs a file to exist), else `If-Unmodified-Since`,
+then `If-None-Match` (`*`: create only; tags: weak comparison). They are checked at the first body
+bytes, so a refused body is dropped, never stored, and checked again once the body is complete.
+`If-None-Match: *` is exact: the file is hard-linked into place, which fails if the name exists (on
+a file system without hard links: checked, then renamed). The others are a check then a rename: a
+concurrent upload of the same name that lands between the two wins (POSIX has no conditional
+rename, and uploads take no lock).
+
 All disk access happens in the `Exchange`, whose `may_block` is true: the core runs it where
 blocking is allowed, never on the event loop.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -52,9 +65,11 @@ BAD_NAME: Final = text(400, b"Bad Request: not a valid file name.\n")
 FORBIDDEN: Final = text(403, b"Forbidden\n")
 IS_A_DIRECTORY: Final = text(409, b"Conflict: that name is a directory.\n")
 NOT_SATISFIABLE_MESSAGE: Final = b"Range Not Satisfiable\n"
+PRECONDITION_FAILED: Final = text(412, b"Precondition Failed\n")
 CREATED: Final = Response(201)
 _OCTET_STREAM: Final = (b"Content-Type", b"application/octet-stream")
 _ACCEPT_RANGES: Final = (b"Accept-Ranges", b"bytes")
+_UPLOAD_CONDITIONS: Final = frozenset({b"if-match", b"if-unmodified-since", b"if-none-match"})
 
 
 def file_name(rest: bytes) -> str | None:
@@ -96,7 +111,7 @@ class Files:
         if name is None:
             return BAD_NAME
         if request.method == b"POST":
-            return _Upload(self, self.root, name)
+            return _Upload(self, self.root, name, request)
         return _Download(self, request, name)
 
     def resolve(self, name: str) -> str | None:
@@ -155,8 +170,10 @@ Part = tuple[int, tuple[tuple[bytes, bytes], ...], int, int]
 def file_answer(request: Request, size: int, mtime_ns: int) -> Response | Part:
     """How to answer a GET or HEAD of a file of `size` bytes modified at `mtime_ns` (epoch
     nanoseconds): a complete response without the file (304, 416), or the `Part` of it to send."""
-    etag = b'"%x-%x"' % (mtime_ns, size)
+    etag = _etag(size, mtime_ns)
     mtime = mtime_ns // 1_000_000_000  # HTTP dates have whole seconds
+    if not _preconditions_hold(request, etag, mtime):
+        return PRECONDITION_FAILED
     last_modified = (b"Last-Modified", formatdate(mtime, usegmt=True).encode())
     if _not_modified(request, etag, mtime):
         return Response(304, ((b"ETag", etag), last_modified))
@@ -176,14 +193,62 @@ def file_answer(request: Request, size: int, mtime_ns: int) -> Response | Part:
     return 200, headers, 0, size
 
 
+def _etag(size: int, mtime_ns: int) -> bytes:
+    return b'"%x-%x"' % (mtime_ns, size)
+
+
+def _matches(value: bytes, etag: bytes, *, weak: bool) -> bool:
+    """Whether an `If-Match` / `If-None-Match` value is `*` or lists `etag` (RFC 9110 §8.8.3.2).
+
+    Ours is strong, so the weak comparison only drops the W/ of theirs; the strong one never
+    matches a weak tag."""
+    if value.strip() == b"*":
+        return True
+    for tag in value.split(b","):
+        tag = tag.strip()
+        if (tag.removeprefix(b"W/") if weak else tag) == etag:
+            return True
+    return False
+
+
+def _preconditions_hold(request: Request, etag: bytes | None, mtime: int | None) -> bool:
+    """RFC 9110 §13.2.2's first steps: If-Match when present, else If-Unmodified-Since.
+
+    `etag` and `mtime` (epoch seconds) are the current file's; None when there is none."""
+    if_match = field_value(request, b"if-match")
+    if if_match is not None:
+        return etag is not None and _matches(if_match, etag, weak=False)
+    if_unmodified_since = request.header(b"if-unmodified-since")
+    if if_unmodified_since is None or mtime is None:
+        return True
+    since = _http_date(if_unmodified_since)
+    return since is None or mtime <= since
+
+
+def _write_allowed(request: Request, path: str) -> bool:
+    """Whether the preconditions of an upload hold for the file at `path` now. May block.
+
+    If-Match, else If-Unmodified-Since, then If-None-Match (RFC 9110 §13.2.2). The current file
+    is what a GET would serve: symlinks followed, only a regular file."""
+    try:
+        info = os.stat(path)
+    except OSError:  # absent, a dangling symlink...: no current file
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
+        etag = mtime = None
+    else:
+        etag, mtime = _etag(info.st_size, info.st_mtime_ns), info.st_mtime_ns // 1_000_000_000
+    if not _preconditions_hold(request, etag, mtime):
+        return False
+    if_none_match = field_value(request, b"if-none-match")
+    return if_none_match is None or etag is None or not _matches(if_none_match, etag, weak=True)
+
+
 def _not_modified(request: Request, etag: bytes, mtime: int) -> bool:
     """RFC 9110 §13.2.2: If-None-Match decides when present, else If-Modified-Since."""
     if_none_match = field_value(request, b"if-none-match")
     if if_none_match is not None:
-        if if_none_match.strip() == b"*":
-            return True
-        # Weak comparison: ours is strong, so only a W/ of theirs is dropped.
-        return any(tag.strip().removeprefix(b"W/") == etag for tag in if_none_match.split(b","))
+        return _matches(if_none_match, etag, weak=True)
     if_modified_since = request.header(b"if-modified-since")
     if if_modified_since is None:
         return False
@@ -240,12 +305,18 @@ class _Upload:
 
     may_block = True
 
-    def __init__(self, files: Files, root: str, name: str) -> None:
+    def __init__(self, files: Files, root: str, name: str, request: Request) -> None:
         self._files = files
         self._root = root
         self._name = name
+        # The request when it has preconditions (see the module docstring), else None.
+        conditional = any(key in _UPLOAD_CONDITIONS for key, _ in request.headers)
+        self._conditions = request if conditional else None
+        if_none_match = field_value(request, b"if-none-match") if conditional else None
+        self._create_only = if_none_match is not None and if_none_match.strip() == b"*"
         self._checked = False
         self._refusal: Response | None = None
+        self._target = ""  # DIR/name with its symlinks resolved
         self._fd = -1
         self._temp: str | None = None
 
@@ -257,7 +328,10 @@ class _Upload:
             self._refusal = FORBIDDEN
         elif os.path.isdir(target):
             self._refusal = IS_A_DIRECTORY
+        elif self._conditions is not None and not _write_allowed(self._conditions, target):
+            self._refusal = PRECONDITION_FAILED
         else:
+            self._target = target
             try:
                 self._fd, self._temp = tempfile.mkstemp(dir=self._root, prefix=TEMP_PREFIX)
             except PermissionError:  # a directory we may not write to
@@ -285,8 +359,17 @@ class _Upload:
         os.fsync(fd)
         self._fd = -1
         os.close(fd)
-        # The entry DIR/name itself is replaced (a symlink inside DIR is replaced, not followed).
-        os.replace(temp, os.path.join(self._root, self._name))
+        path = os.path.join(self._root, self._name)
+        if self._conditions is not None:  # checked again, now that the body is in
+            allowed = _write_allowed(self._conditions, self._target)
+            if allowed and self._create_only:
+                allowed = _create(temp, path)  # exact, and done when it succeeds
+            if not allowed:
+                self.abort()  # removes the temporary file
+                return PRECONDITION_FAILED
+        if not self._create_only:
+            # The entry DIR/name itself is replaced (a symlink inside DIR is replaced, not followed).
+            os.replace(temp, path)
         self._temp = None
         directory = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -303,3 +386,23 @@ class _Upload:
             with suppress(FileNotFoundError):
                 os.unlink(self._temp)
             self._temp = None
+
+
+def _create(temp: str, path: str) -> bool:
+    """Move the file `temp` to `path` unless `path` exists (then False). May block.
+
+    A hard link is exact: link(2) never replaces an entry. A file system without hard links gets
+    a check then a rename, which a concurrent upload could slip between."""
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP):
+            raise
+        if os.path.lexists(path):
+            return False
+        os.replace(temp, path)
+        return True
+    os.unlink(temp)
+    return True

@@ -73,6 +73,51 @@ def test_if_modified_since(server: Server, stored: str) -> None:
     assert garbage.status == 200
 
 
+def test_if_match_and_if_unmodified_since_give_412(server: Server, stored: str) -> None:
+    etag = server.get(f"/files/{stored}").header("etag")
+    assert etag is not None
+    with server.client() as client:
+        for headers, status in [
+            ([("If-Match", etag.decode())], 200),
+            ([("If-Match", "*")], 200),
+            ([("If-Match", '"stale"')], 412),
+            ([("If-Unmodified-Since", "Wed, 15 Nov 2023 00:00:00 GMT")], 200),
+            ([("If-Unmodified-Since", "Mon, 13 Nov 2023 00:00:00 GMT")], 412),
+            ([("If-Match", '"stale"'), ("If-None-Match", etag.decode())], 412),
+        ]:
+            client.send(request("GET", f"/files/{stored}", headers))
+            response = client.read_response()
+            assert response.status == status, (headers, response.raw)
+            if status == 412:
+                assert response.status_line == b"HTTP/1.1 412 Precondition Failed"
+                assert CONTENT not in response.body
+        client.send(request("GET", "/echo/after-412"))
+        assert client.read_response().body == b"after-412"
+
+
+def test_conditional_uploads(server: Server, stored: str) -> None:
+    name = unique()
+    etag = server.get(f"/files/{stored}").header("etag")
+    assert etag is not None
+    with server.client() as client:
+        for target, headers, status in [
+            (name, [("If-None-Match", "*")], 201),  # create only
+            (name, [("If-None-Match", "*")], 412),  # ...once
+            (stored, [("If-None-Match", "*")], 412),
+            (stored, [("If-Match", '"stale"')], 412),
+            (unique(), [("If-Match", "*")], 412),  # no file to match
+        ]:
+            client.send(request("POST", f"/files/{target}", headers, body=b"new content"))
+            assert client.read_response().status == status, (target, headers)
+        assert (server.directory / name).read_bytes() == b"new content"
+        assert (server.directory / stored).read_bytes() == CONTENT
+        client.send(request("POST", f"/files/{stored}", [("If-Match", etag.decode())], body=b"v2"))
+        assert client.read_response().status == 201
+        assert client.is_open()
+    assert (server.directory / stored).read_bytes() == b"v2"
+    assert not [entry for entry in server.directory_entries() if entry.startswith(".upload-")]
+
+
 @pytest.mark.parametrize(
     ("spec", "start", "end"),
     [

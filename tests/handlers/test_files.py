@@ -311,6 +311,68 @@ def test_if_none_match_decides_over_if_modified_since(served: Path) -> None:
     close_body(response)
 
 
+def digits_etag(served: Path) -> bytes:
+    etag = header(conditional(served), b"etag")
+    assert etag is not None
+    return etag
+
+
+def test_if_match(served: Path) -> None:
+    etag = digits_etag(served)
+    for value in (etag, b'"x", ' + etag, b"*", b" " + etag + b" "):
+        for method in (b"GET", b"HEAD"):
+            response = call(build_app(served), request(method, b"/files/digits", (b"if-match", value)))
+            assert response.status == 200, value
+            assert body_bytes(response) == DIGITS
+    for value in (b'"x"', b"W/" + etag, etag.strip(b'"'), etag[:-2] + b'"', b""):  # strong comparison
+        for method in (b"GET", b"HEAD"):
+            response = call(build_app(served), request(method, b"/files/digits", (b"if-match", value)))
+            assert response.status == 412, value
+            assert response.body == b"Precondition Failed\n"
+            assert header(response, b"content-type") == b"text/plain"
+
+
+def test_if_match_on_a_missing_file_is_404(served: Path) -> None:
+    """RFC 9110 §13.2.1: preconditions are ignored when the answer without them is not 2xx."""
+    for value in (b"*", b'"x"'):
+        assert call(build_app(served), request(b"GET", b"/files/missing", (b"if-match", value))).status == 404
+
+
+def test_if_unmodified_since(served: Path) -> None:
+    mtime = int((served / "digits").stat().st_mtime)
+    for since, status in [(mtime, 200), (mtime + 3600, 200), (mtime - 1, 412)]:
+        response = conditional(served, (b"if-unmodified-since", formatdate(since, usegmt=True).encode()))
+        assert response.status == status
+        close_body(response)
+    for value in (b"yesterday", b"", b"Mon, 99 Foo 2020 25:00:00 GMT"):  # not a date: ignored
+        response = conditional(served, (b"if-unmodified-since", value))
+        assert response.status == 200
+        close_body(response)
+
+
+def test_preconditions_are_evaluated_in_the_rfc_order(served: Path) -> None:
+    """RFC 9110 §13.2.2: If-Match, else If-Unmodified-Since; then If-None-Match, else
+    If-Modified-Since; then If-Range."""
+    etag = digits_etag(served)
+    mtime = int((served / "digits").stat().st_mtime)
+    before, after = (formatdate(t, usegmt=True).encode() for t in (mtime - 1, mtime))
+    cases: list[tuple[list[tuple[bytes, bytes]], int]] = [
+        ([(b"if-match", etag), (b"if-unmodified-since", before)], 200),  # If-Match present: IUS ignored
+        ([(b"if-match", b'"x"'), (b"if-unmodified-since", after)], 412),
+        ([(b"if-match", b'"x"'), (b"if-none-match", etag)], 412),  # 412 before 304
+        ([(b"if-unmodified-since", before), (b"if-none-match", b"*")], 412),
+        ([(b"if-match", etag), (b"if-none-match", etag)], 304),
+        ([(b"if-unmodified-since", after), (b"if-modified-since", after)], 304),
+        ([(b"if-match", b'"x"'), (b"range", b"bytes=0-1")], 412),  # before ranges
+        ([(b"if-match", b'"x"'), (b"range", b"bytes=50-")], 412),  # ...even an unsatisfiable one
+        ([(b"if-match", etag), (b"range", b"bytes=0-1"), (b"if-range", etag)], 206),
+    ]
+    for headers, status in cases:
+        response = conditional(served, *headers)
+        assert response.status == status, headers
+        close_body(response)
+
+
 # --- ranges -----------------------------------------------------------------------------------
 
 
@@ -509,3 +571,112 @@ def test_upload_request_bodies_are_stored_as_sent(served: Path) -> None:
     headers = ((b"content-encoding", b"gzip"),)
     assert call(build_app(served), request(b"POST", b"/files/z", *headers), [gzipped]).status == 201
     assert (served / "z").read_bytes() == gzipped
+
+
+# --- conditional uploads ----------------------------------------------------------------------
+
+
+def upload(served: Path, name: bytes, body: list[bytes], *headers: tuple[bytes, bytes]) -> Response:
+    return call(build_app(served), request(b"POST", b"/files/" + name, *headers), body)
+
+
+@pytest.mark.parametrize("body", [[], [b"new"], [b"n", b"e", b"w"]])
+def test_if_none_match_star_creates_only(served: Path, body: list[bytes]) -> None:
+    assert upload(served, b"fresh", body, (b"if-none-match", b"*")).status == 201
+    assert (served / "fresh").read_bytes() == b"".join(body)
+    before = snapshot(served)
+    for name in (b"fresh", b"digits", b"empty"):
+        response = upload(served, name, [b"overwrite"], (b"if-none-match", b"*"))
+        assert response.status == 412
+        assert response.body == b"Precondition Failed\n"
+    assert snapshot(served) == before, "nothing replaced, no temporary file left"
+
+
+def test_a_refused_upload_stores_nothing_of_its_body(served: Path) -> None:
+    before = snapshot(served)
+    exchange = build_app(served)(request(b"POST", b"/files/digits", (b"if-none-match", b"*")))
+    assert not isinstance(exchange, Response)
+    exchange.receive(b"first chunk")
+    assert not temp_files(served), "refused at the first chunk: no temporary file"
+    exchange.receive(b"second chunk")
+    assert exchange.respond().status == 412
+    assert snapshot(served) == before
+
+
+def test_if_none_match_star_is_exact_when_the_file_appears_during_the_upload(served: Path) -> None:
+    exchange = build_app(served)(request(b"POST", b"/files/racy", (b"if-none-match", b"*")))
+    assert not isinstance(exchange, Response)
+    exchange.receive(b"mine")
+    (served / "racy").write_bytes(b"theirs")  # another client created it meanwhile
+    assert exchange.respond().status == 412
+    assert (served / "racy").read_bytes() == b"theirs"
+    assert not temp_files(served)
+
+
+def test_if_none_match_star_without_hard_links(served: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some file systems (FAT, some FUSE ones) have no hard links: check, then rename."""
+
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    assert upload(served, b"fresh", [b"new"], (b"if-none-match", b"*")).status == 201
+    assert (served / "fresh").read_bytes() == b"new"
+    assert upload(served, b"fresh", [b"again"], (b"if-none-match", b"*")).status == 412
+    assert (served / "fresh").read_bytes() == b"new"
+    assert not temp_files(served)
+
+
+def test_if_match_on_upload(served: Path) -> None:
+    etag = digits_etag(served)
+    before = snapshot(served)
+    for value in (b'"x"', b"W/" + etag, etag.strip(b'"')):
+        assert upload(served, b"digits", [b"stale"], (b"if-match", value)).status == 412, value
+    assert upload(served, b"missing", [b"x"], (b"if-match", b"*")).status == 412, "no file: no match"
+    assert snapshot(served) == before
+    assert upload(served, b"digits", [b"v2"], (b"if-match", b'"x", ' + etag)).status == 201
+    assert (served / "digits").read_bytes() == b"v2"
+    assert upload(served, b"digits", [b"v3"], (b"if-match", b"*")).status == 201
+    assert (served / "digits").read_bytes() == b"v3"
+    assert upload(served, b"digits", [b"v4"], (b"if-match", etag)).status == 412, "the ETag changed"
+    assert (served / "digits").read_bytes() == b"v3"
+    assert not temp_files(served)
+
+
+def test_if_match_is_checked_again_when_the_body_is_complete(served: Path) -> None:
+    etag = digits_etag(served)
+    exchange = build_app(served)(request(b"POST", b"/files/digits", (b"if-match", etag)))
+    assert not isinstance(exchange, Response)
+    exchange.receive(b"mine")
+    (served / "digits").write_bytes(b"theirs, and longer")  # replaced meanwhile: a new ETag
+    assert exchange.respond().status == 412
+    assert (served / "digits").read_bytes() == b"theirs, and longer"
+    assert not temp_files(served)
+
+
+def test_if_unmodified_since_on_upload(served: Path) -> None:
+    mtime = int((served / "digits").stat().st_mtime)
+    before, after = (formatdate(t, usegmt=True).encode() for t in (mtime - 1, mtime))
+    assert upload(served, b"digits", [b"late"], (b"if-unmodified-since", before)).status == 412
+    assert (served / "digits").read_bytes() == DIGITS
+    assert upload(served, b"new", [b"x"], (b"if-unmodified-since", before)).status == 201, "no file: ignored"
+    assert upload(served, b"digits", [b"v2"], (b"if-unmodified-since", b"nonsense")).status == 201
+    os.utime(served / "digits", (mtime, mtime))
+    assert upload(served, b"digits", [b"v3"], (b"if-unmodified-since", after)).status == 201
+    assert (served / "digits").read_bytes() == b"v3"
+
+
+def test_if_none_match_with_tags_on_upload(served: Path) -> None:
+    etag = digits_etag(served)
+    for value in (etag, b"W/" + etag, b'"x", ' + etag):  # weak comparison
+        assert upload(served, b"digits", [b"no"], (b"if-none-match", value)).status == 412, value
+    assert (served / "digits").read_bytes() == DIGITS
+    assert upload(served, b"digits", [b"yes"], (b"if-none-match", b'"x"')).status == 201
+    assert upload(served, b"absent", [b"yes"], (b"if-none-match", etag)).status == 201
+
+
+def test_other_refusals_come_before_preconditions(served: Path) -> None:
+    """RFC 9110 §13.2.1: a 4xx the request gets anyway wins over 412."""
+    assert upload(served, b"sub", [b"x"], (b"if-match", b'"x"')).status == 409
+    assert upload(served, b"..", [b"x"], (b"if-none-match", b"*")).status == 405  # `/`
+    assert upload(served, b"a%00", [b"x"], (b"if-none-match", b"*")).status == 400
