@@ -127,7 +127,7 @@ class Results:
     runs: dict[tuple[str, str], list[Sample | None]] = field(default_factory=dict)  # None: a failed run
     idle: dict[str, list[float]] = field(default_factory=dict)  # KiB per idle connection
     problems: list[str] = field(default_factory=list)
-    load: list[float] = field(default_factory=list)  # 1-minute load average before each server
+    steal: float | None = None  # share of CPU time the hypervisor gave to other guests
 
     def add(self, server: str, scenario: str, sample: Sample | None) -> None:
         self.runs.setdefault((server, scenario), []).append(sample)
@@ -310,7 +310,6 @@ def measure(root: int, port: int, scenario: Scenario, seconds: int) -> Sample:
 
 def bench_server(server: Server, directory: Path, args: argparse.Namespace, results: Results) -> None:
     port = free_port()
-    results.load.append(os.getloadavg()[0])
     print(f"  {server.name} on port {port}", flush=True)
     with running(server, port, directory) as proc:
         if not wait_ready(proc, port):
@@ -376,9 +375,9 @@ def machine_info(results: Results) -> str:
         f"- Machine: {model}, {os.cpu_count()} cores, Linux {platform.release()}\n"
         f"- Python {platform.python_version()}, {wrk_version}; server on core {SERVER_CORE}, "
         f"wrk on core {CLIENT_CORE} (1 thread, 50 connections)\n"
-        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; load average before each server: "
-        f"median {fmt(median(results.load))}, max {fmt(max(results.load, default=None))} "
-        "(anything above ~1 means other work shared the cores)"
+        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; CPU time stolen by the hypervisor during "
+        f"the run: {fmt(None if results.steal is None else results.steal * 100, '.1f')}% (above a few per cent, "
+        "other guests shared the cores: trust ratios and CPU time, not absolute req/s)"
     )
 
 
@@ -546,6 +545,11 @@ def chart(results: Results, servers: list[Server], scenarios: list[Scenario], pa
 # --- main ----------------------------------------------------------------------------
 
 
+def _cpu_ticks() -> list[int]:
+    """The machine's CPU time counters from /proc/stat (user, nice, system, idle, ..., steal, ...)."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 round of short runs (under 3 minutes)")
@@ -573,12 +577,16 @@ def main() -> None:
     (directory / FILE_NAME).write_bytes(os.urandom(2**20))
 
     results = Results()
+    before = _cpu_ticks()
     for round_ in range(args.rounds):
         print(f"round {round_ + 1}/{args.rounds}", flush=True)
         shift = round_ % len(servers)
         for server in servers[shift:] + servers[:shift]:  # vary the order between rounds
             bench_server(server, directory, args, results)
 
+    after = _cpu_ticks()
+    total = sum(after) - sum(before)
+    results.steal = (after[7] - before[7]) / total if total and len(after) > 7 else None
     text = report(results, args, servers)
     # Only a run over everything replaces the published results; a partial one goes to tmp/.
     where = WORK / "partial" if args.servers or args.scenarios else RESULTS / "latest"
