@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import os
 import socket
 import ssl
@@ -122,6 +123,19 @@ def test_a_file_shorter_than_announced_drops_only_its_connection(transport: str,
         with server.connect() as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert read_until_close(sock).endswith(b"fine")
+
+
+def test_a_file_body_without_a_descriptor_is_sent_whole(transport: str) -> None:
+    content = os.urandom(1024 * 1024 + 17)  # several pieces, more than a socket buffer holds
+
+    def app(request: Request) -> Response:
+        return Response(200, (), FileBody(io.BytesIO(content), 0, len(content)))
+
+    with running(transport, app) as server, server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        response = read_until_close(sock)
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert response.split(b"\r\n\r\n", 1)[1] == content
 
 
 def test_an_idle_keep_alive_connection_closes_after_its_timeout(transport: str) -> None:
