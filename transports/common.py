@@ -1,4 +1,4 @@
-"""What the three transports share: binding, peer names, and tearing a connection down."""
+"""What the three transports share: binding, peer names, file pieces, and tearing a connection down."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import errno
 import logging
 import socket
 from collections.abc import Sequence
-from typing import Final
+from typing import BinaryIO, Final
 
 from protocol import Close, Phase, Run, ServerConnection
 
@@ -112,3 +112,17 @@ def abandon(conn: ServerConnection, now: float) -> None:
             action.step()
         elif type(action) is Close:
             return
+
+
+def has_fileno(file: BinaryIO) -> bool:
+    """Whether `file` has a descriptor, for os.sendfile (io.BytesIO and the like have none)."""
+    try:
+        return file.fileno() >= 0
+    except (AttributeError, OSError):
+        return False
+
+
+def read_at(file: BinaryIO, offset: int, size: int) -> bytes:
+    """Up to `size` bytes of `file` from `offset` (the portable way to send a file: TLS...)."""
+    file.seek(offset)
+    return file.read(size)

@@ -18,7 +18,17 @@ import trio
 
 from protocol import App, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
 
-from .common import RECEIVE_SIZE, abandon, accept_error, bind, error_log, peer_name, ports
+from .common import (
+    RECEIVE_SIZE,
+    abandon,
+    accept_error,
+    bind,
+    error_log,
+    has_fileno,
+    peer_name,
+    ports,
+    read_at,
+)
 from .options import ServerOptions
 
 _BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -165,7 +175,7 @@ class TrioServer:
                         conn.timeout(current_time())
                 elif type(action) is SendFile:
                     with trio.move_on_at(_at(action.deadline)) as scope:
-                        if raw is not None and _has_fileno(action.file):
+                        if raw is not None and has_fileno(action.file):
                             await _sendfile(raw, action.file, action.offset, action.count)
                         else:
                             await _send_file_pieces(stream, action.file, action.offset, action.count)
@@ -245,27 +255,15 @@ async def _sendfile(sock: socket.socket, file: BinaryIO, offset: int, count: int
     await trio.lowlevel.cancel_shielded_checkpoint()
 
 
-def _has_fileno(file: BinaryIO) -> bool:
-    try:
-        return file.fileno() >= 0
-    except (AttributeError, OSError):  # io.BytesIO and the like
-        return False
-
-
 async def _send_file_pieces(stream: trio.abc.Stream, file: BinaryIO, offset: int, count: int) -> None:
     """The portable way (TLS, files without a descriptor): read in a thread, send."""
     while count:
-        data = await trio.to_thread.run_sync(_read_at, file, offset, min(count, _FALLBACK_PIECE))
+        data = await trio.to_thread.run_sync(read_at, file, offset, min(count, _FALLBACK_PIECE))
         if not data:
             raise OSError("file ended before its announced length")
         await stream.send_all(data)
         offset += len(data)
         count -= len(data)
-
-
-def _read_at(file: BinaryIO, offset: int, size: int) -> bytes:
-    file.seek(offset)
-    return file.read(size)
 
 
 async def serve(
