@@ -80,6 +80,13 @@ def parser() -> argparse.ArgumentParser:
         default=options.workers,
         help="processes sharing the listening socket (a dead one is replaced)",
     )
+    server.add_argument(
+        "--threads",
+        metavar="N",
+        type=_positive_int,
+        default=options.threads,
+        help="threads transport: worker threads per process (connections served, blocking steps run at once)",
+    )
     return p
 
 
@@ -172,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         backlog=args.backlog,
         ssl_context=context,
         workers=args.workers,
+        threads=args.threads,
         handle_signals=True,
     )
     from handlers import build_app

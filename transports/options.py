@@ -30,6 +30,14 @@ class ServerOptions:
     """Serve HTTPS with this server-side context."""
     workers: int = 1
     """Processes sharing the listening sockets (the CLI forks them)."""
+    threads: int = 16
+    """The threads transport's worker threads: at most this many connections are served
+    (and blocking steps run) at once; connections waiting for the network hold none."""
     handle_signals: bool = False
     """Install SIGTERM/SIGINT handlers (main thread only): the first signal shuts the
     server down gracefully, a second one cuts the remaining connections."""
+
+    def __post_init__(self) -> None:
+        """Refuse a pool that could serve nobody, at start-up."""
+        if self.threads < 1:
+            raise ValueError("threads must be at least 1")

@@ -1,13 +1,29 @@
-"""The threads transport: blocking sockets, one thread per connection.
+"""The threads transport: a selector thread parks waiting connections; a bounded pool serves them.
 
-Threads are bounded: the accept loop takes a slot before it accepts, so connections
-beyond `max_connections` wait in the listen backlog. Deadlines become socket timeouts
-measured on `time.monotonic()`; blocking steps simply run inline.
+The thread that calls `serve` runs the reactor: a selector over the listening sockets,
+a wake-up socket and every connection that waits for the network, and a heap of their
+deadlines. A connection whose socket became ready, or whose deadline passed, goes to a
+FIFO queue. At most `options.threads` worker threads (started as needed, then reused)
+take connections from it and drive the core on non-blocking sockets until it has to
+wait for the network again, then hand it back. Blocking steps (disk) run inline in the
+worker: that is what the threads are for. So no thread waits on a slow client, an idle
+keep-alive connection holds no thread, and only the pool competes for the GIL (with a
+thread per connection, dozens of runnable threads convoy on it: a long latency tail).
+
+A connection is in exactly one place at a time: parked in the reactor (registered with
+its selector), queued for a worker, or in one worker. Only its holder touches its socket
+and its core; the two queues hand it over. The reactor alone counts connections, accepts
+(taking a slot first: beyond `max_connections` they wait in the listen backlog) and
+carries out shutdown for the connections it holds; workers see it through two flags.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
+import math
+import os
 import queue
 import selectors
 import signal
@@ -16,61 +32,79 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
-from protocol import App, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
+from protocol import Action, App, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
 
-from .common import CLEANUP_WAIT, RECEIVE_SIZE, abandon, accept_error, bind, error_log, peer_name, ports
+from .common import (
+    CLEANUP_WAIT,
+    RECEIVE_SIZE,
+    abandon,
+    accept_error,
+    bind,
+    error_log,
+    has_fileno,
+    peer_name,
+    ports,
+    read_at,
+)
 from .options import ServerOptions
+
+if TYPE_CHECKING:  # ssl costs start-up time; only the TLS path imports it
+    import ssl
 
 _STOP_SIGNALS: Final = {signal.SIGINT, signal.SIGTERM}
 _SIGNAL_CHECK_INTERVAL: Final = 0.5
-"""Seconds the accept loop waits in select() at most (see `_accept_until_stopped`)."""
-_IDLE_THREAD_TIMEOUT: Final = 10.0
-"""A thread that finished its connection waits this long for the next one, then exits."""
+"""Seconds the reactor waits in select() at most (see `_react`)."""
+_READ: Final = selectors.EVENT_READ
+_WRITE: Final = selectors.EVENT_WRITE
+_FALLBACK_PIECE: Final = 256 * 1024
+"""Bytes read per piece where a file cannot go out with os.sendfile (TLS, no descriptor)."""
+_TURN: Final = 0.01
+"""Seconds a worker drives one connection that never waits before serving others waiting."""
+
+# What a worker does with a connection once it stops driving it.
+_WAIT: Final = "wait"  # back to the reactor, to wait for `events` until `deadline`
+_YIELD: Final = "yield"  # to the back of the queue: other connections wait for a worker
+_OVER: Final = "over"  # closed; the reactor frees its slot
 
 
 class _Connection:
-    """A connection's socket and core, and the means for shutdown to reach them."""
+    """One connection's socket and core, and what it waits for while parked."""
 
-    __slots__ = ("closed", "conn", "lock", "receiving", "sock", "stopping")
+    __slots__ = (
+        "action",
+        "closed",
+        "conn",
+        "deadline",
+        "events",
+        "file_left",
+        "file_offset",
+        "handshake_deadline",
+        "out",
+        "parked",
+        "peer",
+        "sock",
+        "timed_out",
+        "timer",
+    )
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.conn: ServerConnection | None = None
-        self.receiving = False
-        self.stopping = False
-        self.closed = False
-        self.lock = threading.Lock()
-
-    def stop(self) -> None:
-        """Finish the request in progress; an idle connection stops waiting at once.
-
-        Races with the connection's thread about to receive: either it sees `stopping`
-        before it blocks, or this sees `receiving` and wakes its recv with SHUT_RD.
-        """
-        self.stopping = True
-        conn = self.conn
-        if conn is not None:
-            conn.shutdown()
-            if self.receiving and conn.phase is Phase.IDLE:
-                self._shutdown(socket.SHUT_RD)  # the blocked recv returns b"": the core closes
-
-    def cut(self) -> None:
-        """Drop the connection now (the grace period is over): its blocked I/O fails."""
-        self._shutdown(socket.SHUT_RDWR)
-
-    def _shutdown(self, how: int) -> None:
-        with self.lock:
-            if not self.closed:
-                # The plain socket's method: SSLSocket.shutdown would discard the TLS state.
-                with contextlib.suppress(OSError):
-                    socket.socket.shutdown(self.sock, how)
-
-    def close(self) -> None:
-        with self.lock:
-            self.closed = True
-            self.sock.close()
+        self.conn: ServerConnection | None = None  # made once the socket is set up (after TLS's handshake)
+        self.peer = "-"
+        self.handshake_deadline: float | None = None  # set when a worker first sees it
+        self.action: Action | None = None  # the action to resume (tried again) when it comes back
+        self.events = _READ  # what it waits for while parked, and until when
+        self.deadline: float | None = None
+        self.out: bytes | memoryview = b""  # the rest of a Send, or of a file piece
+        self.file_offset = 0  # the rest of a SendFile
+        self.file_left = 0
+        self.timed_out = False  # set by the reactor: the deadline passed, not the wait
+        self.closed = False  # set by the worker that closed it
+        # The reactor's own:
+        self.parked = False
+        self.timer: tuple[float, int, _Connection] | None = None  # its live entry in the deadline heap
 
 
 class ThreadServer:
@@ -84,200 +118,441 @@ class ThreadServer:
         self._config = config
         self._options = options
         self._sockets = sockets
-        self._connections: set[_Connection] = set()
-        self._changed = threading.Condition()  # guards _connections, _stopping, _cutting and _idle
+        self._tls = options.ssl_context is not None
+        # The SSL layer's "try again once the socket is readable/writable"; plain sockets
+        # have only BlockingIOError (an empty tuple catches nothing).
+        self._want_read: tuple[type[OSError], ...] = ()
+        self._want_write: tuple[type[OSError], ...] = ()
+        if self._tls:
+            import ssl
+
+            self._want_read, self._want_write = (ssl.SSLWantReadError,), (ssl.SSLWantWriteError,)
+        # Set from any thread (shutdown), read by all: the first stops, the second cuts.
         self._stopping = False
-        self._cutting = False  # shutdown() was called twice
-        self._idle = 0  # threads waiting in `_handoff` for their next connection
-        self._handoff: queue.SimpleQueue[_Connection | None] = queue.SimpleQueue()
+        self._cutting = False
+        self._ready: queue.SimpleQueue[_Connection | None] = queue.SimpleQueue()  # to the workers
+        self._inbox: queue.SimpleQueue[_Connection] = queue.SimpleQueue()  # to the reactor
         self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._wake_pending = False  # a wake-up byte is on its way: one per batch of messages
+        # The reactor's own:
+        self._selector = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, _Connection]] = []  # a heap; see `_set_timer`
+        self._timer_ids = itertools.count()  # ties in the heap never compare connections
+        self._count = 0  # connections accepted and not yet closed
+        self._busy = 0  # of those, queued for or in a worker
+        self._workers: list[threading.Thread] = []
+        self._accepting = False
+        self._paused_until = 0.0  # accepting resumes then, after EMFILE and the like
 
     def shutdown(self) -> None:
         """Stop accepting, finish in-flight requests (within the grace period), return from serve.
 
         Called again (a second Ctrl-C), it cuts the remaining connections at once.
         """
-        with self._changed:
-            self._cutting = self._stopping
-            self._stopping = True
-            self._changed.notify_all()
-        with contextlib.suppress(OSError):
+        if self._stopping:
+            self._cutting = True
+        self._stopping = True
+        with contextlib.suppress(OSError):  # full: the reactor wakes anyway
             self._wake_writer.send(b"x")
+
+    # --- the reactor -----------------------------------------------------------------
 
     def _run(self) -> None:
         try:
-            self._accept_until_stopped()
+            self._react()
         finally:
             for sock in (*self._sockets, self._wake_reader, self._wake_writer):
                 sock.close()  # new connections are refused, not left waiting
-        with self._changed:
-            connections = list(self._connections)
-            idle, self._idle = self._idle, 0
-        for _ in range(idle):
-            self._handoff.put(None)  # idle threads exit
-        for connection in connections:
-            connection.stop()
-        with self._changed:
-            self._changed.wait_for(
-                lambda: not self._connections or self._cutting, self._options.shutdown_grace
-            )
-            if self._connections:
-                for connection in self._connections:
-                    connection.cut()
-                self._changed.wait_for(lambda: not self._connections, CLEANUP_WAIT)
+            self._selector.close()
+            for _ in self._workers:
+                self._ready.put(None)  # idle workers exit; busy ones when their step returns
 
-    def _accept_until_stopped(self) -> None:
-        limit = self._options.max_connections
-        with selectors.DefaultSelector() as selector:
-            for sock in self._sockets:
-                selector.register(sock, selectors.EVENT_READ)
-            selector.register(self._wake_reader, selectors.EVENT_READ)
-            while True:
-                with self._changed:  # take a slot before accepting
-                    self._changed.wait_for(lambda: self._stopping or len(self._connections) < limit)
-                    if self._stopping:
-                        return
-                # A timeout, so that Python code runs here now and then: a signal handler
-                # runs only between bytecodes of the main thread, and a signal arriving
-                # just before select() blocks does not interrupt it.
-                for key, _ in selector.select(_SIGNAL_CHECK_INTERVAL):
-                    if key.fileobj is self._wake_reader:
-                        return
+    def _react(self) -> None:
+        """Accept, park, wake and time out connections until shutdown has run its course."""
+        monotonic = time.monotonic
+        grace_end = cleanup_end = math.inf
+        self._selector.register(self._wake_reader, _READ)
+        while True:
+            now = monotonic()
+            if self._stopping and grace_end == math.inf:
+                grace_end = now + self._options.shutdown_grace
+                self._stop_accepting(now)
+            if (self._cutting or now >= grace_end) and cleanup_end == math.inf:
+                self._cutting = True  # workers abandon what they hold at their next step
+                cleanup_end = now + CLEANUP_WAIT
+                self._cut_parked()
+            if self._stopping and (not self._count or now >= cleanup_end):
+                return
+            self._update_accepting(now)
+            self._grow_pool()
+            # A timeout, so that Python code runs here now and then: a signal handler runs
+            # only between bytecodes of the main thread, and a signal arriving just before
+            # select() blocks does not interrupt it.
+            wake_at = min(grace_end, cleanup_end, self._timers[0][0] if self._timers else math.inf)
+            if self._paused_until > now:
+                wake_at = min(wake_at, self._paused_until)
+            timeout = min(max(wake_at - now, 0.0), _SIGNAL_CHECK_INTERVAL)
+            for key, _ in self._selector.select(timeout):
+                connection = key.data
+                if connection is not None:
+                    self._unpark(connection)
+                    self._dispatch(connection)
+                elif key.fileobj is self._wake_reader:
+                    self._take_messages()
+                else:
                     listener = key.fileobj
                     assert isinstance(listener, socket.socket)
-                    try:
-                        sock, _ = listener.accept()
-                    except (BlockingIOError, InterruptedError):
-                        continue
-                    except OSError as exc:
-                        time.sleep(accept_error(exc))
-                        continue
-                    self._start(sock)
-                    break  # take the next slot
+                    self._accept(listener)
+            self._expire(monotonic())
 
-    def _start(self, sock: socket.socket) -> None:
-        """Hand the connection to an idle thread, or start one (starting costs far more)."""
-        connection = _Connection(sock)
-        with self._changed:
-            self._connections.add(connection)
-            reuse = self._idle > 0
-            if reuse:
-                self._idle -= 1
-        if reuse:
-            self._handoff.put(connection)
-            return
+    def _update_accepting(self, now: float) -> None:
+        """Listen while there is a free slot (the rest wait in the backlog) and no pause."""
+        accepting = not self._stopping and self._count < self._options.max_connections
+        accepting = accepting and now >= self._paused_until
+        if accepting != self._accepting:
+            self._accepting = accepting
+            for sock in self._sockets:
+                if accepting:
+                    self._selector.register(sock, _READ)
+                else:
+                    self._selector.unregister(sock)
+
+    def _stop_accepting(self, now: float) -> None:
+        """Close the listeners; idle parked connections close at once, the rest finish."""
+        self._update_accepting(now)
+        for sock in self._sockets:
+            sock.close()  # new connections are refused, not left waiting
+        for connection in self._parked():
+            if self._stop(connection):
+                self._unpark(connection)
+                self._dispatch(connection)
+
+    def _stop(self, connection: _Connection) -> bool:
+        """Tell a connection the reactor holds that the server stops; True if it is to close now."""
+        conn = connection.conn
+        if conn is None:  # still in its TLS handshake: no request to finish
+            return True
+        conn.shutdown()
+        if type(connection.action) is Receive and conn.phase is Phase.IDLE:
+            connection.action = None  # abandon the wait: asked again, the core closes
+            return True
+        return False
+
+    def _cut_parked(self) -> None:
+        """The grace period is over: every parked connection goes to a worker that abandons it."""
+        for connection in self._parked():
+            self._unpark(connection)
+            self._dispatch(connection)
+
+    def _parked(self) -> list[_Connection]:
+        return [key.data for key in self._selector.get_map().values() if key.data is not None]
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(self._options.backlog):
+            if self._count >= self._options.max_connections:
+                return  # `_update_accepting` stops listening
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                pause = accept_error(exc)
+                if pause:
+                    self._paused_until = time.monotonic() + pause
+                    return
+                continue
+            sock.setblocking(False)
+            self._count += 1
+            self._dispatch(_Connection(sock))  # a worker sets it up (TLS: the handshake)
+
+    def _take_messages(self) -> None:
+        """Connections workers handed back: to park, or closed."""
+        with contextlib.suppress(OSError):
+            self._wake_reader.recv(4096)
+        # Cleared after the bytes are read and before the queue is: a message put after
+        # this is either taken below or comes with a byte of its own.
+        self._wake_pending = False
+        inbox = self._inbox
+        for _ in range(inbox.qsize()):  # this thread alone takes from it
+            connection = inbox.get()
+            self._busy -= 1
+            if connection.closed:
+                self._count -= 1
+                connection.timer = None  # its heap entry, if any, is stale
+            elif self._cutting or (self._stopping and self._stop(connection)):
+                self._dispatch(connection)  # a worker closes or abandons it
+            else:
+                self._park(connection)
+
+    def _park(self, connection: _Connection) -> None:
+        self._selector.register(connection.sock, connection.events, connection)
+        connection.parked = True
+        deadline = connection.deadline
+        if deadline is not None and (connection.timer is None or deadline < connection.timer[0]):
+            self._set_timer(connection, deadline)
+
+    def _unpark(self, connection: _Connection) -> None:
+        self._selector.unregister(connection.sock)
+        connection.parked = False
+
+    def _set_timer(self, connection: _Connection, at: float) -> None:
+        """Give `connection` one live heap entry, at `at`.
+
+        Like the asyncio transport's timer, an entry is moved only when a deadline comes
+        before it; a later one (the usual case: each keep-alive wait ends after the last)
+        is found when the entry pops, which then re-arms. So a request costs no heap push.
+        Superseded entries stay in the heap, stale, until they pop or the heap is rebuilt.
+        """
+        entry = (at, next(self._timer_ids), connection)
+        connection.timer = entry
+        heapq.heappush(self._timers, entry)
+        if len(self._timers) > 2 * self._count + 64:  # mostly stale (closed connections)
+            self._timers[:] = [entry for entry in self._timers if entry is entry[2].timer]
+            heapq.heapify(self._timers)
+
+    def _expire(self, now: float) -> None:
+        """Parked connections whose deadline passed go to a worker, which reports the timeout."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            entry = heapq.heappop(timers)
+            connection = entry[2]
+            if entry is not connection.timer:
+                continue  # superseded, or its connection closed
+            connection.timer = None
+            deadline = connection.deadline
+            if not connection.parked or deadline is None:
+                continue  # with a worker: it sets a timer again when it parks
+            if deadline > now:
+                self._set_timer(connection, deadline)
+            else:
+                self._unpark(connection)
+                connection.timed_out = True  # never also ready: it left the selector
+                self._dispatch(connection)
+
+    def _dispatch(self, connection: _Connection) -> None:
+        """Queue `connection` for a worker."""
+        self._busy += 1
+        self._ready.put(connection)
+
+    def _grow_pool(self) -> None:
+        """Start workers while more connections are queued or served than there are workers.
+
+        Called once per batch of events, after the batch's messages: a connection that
+        went back to wait in the same batch as a new one arrived needs no new thread.
+        """
+        while len(self._workers) < min(self._busy, self._options.threads) and self._start_worker():
+            pass
+
+    def _start_worker(self) -> bool:
         # The kernel may hand a process's SIGTERM to any thread that does not block it;
-        # taken by a connection thread, the main thread would sleep on in select() and
-        # never see it. Threads inherit the mask they are started with.
+        # taken by a worker, the main thread would sleep on in select() and never see
+        # it. Threads inherit the mask they are started with.
         unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            threading.Thread(target=self._work, args=(connection,), daemon=True).start()
-        except RuntimeError:  # no more threads: refuse this one, keep serving the others
-            error_log.exception("cannot start a connection thread")
-            self._release(connection, idle=False)
+            worker = threading.Thread(
+                target=self._work, name=f"http-worker-{len(self._workers)}", daemon=True
+            )
+            worker.start()
+        except RuntimeError:  # no more threads: the ones there are serve the queue
+            error_log.exception("cannot start a worker thread")
+            return False
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+        self._workers.append(worker)
+        return True
 
-    def _work(self, connection: _Connection | None) -> None:
-        """A connection thread: serve connections one after another until idle too long."""
-        while connection is not None:
-            self._serve_connection(connection)
-            if not self._release(connection, idle=True):
-                return
+    # --- the workers -----------------------------------------------------------------
+
+    def _work(self) -> None:
+        """A worker: serve connections from the queue until told to stop (None)."""
+        ready = self._ready
+        while (connection := ready.get()) is not None:
             try:
-                connection = self._handoff.get(timeout=_IDLE_THREAD_TIMEOUT)
-            except queue.Empty:
-                with self._changed:
-                    if self._idle > 0:  # no connection is on its way to this thread
-                        self._idle -= 1
-                        return
-                connection = self._handoff.get()  # one is: `_start` counted on an idle thread
+                outcome = self._serve(connection)
+            except Exception:
+                error_log.exception("connection from %s failed", connection.peer)
+                self._abandon(connection)
+                outcome = _OVER
+            if outcome == _YIELD:
+                ready.put(connection)
+                continue
+            if outcome == _OVER:
+                self._close(connection)
+            self._hand_back(connection)
 
-    def _release(self, connection: _Connection, *, idle: bool) -> bool:
-        """The connection is over. True if its thread, now `idle`, may wait for the next one."""
-        with self._changed:
-            self._connections.discard(connection)
-            idle = idle and not self._stopping
-            if idle:
-                self._idle += 1
-            self._changed.notify_all()
-        connection.close()  # after: a client that saw the close finds this thread idle
-        return idle
+    def _hand_back(self, connection: _Connection) -> None:
+        """Give the connection to the reactor; after this, this thread must not touch it."""
+        self._inbox.put(connection)
+        if not self._wake_pending:
+            self._wake_pending = True
+            with contextlib.suppress(OSError):  # full: a byte is there already; closed: stopped
+                self._wake_writer.send(b"x")
 
-    def _serve_connection(self, connection: _Connection) -> None:
+    def _serve(self, connection: _Connection) -> str:
+        """Drive the connection as far as it goes without waiting: `_WAIT`, `_YIELD` or `_OVER`."""
+        conn = connection.conn
+        if conn is None:
+            made = self._set_up(connection)
+            if isinstance(made, str):
+                return made  # the TLS handshake waits, or the connection failed
+            conn = connection.conn = made
+        return self._drive(connection, conn)
+
+    def _set_up(self, connection: _Connection) -> ServerConnection | str:
+        """The connection's core once its socket is ready (after the TLS handshake), or an outcome."""
         sock = connection.sock
-        peer = "-"
-        conn = None
-        clean = False
         try:
-            sock.setblocking(True)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer = peer_name(sock)
-            context = self._options.ssl_context
-            if context is not None:
-                sock.settimeout(self._config.head_timeout)
-                sock = connection.sock = context.wrap_socket(sock, server_side=True)
-            conn = connection.conn = ServerConnection(
-                self._app, self._config, now=time.monotonic(), peer=peer
-            )
-            self._drive(connection, conn, tls=context is not None)
-            clean = True
-        except OSError as exc:  # the TLS handshake failed
-            error_log.debug("connection from %s failed: %r", peer, exc)
-        except Exception:
-            error_log.exception("connection from %s failed", peer)
-        finally:
-            if conn is not None and not clean:
+            if connection.handshake_deadline is None:  # a new connection
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                connection.peer = peer_name(sock)
+                connection.handshake_deadline = time.monotonic() + self._config.head_timeout
+                context = self._options.ssl_context
+                if context is not None:
+                    sock = connection.sock = context.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False
+                    )
+            if self._tls:
+                if connection.timed_out or self._stopping:
+                    return _OVER  # no request started yet: nothing to finish
                 try:
-                    abandon(conn, time.monotonic())
-                except Exception:
-                    error_log.exception("cleaning up the connection from %s failed", peer)
+                    cast("ssl.SSLSocket", sock).do_handshake()
+                except self._want_read:
+                    return self._wait(connection, _READ, connection.handshake_deadline)
+                except self._want_write:
+                    return self._wait(connection, _WRITE, connection.handshake_deadline)
+        except OSError as exc:  # the peer went away, or the TLS handshake failed
+            error_log.debug("connection from %s failed: %r", connection.peer, exc)
+            return _OVER
+        return ServerConnection(self._app, self._config, now=time.monotonic(), peer=connection.peer)
 
-    def _drive(self, connection: _Connection, conn: ServerConnection, *, tls: bool) -> None:
-        """The loop every transport has: ask the core, perform, report, until Close."""
+    def _drive(self, connection: _Connection, conn: ServerConnection) -> str:
+        """The loop every transport has: ask the core, perform, report, until it must wait or Close."""
         sock = connection.sock
         monotonic = time.monotonic
+        ready = self._ready
+        action = connection.action  # the action it waited for, tried again; else a new one
+        connection.action = None
+        if connection.timed_out:
+            connection.timed_out = False
+            action = None
+            connection.out = b""
+            connection.file_left = 0
+            conn.timeout(monotonic())
+        resumed = action is not None  # a Send or SendFile goes on from where it stopped
+        turn_end = monotonic() + _TURN
         while True:
-            action = conn.next_action(monotonic())
+            if self._stopping:
+                if self._cutting:
+                    abandon(conn, monotonic())
+                    return _OVER
+                conn.shutdown()
+                if type(action) is Receive and conn.phase is Phase.IDLE:
+                    action = None  # abandon the wait: asked again, the core closes
+            if action is None:
+                action = conn.next_action(monotonic())
+                resumed = False
             try:
                 if type(action) is Receive:
-                    sock.settimeout(_timeout(action.deadline))
-                    connection.receiving = True
-                    if connection.stopping and conn.phase is Phase.IDLE:
-                        connection.receiving = False
-                        conn.shutdown()  # (again: stop() may have run before conn existed)
-                        continue  # abandon the wait: the core closes an idle connection
-                    try:
-                        data = sock.recv(RECEIVE_SIZE)
-                    finally:
-                        connection.receiving = False
-                    conn.receive_data(data, monotonic())
+                    if ready.qsize() and monotonic() > turn_end:
+                        # A client that always has data (say, a fast upload) goes behind
+                        # the connections waiting for a worker now and then. Not after
+                        # every request: workers that are always runnable convoy on the
+                        # GIL, and the reactor, starved of it, parks and wakes late.
+                        connection.action = action
+                        return _YIELD
+                    conn.receive_data(sock.recv(RECEIVE_SIZE), monotonic())
                 elif type(action) is Send:
-                    sock.settimeout(_timeout(action.deadline))
-                    sock.sendall(action.data)
+                    if not resumed:
+                        connection.out = action.data
+                    self._send_out(connection)
                 elif type(action) is SendFile:
-                    sock.settimeout(_timeout(action.deadline))
-                    if sock.sendfile(action.file, action.offset, action.count) != action.count:
-                        raise OSError("file ended before its announced length")
+                    if not resumed:
+                        connection.file_offset, connection.file_left = action.offset, action.count
+                    self._send_file(connection, action)
                 elif type(action) is Run:
                     action.step()
                 elif type(action) is HalfClose:
-                    if not tls:
+                    if not self._tls:
                         sock.shutdown(socket.SHUT_WR)
                 else:  # Close
-                    return
-            except TimeoutError:
-                conn.timeout(monotonic())
+                    return _OVER
+            except BlockingIOError:
+                return self._wait_for(connection, action, _READ if type(action) is Receive else _WRITE)
+            except self._want_read:
+                # TLS needs bytes from the peer first. A recv raises this only once the
+                # SSLSocket holds no decrypted byte (which select() could not see).
+                return self._wait_for(connection, action, _READ)
+            except self._want_write:
+                return self._wait_for(connection, action, _WRITE)
             except OSError:
+                connection.out = b""
+                connection.file_left = 0
                 conn.connection_lost()
+            action = None
 
+    def _wait_for(self, connection: _Connection, action: Action, events: int) -> str:
+        """Park until `events`, then try `action` again (it goes on where it stopped)."""
+        assert isinstance(action, (Receive, Send, SendFile))
+        connection.action = action
+        return self._wait(connection, events, action.deadline)
 
-def _timeout(deadline: float | None) -> float | None:
-    """A socket timeout that ends at `deadline`; once it passed, only what is ready gets through.
+    def _wait(self, connection: _Connection, events: int, deadline: float | None) -> str:
+        """Park until `events` or `deadline`, whichever comes first."""
+        connection.events = events
+        connection.deadline = deadline
+        return _WAIT
 
-    Never 0, which would make the socket non-blocking (BlockingIOError, not TimeoutError).
-    """
-    return None if deadline is None else max(deadline - time.monotonic(), 1e-6)
+    def _send_out(self, connection: _Connection) -> None:
+        """Send what is left of `out`; BlockingIOError (or the SSL layer's) when the socket is full.
+
+        Under TLS a send that must wait is tried again with the same bytes, as OpenSSL requires.
+        """
+        sock = connection.sock
+        out = connection.out
+        while out:
+            sent = sock.send(out)
+            out = connection.out = memoryview(out)[sent:] if sent < len(out) else b""
+
+    def _send_file(self, connection: _Connection, action: SendFile) -> None:
+        """Send what is left of the file's part: os.sendfile where possible, else piece by piece."""
+        file = action.file
+        if self._tls or not has_fileno(file):
+            while True:
+                self._send_out(connection)
+                size = min(connection.file_left, _FALLBACK_PIECE)
+                if not size:
+                    return
+                piece = read_at(file, connection.file_offset, size)  # the disk: allowed here
+                if not piece:
+                    raise OSError("file ended before its announced length")
+                connection.out = piece
+                connection.file_offset += len(piece)
+                connection.file_left -= len(piece)
+        out_fd, in_fd = connection.sock.fileno(), file.fileno()
+        while connection.file_left:
+            sent = os.sendfile(out_fd, in_fd, connection.file_offset, connection.file_left)
+            if not sent:
+                raise OSError("file ended before its announced length")
+            connection.file_offset += sent
+            connection.file_left -= sent
+
+    def _abandon(self, connection: _Connection) -> None:
+        """No more I/O on this connection: the core still undoes what is in progress."""
+        if connection.conn is not None:
+            try:
+                abandon(connection.conn, time.monotonic())
+            except Exception:
+                error_log.exception("cleaning up the connection from %s failed", connection.peer)
+
+    def _close(self, connection: _Connection) -> None:
+        with contextlib.suppress(OSError):
+            connection.sock.close()
+        connection.closed = True
+        connection.conn = None  # a stale heap entry may keep the shell a while, not the core
+        connection.action = None
+        connection.out = b""
 
 
 def serve(

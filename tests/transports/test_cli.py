@@ -38,6 +38,7 @@ def test_defaults_are_the_config_defaults() -> None:
         ["--keep-alive-timeout", "-1"],
         ["--keep-alive-timeout", "nan"],
         ["--workers", "0"],
+        ["--threads", "0"],
         ["--server-header", "a\r\nb"],
         ["--directory", "/no/such/directory"],
         ["--transport", "gevent"],

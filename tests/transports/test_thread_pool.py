@@ -1,22 +1,121 @@
-"""The threads transport hands a new connection to an idle thread instead of starting one."""
+"""The threads transport serves connections from a bounded pool of worker threads: any
+number of connections, idle or slow, never takes more than `ServerOptions.threads`, and
+no client holds a worker while it makes the server wait."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
+import time
+from pathlib import Path
 
+import pytest
+
+from handlers import build_app
 from protocol import Request, Response
+from transports.options import ServerOptions
 
 from .harness import read_until_close, running
 
+GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
-def test_threads_are_reused_across_connections() -> None:
-    def app(request: Request) -> Response:  # runs on the connection's thread
+
+def _workers() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name.startswith("http-worker")}
+
+
+def _body(response: bytes) -> bytes:
+    return response.split(b"\r\n\r\n", 1)[1]
+
+
+def test_many_connections_share_at_most_threads_workers_and_reuse_them() -> None:
+    def app(request: Request) -> Response:  # runs on a worker thread
         return Response(200, (), b"%d" % threading.get_ident())
 
-    with running("threads", app) as server:
+    before = _workers()
+    with running("threads", app, options=ServerOptions(port=0, threads=2)) as server:
+        clients = [server.connect() for _ in range(20)]
         idents = set()
-        for _ in range(10):
+        try:
+            for _ in range(3):  # every connection stays open, idle between its requests
+                for client in clients:
+                    client.sendall(GET)
+                    idents.add(_body(client.recv(65536)))
+            assert len(_workers() - before) <= 2
+        finally:
+            for client in clients:
+                client.close()
+        for _ in range(10):  # and one connection after another
             with server.connect() as sock:
                 sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                idents.add(read_until_close(sock).split(b"\r\n\r\n", 1)[1])
-    assert len(idents) == 1
+                idents.add(_body(read_until_close(sock)))
+    assert 1 <= len(idents) <= 2
+
+
+def test_a_reader_that_stalls_holds_no_worker(tmp_path: Path) -> None:
+    (tmp_path / "big").write_bytes(b"z" * (32 * 1024 * 1024))
+    options = ServerOptions(port=0, threads=1)
+    with running("threads", build_app(tmp_path), options=options) as server, server.connect() as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(b"GET /files/big HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert stalled.recv(1000).startswith(b"HTTP/1.1 200 OK\r\n")  # then never reads again
+        with server.connect() as other:
+            other.settimeout(2)
+            other.sendall(b"GET /echo/other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert read_until_close(other).endswith(b"other")
+
+
+class _SlowSink:
+    """An upload whose disk work takes a while for every piece; the body is dropped."""
+
+    may_block = True
+
+    def __init__(self, done: threading.Event) -> None:
+        self.done = done
+
+    def receive(self, data: bytes) -> None:
+        time.sleep(0.005)
+
+    def respond(self) -> Response:
+        self.done.set()
+        return Response(201)
+
+    def abort(self) -> None:
+        self.done.set()
+
+
+def test_a_client_that_always_has_data_does_not_starve_the_others() -> None:
+    done = threading.Event()
+
+    def app(request: Request) -> Response | _SlowSink:
+        return _SlowSink(done) if request.method == b"POST" else Response(200, (), b"quick")
+
+    size = 16 * 1024 * 1024  # hundreds of slow pieces: over a second of work for the one worker
+    with running("threads", app, options=ServerOptions(port=0, threads=1)) as server:
+        upload = server.connect()
+        upload.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        sender = threading.Thread(target=_send_quietly, args=(upload, b"u" * size), daemon=True)
+        sender.start()
+        try:
+            time.sleep(0.2)  # the worker is busy with the upload, which never runs dry
+            with server.connect() as other:
+                started = time.monotonic()
+                other.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert read_until_close(other).endswith(b"quick")
+                assert time.monotonic() - started < 0.5
+            assert not done.is_set(), "answered only once the upload was over"
+        finally:
+            upload.shutdown(socket.SHUT_RDWR)  # the sender's sendall fails, and it ends
+            sender.join(10)
+            upload.close()
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        sock.sendall(data)
+
+
+def test_threads_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="threads"):
+        ServerOptions(threads=0)
