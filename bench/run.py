@@ -371,12 +371,13 @@ def machine_info(results: Results) -> str:
             model = line.partition(":")[2].strip()
             break
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split(" [")[0]
+    steal = results.steal
     return (
         f"- Machine: {model}, {os.cpu_count()} cores, Linux {platform.release()}\n"
         f"- Python {platform.python_version()}, {wrk_version}; server on core {SERVER_CORE}, "
         f"wrk on core {CLIENT_CORE} (1 thread, 50 connections)\n"
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; CPU time stolen by the hypervisor during "
-        f"the run: {fmt(None if results.steal is None else results.steal * 100, '.1f')}% (above a few per cent, "
+        f"the run: {fmt(None if steal is None else steal * 100, '.1f')}% (above a few per cent, "
         "other guests shared the cores: trust ratios and CPU time, not absolute req/s)"
     )
 
