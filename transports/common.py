@@ -122,6 +122,10 @@ def has_fileno(file: BinaryIO) -> bool:
         return False
 
 
+FILE_PIECE_SIZE: Final = 256 * 1024
+"""Bytes read per piece where a file cannot go out with sendfile (TLS, no descriptor)."""
+
+
 def read_at(file: BinaryIO, offset: int, size: int) -> bytes:
     """Up to `size` bytes of `file` from `offset` (the portable way to send a file: TLS...)."""
     file.seek(offset)

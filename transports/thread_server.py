@@ -38,6 +38,7 @@ from protocol import Action, App, Config, HalfClose, Phase, Receive, Run, Send, 
 
 from .common import (
     CLEANUP_WAIT,
+    FILE_PIECE_SIZE,
     RECEIVE_SIZE,
     abandon,
     accept_error,
@@ -58,8 +59,6 @@ _SIGNAL_CHECK_INTERVAL: Final = 0.5
 """Seconds the reactor waits in select() at most (see `_react`)."""
 _READ: Final = selectors.EVENT_READ
 _WRITE: Final = selectors.EVENT_WRITE
-_FALLBACK_PIECE: Final = 256 * 1024
-"""Bytes read per piece where a file cannot go out with os.sendfile (TLS, no descriptor)."""
 _TURN: Final = 0.01
 """Seconds a worker drives one connection that never waits before serving others waiting."""
 
@@ -521,7 +520,7 @@ class ThreadServer:
         if self._tls or not has_fileno(file):
             while True:
                 self._send_out(connection)
-                size = min(connection.file_left, _FALLBACK_PIECE)
+                size = min(connection.file_left, FILE_PIECE_SIZE)
                 if not size:
                     return
                 piece = read_at(file, connection.file_offset, size)  # the disk: allowed here

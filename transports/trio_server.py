@@ -19,6 +19,7 @@ import trio
 from protocol import App, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
 
 from .common import (
+    FILE_PIECE_SIZE,
     RECEIVE_SIZE,
     abandon,
     accept_error,
@@ -32,7 +33,6 @@ from .common import (
 from .options import ServerOptions
 
 _BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-_FALLBACK_PIECE: Final = 256 * 1024
 
 
 class _Connection:
@@ -258,7 +258,7 @@ async def _sendfile(sock: socket.socket, file: BinaryIO, offset: int, count: int
 async def _send_file_pieces(stream: trio.abc.Stream, file: BinaryIO, offset: int, count: int) -> None:
     """The portable way (TLS, files without a descriptor): read in a thread, send."""
     while count:
-        data = await trio.to_thread.run_sync(read_at, file, offset, min(count, _FALLBACK_PIECE))
+        data = await trio.to_thread.run_sync(read_at, file, offset, min(count, FILE_PIECE_SIZE))
         if not data:
             raise OSError("file ended before its announced length")
         await stream.send_all(data)
