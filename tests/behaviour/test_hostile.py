@@ -763,13 +763,18 @@ def test_sigterm_delivered_to_a_worker_thread_still_stops_the_server(start_serve
         client.send(request("GET", "/echo/x"))
         assert client.read_response().body == b"x"
     pid = server.process.pid
-    # The kernel picks, for a process's signal, any thread that does not block it.
-    takers = [tid for tid in os.listdir(f"/proc/{pid}/task") if not _blocks_sigterm(pid, tid)]
+    # The kernel picks, for a process's signal, any thread that does not block it. The
+    # main thread blocks SIGTERM for a moment while it starts a worker, so look again.
+    takers: list[int] = []
+
+    def find_takers() -> bool:
+        takers[:] = [int(tid) for tid in os.listdir(f"/proc/{pid}/task") if not _blocks_sigterm(pid, tid)]
+        return bool(takers)
+
+    assert wait_for(find_takers), "every thread blocks SIGTERM"
+    # Another thread than the main one if there is one: the main thread would wake up anyway.
+    taker = next((tid for tid in takers if tid != pid), pid)
     libc = ctypes.CDLL(None, use_errno=True)
-    for tid in takers:  # the main thread last: it is the one that would wake up anyway
-        taker = int(tid)
-        if taker != pid or len(takers) == 1:
-            break
     assert libc.syscall(_TGKILL[os.uname().machine], pid, taker, signal.SIGTERM) == 0
     try:
         server.process.wait(5)
