@@ -26,8 +26,9 @@ directory answers 409; a directory we may not write to, 403.
 
 Conditional uploads answer 412 and store nothing when a precondition is false: `If-Match` (strong
 comparison with the current file's ETag; `*` needs a file to exist), else `If-Unmodified-Since`,
-then `If-None-Match` (`*`: create only; tags: weak comparison). They are checked at the first body
-bytes, so a refused body is dropped, never stored, and checked again once the body is complete.
+then `If-None-Match` (`*`: create only; tags: weak comparison). They are checked before the body
+(with the name's checks: 403, 409; a client that sent `Expect: 100-continue` gets the refusal
+instead of `100 Continue` and never sends the body), and again once the body is complete.
 `If-None-Match: *` is exact: the file is hard-linked into place, which fails if the name exists (on
 a file system without hard links: checked, then renamed). The others are a check then a rename: a
 concurrent upload of the same name that lands between the two wins (POSIX has no conditional
@@ -131,6 +132,9 @@ class _Download:
         self._files = files
         self._request = request
         self._name = name
+
+    def start(self) -> None:
+        """All the work is in `respond`: preconditions and ranges need the file's state then."""
 
     def receive(self, data: bytes) -> None:
         """A GET body has no meaning here; it is dropped."""
@@ -314,44 +318,32 @@ class _Upload:
         self._conditions = request if conditional else None
         if_none_match = field_value(request, b"if-none-match") if conditional else None
         self._create_only = if_none_match is not None and if_none_match.strip() == b"*"
-        self._checked = False
-        self._refusal: Response | None = None
         self._target = ""  # DIR/name with its symlinks resolved
         self._fd = -1
         self._temp: str | None = None
 
-    def _prepare(self) -> None:
-        """Check the target and create the temporary file; once, before the first write."""
-        self._checked = True
+    def start(self) -> Response | None:
+        """Check the target and create the temporary file, before any body byte arrives."""
         target = self._files.resolve(self._name)
         if target is None:
-            self._refusal = FORBIDDEN
-        elif os.path.isdir(target):
-            self._refusal = IS_A_DIRECTORY
-        elif self._conditions is not None and not _write_allowed(self._conditions, target):
-            self._refusal = PRECONDITION_FAILED
-        else:
-            self._target = target
-            try:
-                self._fd, self._temp = tempfile.mkstemp(dir=self._root, prefix=TEMP_PREFIX)
-            except PermissionError:  # a directory we may not write to
-                self._refusal = FORBIDDEN
+            return FORBIDDEN
+        if os.path.isdir(target):
+            return IS_A_DIRECTORY
+        if self._conditions is not None and not _write_allowed(self._conditions, target):
+            return PRECONDITION_FAILED
+        self._target = target
+        try:
+            self._fd, self._temp = tempfile.mkstemp(dir=self._root, prefix=TEMP_PREFIX)
+        except PermissionError:  # a directory we may not write to
+            return FORBIDDEN
+        return None
 
     def receive(self, data: bytes) -> None:
-        if not self._checked:
-            self._prepare()
-        fd = self._fd
-        if fd < 0:  # refused: the body is dropped
-            return
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
+            view = view[os.write(self._fd, view) :]
 
     def respond(self) -> Response:
-        if not self._checked:
-            self._prepare()
-        if self._refusal is not None:
-            return self._refusal
         fd = self._fd
         temp = self._temp
         assert temp is not None

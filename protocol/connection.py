@@ -22,8 +22,10 @@ Invariants (each pinned by tests in tests/protocol):
 - A closing response is followed by `Close` at once when all input was read, and by
   `HalfClose` then a bounded linger only when unread input may remain (closing with
   unread input would make the kernel reset the connection and destroy the response).
-- An `Exchange` gets exactly one `respond()` or one `abort()`; `abort()` also follows a
-  `receive()` or `respond()` that raised.
+- An `Exchange` gets `start()` first, before any body byte (and before a
+  `100 Continue`), then `receive()` and exactly one `respond()` or one `abort()`; a
+  Response from `start()` ends it instead (no `abort()`); `abort()` also follows a call
+  that raised.
 - Every file handed over in a `FileBody` is closed, whatever happens to the connection.
 - Nothing read after a request that ends the connection is processed.
 - Empty lines (CR, LF) before a request line are skipped (RFC 9112 §2.2); on an idle
@@ -106,6 +108,7 @@ class _Placeholder:
 
 _NOT_RUN: Final = object()
 _END_OF_MESSAGE: Final = h11.EndOfMessage()
+_CONTINUE: Final = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
 """Events are immutable: one instance serves every response."""
 
 
@@ -140,6 +143,7 @@ class ServerConnection:
         "_step_outcome",
         "_stopping",
         "_unfed",
+        "_unstarted",
         "_waiting_on",
     )
 
@@ -157,6 +161,7 @@ class ServerConnection:
         self._head = False  # the request is a HEAD: kept apart, as handlers get the Request
         self._started = now  # when the current request's first byte arrived
         self._exchange: Exchange | None = None
+        self._unstarted = False  # the exchange's start() is still to be called
         self._step_outcome: object = None
         self._body_size = 0
         self._body_expected = False  # the request declared a non-empty body
@@ -349,10 +354,11 @@ class ServerConnection:
             self._fail(500, now)
             return
         self._exchange = reply
+        self._unstarted = True
         if waiting and not (self._h11.trailing_data[0] or self._unfed):
-            self._out.append(
-                self._h11.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
-            )
+            # The client holds its body back for a 100 Continue: the exchange's start()
+            # may refuse the request first, and then the body is never sent at all.
+            self._run_step(reply, b"", False, now)
 
     def _check(self, request: Request) -> int:
         """The error status for a request head we refuse, or 0."""
@@ -407,26 +413,34 @@ class ServerConnection:
         if not chunks and not finished:
             self._emit(Receive(self._deadline))
             return
-        data = b"".join(chunks)
         exchange = self._exchange
         assert exchange is not None
+        self._run_step(exchange, b"".join(chunks), finished, now)
+
+    def _run_step(self, exchange: Exchange, data: bytes, finished: bool, now: float) -> None:
+        """Run one step of `exchange`: directly, or as a `Run` when it may block."""
+        start = self._unstarted
+        self._unstarted = False
+        self._phase = _STEP
         if exchange.may_block:
             self._step_outcome = _NOT_RUN
-            self._phase = _STEP
-            self._emit(Run(lambda: self._step(exchange, data, finished)))
+            self._emit(Run(lambda: self._step(exchange, start, data, finished)))
             return
-        self._step(exchange, data, finished)
-        self._phase = _STEP
+        self._step(exchange, start, data, finished)
         self._after_step(now)
 
-    def _step(self, exchange: Exchange, data: bytes, finished: bool) -> None:
-        """Feed body bytes to the exchange and, at the end, ask it for the response."""
+    def _step(self, exchange: Exchange, start: bool, data: bytes, finished: bool) -> None:
+        """Start the exchange if due, feed it body bytes and, at the end, ask for the response."""
         if exchange is not self._exchange:  # dropped since this step was queued
             return
         try:
-            if data:
-                exchange.receive(data)
-            self._step_outcome = exchange.respond() if finished else None
+            outcome = exchange.start() if start else None
+            if outcome is None:
+                if data:
+                    exchange.receive(data)
+                if finished:
+                    outcome = exchange.respond()
+            self._step_outcome = outcome
         except Exception as exc:
             self._step_outcome = exc
 
@@ -435,11 +449,16 @@ class ServerConnection:
         if outcome is _NOT_RUN:
             raise RuntimeError("next_action called before the Run step was run")
         self._step_outcome = None
+        h = self._h11
         if outcome is None:  # more body to come; time spent in the step is not the client's
             self._phase = _BODY
             self._deadline = now + self._config.body_timeout
+            if h.they_are_waiting_for_100_continue:  # start() accepted the request
+                self._out.append(h.send(_CONTINUE))
         elif isinstance(outcome, Response):
             self._exchange = None
+            if h.they_are_waiting_for_100_continue:  # start() refused it: as in _start_request
+                self._close_after_response = True
             self._respond(outcome, now)
         else:
             error_log.error("handler failed for %r", self._request, exc_info=cast(Exception, outcome))

@@ -59,15 +59,21 @@ class Response:
 class Exchange(Protocol):
     """A handler's side of one request whose body it reads, or whose work may block.
 
-    The core calls `receive` zero or more times with body bytes, then `respond` once
-    the body is complete; or `abort` instead, once, if the request fails or the client
-    goes away (then no response is wanted and anything half-done must be undone).
+    The core calls `start` once, before any body byte and before it answers `100
+    Continue`: a Response from it refuses the request early (a client that waits for
+    100 Continue then never sends the body; the core discards what does come), None
+    goes on. Then `receive` zero or more times with body bytes,
+    and `respond` once the body is complete; or `abort` instead, once, if the request
+    fails or the client goes away (then no response is wanted and anything half-done
+    must be undone).
     When `may_block` is true, the core hands these calls to the transport to run where
     blocking is allowed; otherwise it calls them directly.
     """
 
     @property
     def may_block(self) -> bool: ...
+
+    def start(self) -> Response | None: ...
 
     def receive(self, data: bytes) -> None: ...
 

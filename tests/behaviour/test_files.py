@@ -119,6 +119,29 @@ def test_conditional_uploads(server: Server, stored: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("headers", "status"),
+    [([("If-None-Match", "*")], 412), ([("If-Match", '"stale"')], 412), ([], 409)],
+)
+def test_a_refused_upload_is_answered_before_its_body(
+    server: Server, stored: str, headers: list[tuple[str, str]], status: int
+) -> None:
+    """With `Expect: 100-continue`, the refusal comes instead of 100 Continue (curl -T does this)."""
+    target = "sub" if status == 409 else stored
+    (server.directory / "sub").mkdir(exist_ok=True)
+    with server.client() as client:
+        fields = [("Content-Length", "1000000"), ("Expect", "100-continue"), *headers]
+        client.send(request("POST", f"/files/{target}", fields))
+        response = client.read_response("POST")
+        assert response.informational == [], response.raw
+        assert response.status == status, response.raw
+        assert response.header("connection") == b"close"
+        client.assert_closed(within=1.0)
+    assert (server.directory / stored).read_bytes() == CONTENT
+    assert not [entry for entry in server.directory_entries() if entry.startswith(".upload-")]
+    server.assert_serving()
+
+
+@pytest.mark.parametrize(
     ("spec", "start", "end"),
     [
         ("bytes=0-4", 0, 4),

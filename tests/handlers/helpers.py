@@ -13,11 +13,15 @@ def request(method: bytes, target: bytes, *headers: tuple[bytes, bytes]) -> Requ
 
 
 def call(app: App, req: Request, body: Iterable[bytes] = ()) -> Response:
-    """The response to `req`: direct, or by feeding an exchange `body` and asking it to respond."""
+    """The response to `req`: direct, or from an exchange's start() (a refusal before the body),
+    or by feeding it `body` and asking it to respond."""
     reply = app(req)
     if isinstance(reply, Response):
         return reply
     assert reply.may_block, "an exchange here touches the disk"
+    refusal = reply.start()
+    if refusal is not None:
+        return refusal
     for chunk in body:
         reply.receive(chunk)
     return reply.respond()

@@ -483,6 +483,7 @@ def test_upload(served: Path) -> None:
     assert not isinstance(exchange, Response)
     assert exchange.may_block
     assert not (served / "new").exists() and not temp_files(served), "the app itself writes nothing"
+    assert exchange.start() is None
     exchange.receive(b"hello ")
     exchange.receive(b"world")
     assert not (served / "new").exists(), "nothing visible before the body is complete"
@@ -499,6 +500,7 @@ def test_upload(served: Path) -> None:
 def test_upload_replaces_atomically(served: Path) -> None:
     exchange = build_app(served)(request(b"POST", b"/files/digits"))
     assert not isinstance(exchange, Response)
+    assert exchange.start() is None
     exchange.receive(b"new content")
     assert (served / "digits").read_bytes() == DIGITS, "readers see the old file until the end"
     with (served / "digits").open("rb") as reader:
@@ -527,6 +529,7 @@ def test_aborted_upload_leaves_nothing(served: Path, received: list[bytes], exis
     before = snapshot(served)
     exchange = build_app(served)(request(b"POST", b"/files/" + name.encode()))
     assert not isinstance(exchange, Response)
+    assert exchange.start() is None
     for chunk in received:
         exchange.receive(chunk)
     exchange.abort()
@@ -537,6 +540,7 @@ def test_aborted_upload_leaves_nothing(served: Path, received: list[bytes], exis
 def test_abort_after_a_failed_respond_removes_the_temporary_file(served: Path) -> None:
     exchange = build_app(served)(request(b"POST", b"/files/new"))
     assert not isinstance(exchange, Response)
+    assert exchange.start() is None
     exchange.receive(b"data")
     (served / "new").mkdir()  # appears meanwhile: the rename fails
     (served / "new" / "keep").write_bytes(b"")
@@ -592,20 +596,33 @@ def test_if_none_match_star_creates_only(served: Path, body: list[bytes]) -> Non
     assert snapshot(served) == before, "nothing replaced, no temporary file left"
 
 
-def test_a_refused_upload_stores_nothing_of_its_body(served: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "headers", "status"),
+    [
+        (b"digits", ((b"if-none-match", b"*"),), 412),
+        (b"digits", ((b"if-match", b'"other"'),), 412),
+        (b"missing", ((b"if-match", b"*"),), 412),
+        (b"sub", (), 409),
+        (b"escape", (), 403),
+    ],
+)
+def test_an_upload_is_refused_before_its_body(
+    served: Path, name: bytes, headers: tuple[tuple[bytes, bytes], ...], status: int
+) -> None:
+    """start() answers, so a client waiting for 100 Continue never sends the body."""
+    (served / "escape").symlink_to(served.parent / "secret.txt")
     before = snapshot(served)
-    exchange = build_app(served)(request(b"POST", b"/files/digits", (b"if-none-match", b"*")))
+    exchange = build_app(served)(request(b"POST", b"/files/" + name, *headers))
     assert not isinstance(exchange, Response)
-    exchange.receive(b"first chunk")
-    assert not temp_files(served), "refused at the first chunk: no temporary file"
-    exchange.receive(b"second chunk")
-    assert exchange.respond().status == 412
-    assert snapshot(served) == before
+    refusal = exchange.start()
+    assert refusal is not None and refusal.status == status
+    assert snapshot(served) == before and not temp_files(served)
 
 
 def test_if_none_match_star_is_exact_when_the_file_appears_during_the_upload(served: Path) -> None:
     exchange = build_app(served)(request(b"POST", b"/files/racy", (b"if-none-match", b"*")))
     assert not isinstance(exchange, Response)
+    assert exchange.start() is None
     exchange.receive(b"mine")
     (served / "racy").write_bytes(b"theirs")  # another client created it meanwhile
     assert exchange.respond().status == 412
@@ -647,6 +664,7 @@ def test_if_match_is_checked_again_when_the_body_is_complete(served: Path) -> No
     etag = digits_etag(served)
     exchange = build_app(served)(request(b"POST", b"/files/digits", (b"if-match", etag)))
     assert not isinstance(exchange, Response)
+    assert exchange.start() is None
     exchange.receive(b"mine")
     (served / "digits").write_bytes(b"theirs, and longer")  # replaced meanwhile: a new ETag
     assert exchange.respond().status == 412

@@ -62,18 +62,33 @@ def chunked(*chunks: bytes) -> bytes:
 
 
 class Recorder:
-    """An `Exchange` that records every call; `fail` names a call that raises."""
+    """An `Exchange` that records every call; `fail` names a call that raises, `refusal` is
+    what `start()` answers."""
 
-    def __init__(self, *, may_block: bool, fail: str = "", response: Response | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        may_block: bool,
+        fail: str = "",
+        response: Response | None = None,
+        refusal: Response | None = None,
+    ) -> None:
         self._may_block = may_block
         self.fail = fail
         self.response = response
+        self.refusal = refusal
         self.calls: list[str] = []
         self.body = bytearray()
 
     @property
     def may_block(self) -> bool:
         return self._may_block
+
+    def start(self) -> Response | None:
+        self.calls.append("start")
+        if self.fail == "start":
+            raise RuntimeError("start failed")
+        return self.refusal
 
     def receive(self, data: bytes) -> None:
         self.calls.append("receive")
@@ -94,7 +109,17 @@ class Recorder:
             raise RuntimeError("abort failed")
 
 
-_EXCHANGE_TARGETS = (b"/upload", b"/blocking", b"/fail-receive", b"/fail-respond", b"/blocking-fail-receive")
+_EXCHANGE_TARGETS = (
+    b"/upload",
+    b"/blocking",
+    b"/fail-receive",
+    b"/fail-respond",
+    b"/blocking-fail-receive",
+    b"/fail-start",
+    b"/blocking-fail-start",
+    b"/refuse",
+    b"/blocking-refuse",
+)
 
 
 class TrackedFile(io.BytesIO):
@@ -109,6 +134,8 @@ class App:
     /echo/{s}           200 text/plain, body s
     /upload, /blocking  an Exchange (non-blocking, blocking) that counts the body
     /fail-receive, /fail-respond, /blocking-fail-receive   exchanges that raise
+    /fail-start, /blocking-fail-start                       (in start())
+    /refuse, /blocking-refuse   exchanges whose start() answers 403 "refused"
     /file               a FileBody over a real temporary file (`file_path`)
     /memfile            a FileBody over a `TrackedFile` of `memfile_size` bytes from offset 3
     /memfile/{n}, /memfile/bad   the same with status n, or with a header h11 refuses
@@ -134,7 +161,8 @@ class App:
             return Response(int(target[8:]))
         if target in _EXCHANGE_TARGETS:
             fail = target.rsplit(b"-", 1)[1].decode() if b"fail" in target else ""
-            exchange = Recorder(may_block=b"blocking" in target, fail=fail)
+            refusal = Response(403, body=b"refused") if target.endswith(b"refuse") else None
+            exchange = Recorder(may_block=b"blocking" in target, fail=fail, refusal=refusal)
             self.exchanges.append(exchange)
             return exchange
         if target == b"/file":

@@ -265,7 +265,7 @@ def test_a_large_read_of_body_is_still_one_step_for_a_blocking_exchange() -> Non
     d = Driver(app)
     d.feed(post(b"/blocking", b"z" * 200_000))
     assert parse_one(d.take()).body == b"got 200000"
-    assert app.exchanges[0].calls == ["receive", "respond"]
+    assert app.exchanges[0].calls == ["start", "receive", "respond"]
     assert sum(isinstance(a, Run) for a in d.actions) == 1
 
 

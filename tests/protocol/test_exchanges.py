@@ -24,7 +24,8 @@ def test_an_upload_reaches_the_exchange_whole_and_in_order(target: bytes, size: 
     assert (first.status, first.body, second.body) == (201, b"got %d" % len(body), b"next")
     exchange = app.exchanges[0]
     assert bytes(exchange.body) == body
-    assert exchange.calls[-1] == "respond" and set(exchange.calls[:-1]) <= {"receive"}
+    assert exchange.calls[0] == "start" and exchange.calls[-1] == "respond"
+    assert set(exchange.calls[1:-1]) <= {"receive"}
     assert (any(isinstance(a, Run) for a in d.actions)) == (target == b"/blocking")
 
 
@@ -33,7 +34,7 @@ def test_an_exchange_without_a_body_is_asked_to_respond_once() -> None:
     d = Driver(app)
     d.feed(get(b"/upload"))
     assert parse_one(d.take()).body == b"got 0"
-    assert app.exchanges[0].calls == ["respond"]
+    assert app.exchanges[0].calls == ["start", "respond"]
 
 
 def test_blocking_steps_come_out_as_run_and_nothing_moves_until_they_ran() -> None:
@@ -45,7 +46,7 @@ def test_blocking_steps_come_out_as_run_and_nothing_moves_until_they_ran() -> No
     with pytest.raises(RuntimeError):
         d.conn.next_action(d.now)  # a transport bug: asking again before running the step
     run.step()
-    assert app.exchanges[0].calls == ["receive", "respond"]
+    assert app.exchanges[0].calls == ["start", "receive", "respond"]
     d.advance()
     assert parse_one(d.take()).status == 201
 
@@ -58,7 +59,7 @@ def test_each_body_piece_is_one_run_step() -> None:
     d.feed(request[-20:-10])
     d.feed(request[-10:])
     runs = [a for a in d.actions if isinstance(a, Run)]
-    assert len(runs) == 3 and app.exchanges[0].calls == ["receive", "receive", "receive", "respond"]
+    assert len(runs) == 3 and app.exchanges[0].calls == ["start", "receive", "receive", "receive", "respond"]
 
 
 @pytest.mark.parametrize("target", [b"/fail-receive", b"/fail-respond", b"/blocking-fail-receive"])
@@ -103,7 +104,7 @@ def test_connection_lost_mid_upload_aborts(target: bytes) -> None:
     d.conn.connection_lost()
     d.advance()
     assert d.closed and not d.output
-    assert app.exchanges[0].calls == ["receive", "abort"]
+    assert app.exchanges[0].calls == ["start", "receive", "abort"]
 
 
 @pytest.mark.parametrize("target", [b"/upload", b"/blocking"])
@@ -117,7 +118,7 @@ def test_end_of_input_mid_upload_aborts_without_a_response(target: bytes, framin
         request = get(target, b"Transfer-Encoding: chunked", method=b"POST") + chunked(b"x" * 100)[:-10]
     d.feed(request, eof=True)
     assert d.closed and not d.output
-    assert app.exchanges[0].calls == ["receive", "abort"]
+    assert app.exchanges[0].calls == ["start", "receive", "abort"]
 
 
 def test_abort_that_raises_is_logged_and_the_connection_ends(caplog: pytest.LogCaptureFixture) -> None:
@@ -178,6 +179,52 @@ def test_a_response_to_a_waiting_client_closes_the_connection() -> None:
     assert len(app.requests) == 1 and not d.output
 
 
+@pytest.mark.parametrize("target", [b"/refuse", b"/blocking-refuse"])
+def test_a_refusal_from_start_replaces_100_continue(target: bytes) -> None:
+    """A client waiting for 100 Continue gets the refusal instead, and never sends the body."""
+    app = App()
+    d = Driver(app)
+    d.feed(get(target, b"Content-Length: 5", EXPECT, method=b"POST"))
+    response = parse_one(d.take())
+    assert (response.status, response.body, response.informational) == (403, b"refused", [])
+    assert response.closes, "its next bytes may be the body after all"
+    assert app.exchanges[0].calls == ["start"], "refused: neither respond() nor abort()"
+
+
+def test_100_continue_waits_for_a_blocking_start() -> None:
+    app = App()
+    d = Driver(app, run_steps=False)
+    d.feed(get(b"/blocking", b"Content-Length: 5", EXPECT, method=b"POST"))
+    run = d.waiting
+    assert isinstance(run, Run) and not d.output, "nothing, not even 100 Continue, before start() ran"
+    run.step()
+    assert app.exchanges[0].calls == ["start"]
+    d.advance()
+    assert d.take() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert isinstance(d.waiting, Receive)
+
+
+@pytest.mark.parametrize("target", [b"/refuse", b"/blocking-refuse"])
+@pytest.mark.parametrize("size", [1, 7, 1 << 20])
+def test_a_refusal_from_start_drains_a_body_already_on_its_way(target: bytes, size: int) -> None:
+    app = App()
+    d = Driver(app)
+    d.feed(post(target, b"never stored" * 100) + get(b"/echo/next"), size)
+    first, second = parse(d.take(), 2)
+    assert (first.status, first.body, first.closes, second.body) == (403, b"refused", False, b"next")
+    assert app.exchanges[0].calls == ["start"] and not app.exchanges[0].body
+
+
+@pytest.mark.parametrize("target", [b"/fail-start", b"/blocking-fail-start"])
+def test_a_start_that_raises_gets_500_and_abort(target: bytes) -> None:
+    app = App()
+    d = Driver(app)
+    d.feed(get(target, b"Content-Length: 5", EXPECT, method=b"POST"))
+    response = parse_one(d.take())
+    assert response.status == 500 and response.informational == [] and response.closes
+    assert app.exchanges[0].calls == ["start", "abort"]
+
+
 def test_expect_on_http_1_0_is_ignored() -> None:
     d = Driver(App())
     d.feed(get(b"/upload", b"Content-Length: 2", EXPECT, method=b"POST", version=b"1.0") + b"ab")
@@ -232,7 +279,7 @@ def test_connection_lost_after_a_blocking_step_ran_undoes_only_what_is_undone(fa
     if fail:
         assert exchange.calls[-1] == "abort" and exchange.calls.count("abort") == 1
     else:
-        assert exchange.calls == ["receive", "respond"], "it responded: nothing to abort"
+        assert exchange.calls == ["start", "receive", "respond"], "it responded: nothing to abort"
         assert file.closed
 
 

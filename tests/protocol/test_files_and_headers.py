@@ -93,6 +93,9 @@ def test_a_blocking_exchange_may_answer_with_a_file(tmp_path: Path) -> None:
     class Upload:
         may_block = True
 
+        def start(self) -> None:
+            pass
+
         def receive(self, data: bytes) -> None:
             pass
 

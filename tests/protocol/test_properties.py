@@ -32,14 +32,24 @@ class Expected:
 @st.composite
 def requests(draw: st.DrawFn, *, head: bool = True) -> tuple[bytes, Expected]:
     """One valid request and the response it must get."""
-    kinds = ["echo", "root", "missing", "upload", "blocking", "ignored-body", "memfile"]
+    kinds = [
+        "echo",
+        "root",
+        "missing",
+        "upload",
+        "blocking",
+        "ignored-body",
+        "memfile",
+        "refuse",
+        "blocking-refuse",
+    ]
     kind = draw(st.sampled_from([*kinds, "head"] if head else kinds))
     word = draw(WORDS)
     version = draw(st.sampled_from([b"1.1"] * 6 + [b"1.0"]))
     close = draw(st.sampled_from([False] * 6 + [True]))
     extra = [b"Connection: close"] if close else []
     closes = close or version == b"1.0"
-    if kind in ("upload", "blocking", "ignored-body"):
+    if kind in ("upload", "blocking", "ignored-body", "refuse", "blocking-refuse"):
         body = draw(st.binary(max_size=300))
         target = b"/echo/" + word if kind == "ignored-body" else b"/" + kind.encode()
         if version == b"1.1" and draw(st.booleans()):
@@ -51,6 +61,8 @@ def requests(draw: st.DrawFn, *, head: bool = True) -> tuple[bytes, Expected]:
             data += body
         if kind == "ignored-body":
             return data, Expected(b"POST", 200, word, closes)
+        if kind.endswith("refuse"):  # refused by start(): the body is drained, unread
+            return data, Expected(b"POST", 403, b"refused", closes)
         return data, Expected(b"POST", 201, b"got %d" % len(body), closes)
     method = b"HEAD" if kind == "head" else b"GET"
     targets = {"root": b"/", "missing": b"/missing/" + word, "memfile": b"/memfile"}
@@ -100,7 +112,10 @@ def finish(d: Driver[App]) -> None:
 def check_endings(app: App) -> None:
     for exchange in app.exchanges:
         ends = [call for call in exchange.calls if call != "receive"]
-        assert ends in (["respond"], ["abort"]), exchange.calls
+        if exchange.refusal is None:
+            assert ends in (["start", "respond"], ["start", "abort"], ["abort"]), exchange.calls
+        else:  # the Response from start() ended it, or it was dropped before its first step
+            assert exchange.calls in (["start"], ["abort"]), exchange.calls
     assert all(f.closed for f in app.files)
 
 

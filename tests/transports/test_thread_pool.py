@@ -74,6 +74,9 @@ class _SlowSink:
     def __init__(self, done: threading.Event) -> None:
         self.done = done
 
+    def start(self) -> None:
+        pass
+
     def receive(self, data: bytes) -> None:
         time.sleep(0.005)
 

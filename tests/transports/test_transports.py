@@ -180,6 +180,9 @@ class _SlowUpload:
     def __init__(self, calls: list[str]) -> None:
         self.calls = calls
 
+    def start(self) -> None:
+        self.calls.append("start")
+
     def receive(self, data: bytes) -> None:
         self.calls.append("receive")
         time.sleep(0.5)
@@ -198,10 +201,10 @@ def test_cut_during_a_blocking_step_still_aborts_the_exchange(transport: str) ->
     with running(transport, lambda request: _SlowUpload(calls), options=options) as server:
         sock = server.connect()
         sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n12345")
-        _wait_for(lambda: calls == ["receive"])
+        _wait_for(lambda: calls == ["start", "receive"])
         server.stop(within=5)  # the grace period ends while receive() still runs
         sock.close()
-    assert calls == ["receive", "abort"]
+    assert calls == ["start", "receive", "abort"]
 
 
 def test_requests_before_the_client_shuts_its_side_are_all_answered(transport: str) -> None:
