@@ -64,8 +64,10 @@ def test_your_program_sh_starts_fast_with_trailing_slash(transport: str, tmp_pat
         "--directory",
         f"{directory}/",
     ]
+    stderr_path = tmp_path / "stderr.txt"
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr)
     try:
         assert process.stdout is not None
         assert select.select([process.stdout], [], [], 15)[0], "no start-up line within 15s"
@@ -73,7 +75,10 @@ def test_your_program_sh_starts_fast_with_trailing_slash(transport: str, tmp_pat
         elapsed = time.monotonic() - started
         match = LISTENING.fullmatch(line)
         assert match is not None, line
-        assert elapsed < 2.0, f"start-up took {elapsed:.2f}s"
+        # Once set up, a start only imports and binds: no pip run (the --help test above set
+        # up .venv). "Within seconds", with room for a loaded CI machine (~0.3 s when idle).
+        assert "Setting up" not in stderr_path.read_text(), "set up again"
+        assert elapsed < 10.0, f"start-up took {elapsed:.2f}s"
         with RawClient("127.0.0.1", int(match[2])) as client:
             client.send(request("GET", "/files/hello"))
             assert client.read_response().body == b"hello file"
