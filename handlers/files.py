@@ -29,10 +29,12 @@ comparison with the current file's ETag; `*` needs a file to exist), else `If-Un
 then `If-None-Match` (`*`: create only; tags: weak comparison). They are checked before the body
 (with the name's checks: 403, 409; a client that sent `Expect: 100-continue` gets the refusal
 instead of `100 Continue` and never sends the body), and again once the body is complete.
-`If-None-Match: *` is exact: the file is hard-linked into place, which fails if the name exists (on
-a file system without hard links: checked, then renamed). The others are a check then a rename: a
-concurrent upload of the same name that lands between the two wins (POSIX has no conditional
-rename, and uploads take no lock).
+The check and the rename are exact against the other uploads of this server, in all its processes:
+every upload holds an exclusive flock(2) on the directory from its last check to its rename (a few
+system calls; the body's write and fsync come before). `If-None-Match: *` is also exact against
+other programs: the file is hard-linked into place, which fails if the name exists (on a file
+system without hard links: checked, then renamed). Other programs writing to the directory take
+no such lock, and a file system without flock goes on unlocked.
 
 All disk access happens in the `Exchange`, whose `may_block` is true: the core runs it where
 blocking is allowed, never on the event loop.
@@ -41,6 +43,7 @@ blocking is allowed, never on the event loop.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import tempfile
@@ -352,22 +355,27 @@ class _Upload:
         self._fd = -1
         os.close(fd)
         path = os.path.join(self._root, self._name)
-        if self._conditions is not None:  # checked again, now that the body is in
-            allowed = _write_allowed(self._conditions, self._target)
-            if allowed and self._create_only:
-                allowed = _create(temp, path)  # exact, and done when it succeeds
-            if not allowed:
-                self.abort()  # removes the temporary file
-                return PRECONDITION_FAILED
-        if not self._create_only:
-            # The entry DIR/name itself is replaced (a symlink inside DIR is replaced, not followed).
-            os.replace(temp, path)
-        self._temp = None
         directory = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
+            # Every upload's check and rename hold the directory's lock: no other upload of
+            # this server (any of its processes) lands between a precondition and the rename.
+            locked = _lock(directory)
+            if self._conditions is not None:  # checked again, now that the body is in
+                allowed = _write_allowed(self._conditions, self._target)
+                if allowed and self._create_only:
+                    allowed = _create(temp, path)  # exact, and done when it succeeds
+                if not allowed:
+                    self.abort()  # removes the temporary file
+                    return PRECONDITION_FAILED
+            if not self._create_only:
+                # The entry DIR/name itself is replaced (a symlink inside DIR is replaced, not followed).
+                os.replace(temp, path)
+            self._temp = None
+            if locked:  # the fsync needs no lock: other uploads go on meanwhile
+                fcntl.flock(directory, fcntl.LOCK_UN)
             os.fsync(directory)
         finally:
-            os.close(directory)
+            os.close(directory)  # also releases the lock on the way out of a failure
         return CREATED
 
     def abort(self) -> None:
@@ -378,6 +386,19 @@ class _Upload:
             with suppress(FileNotFoundError):
                 os.unlink(self._temp)
             self._temp = None
+
+
+def _lock(directory: int) -> bool:
+    """Take an exclusive flock(2) on the open `directory`, held until unlocked or closed. May block.
+
+    False on a file system without flock (some network ones): then check, then rename."""
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        return False
+    return True
 
 
 def _create(temp: str, path: str) -> bool:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import tempfile
+import threading
 from email.utils import formatdate
 from pathlib import Path
 
@@ -669,6 +672,44 @@ def test_if_match_is_checked_again_when_the_body_is_complete(served: Path) -> No
     (served / "digits").write_bytes(b"theirs, and longer")  # replaced meanwhile: a new ETag
     assert exchange.respond().status == 412
     assert (served / "digits").read_bytes() == b"theirs, and longer"
+    assert not temp_files(served)
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_an_upload_checks_and_renames_under_the_directory_lock(served: Path, conditional: bool) -> None:
+    """Another upload (here: the test, holding the lock) cannot land between check and rename."""
+    etag = digits_etag(served)
+    headers = ((b"if-match", etag),) if conditional else ()
+    exchange = build_app(served)(request(b"POST", b"/files/digits", *headers))
+    assert not isinstance(exchange, Response)
+    assert exchange.start() is None
+    exchange.receive(b"mine")
+    statuses: list[int] = []
+    committer = threading.Thread(target=lambda: statuses.append(exchange.respond().status))
+    lock = os.open(served, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        committer.start()
+        committer.join(0.3)
+        assert committer.is_alive(), "waits for the lock"
+        (served / "digits").write_bytes(b"theirs, and longer")  # another upload: a new ETag
+    finally:
+        os.close(lock)
+    committer.join(5)
+    assert statuses == [412 if conditional else 201]
+    assert (served / "digits").read_bytes() == (b"theirs, and longer" if conditional else b"mine")
+    assert not temp_files(served)
+
+
+def test_an_upload_on_a_file_system_without_flock(served: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_locks(*args: object) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    etag = digits_etag(served)
+    assert upload(served, b"digits", [b"v2"], (b"if-match", etag)).status == 201
+    assert upload(served, b"digits", [b"v3"], (b"if-match", etag)).status == 412
+    assert (served / "digits").read_bytes() == b"v2"
     assert not temp_files(served)
 
 
