@@ -10,7 +10,7 @@ class Config:
     """The core's limits, timeouts and response options; frozen, so one instance serves every connection."""
 
     max_head_size: int = 16 * 1024
-    """Request line plus header fields; larger heads get 431."""
+    """Request line plus header fields; larger heads get 431 (414 when the request line alone is)."""
     max_target_length: int = 8 * 1024
     """Request target; longer targets get 414."""
     max_header_count: int = 100

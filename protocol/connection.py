@@ -312,7 +312,12 @@ class ServerConnection:
         try:
             event = self._h11.next_event()
         except h11.RemoteProtocolError as exc:
-            self._fail(exc.error_status_hint, now)
+            status = exc.error_status_hint
+            if status == 431:
+                line_end = self._h11.trailing_data[0].find(b"\n")
+                if not 0 <= line_end <= self._config.max_head_size:
+                    status = 414  # the request line alone is over the limit, as in _check
+            self._fail(status, now)
             return
         if event is h11.NEED_DATA:
             if not self._feed_slice():
@@ -368,12 +373,13 @@ class ServerConnection:
             return 505
         if request.method == b"CONNECT":  # no tunnels; a 2xx would switch h11 to raw bytes
             return 501
-        if len(request.target) > config.max_target_length:
+        size = len(request.method) + len(request.target) + 12  # the request line
+        # A request line over the head limit is 414 too, as in nginx, however it was read.
+        if len(request.target) > config.max_target_length or size > config.max_head_size:
             return 414
         headers = request.headers
         if len(headers) > config.max_header_count:
             return 431
-        size = len(request.method) + len(request.target) + 12
         length = encoding = None
         for name, value in headers:
             size += len(name) + len(value) + 4

@@ -136,7 +136,11 @@ def _header_value(value: str) -> bytes:
 
 
 _LIMITS: tuple[tuple[str, Callable[[str], object], str], ...] = (
-    ("max_head_size", _positive_int, "request line and header fields (431)"),
+    (
+        "max_head_size",
+        _positive_int,
+        "request line and header fields (431; a request line alone over it: 414)",
+    ),
     ("max_target_length", _positive_int, "request target (414)"),
     ("max_header_count", _positive_int, "header fields in one request (431)"),
     ("max_body_size", _positive_int, "request body, declared or chunked (413)"),

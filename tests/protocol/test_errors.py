@@ -70,6 +70,15 @@ def test_content_length_and_chunked_together_is_refused_before_the_app_sees_it()
     assert status == 400 and d.app.requests == [] and d.app.exchanges == []
 
 
+@pytest.mark.parametrize("size", FRAGMENT_SIZES)
+def test_a_request_line_longer_than_the_head_limit_gets_414(size: int) -> None:
+    """As in nginx: a request line too long for the head's limit is 414, a long field 431."""
+    config = Config(max_head_size=512, access_log=False)
+    assert refused(get(b"/" + b"a" * 600), size, config=config)[0] == 414
+    assert refused(b"x" * 600, size, config=config)[0] == 414, "a long line, whatever it holds"
+    assert refused(get(b"/", b"X-Long: " + b"a" * 600), size, config=config)[0] == 431
+
+
 def test_a_long_target_gets_414() -> None:
     config = Config(max_target_length=100, access_log=False)
     assert refused(get(b"/" + b"a" * 100), config=config)[0] == 414
