@@ -476,6 +476,8 @@ class ThreadServer:
                     if not self._tls:
                         sock.shutdown(socket.SHUT_WR)
                 else:  # Close
+                    if self._tls:
+                        _send_close_notify(cast("ssl.SSLSocket", sock))
                     return _OVER
             except BlockingIOError:
                 return self._wait_for(connection, action, _READ if type(action) is Receive else _WRITE)
@@ -552,6 +554,13 @@ class ThreadServer:
         connection.conn = None  # a stale heap entry may keep the shell a while, not the core
         connection.action = None
         connection.out = b""
+
+
+def _send_close_notify(sock: ssl.SSLSocket) -> None:
+    """Send TLS's close_notify without waiting for the peer's, as trio and asyncio do: the
+    client can then tell the end of a response from a cut. Best effort: a full socket skips it."""
+    with contextlib.suppress(OSError, ValueError):  # SSLError (want read or write) is an OSError
+        sock.unwrap()
 
 
 def serve(

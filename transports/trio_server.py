@@ -103,7 +103,9 @@ class TrioServer:
             context = self._options.ssl_context
             stream: trio.abc.Stream = tcp
             if context is not None:
-                stream = trio.SSLStream(tcp, context, server_side=True, https_compatible=True)
+                # Standard TLS closes: aclose() sends close_notify, so a client can tell the
+                # end of a response from a cut (a peer's cut is BrokenResourceError: lost).
+                stream = trio.SSLStream(tcp, context, server_side=True)
             peer = peer_name(sock)
             conn = ServerConnection(self._app, self._config, now=trio.current_time(), peer=peer)
         except Exception:

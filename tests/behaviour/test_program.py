@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import select
+import socket
 import ssl
 import subprocess
 import threading
@@ -137,6 +138,23 @@ def test_tls(start_server: StartServer, ca: trustme.CA, tmp_path: Path) -> None:
     with RawClient(server.host, server.port, tls=context) as client:
         client.send(request("GET", "/echo/still"))
         assert client.read_response().body == b"still"
+
+
+def test_tls_ends_a_closing_connection_with_close_notify(
+    start_server: StartServer, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """A client can tell the end of the stream from a cut (RFC 8446 §6.1), as with nginx."""
+    server = start_server(*_tls_options(ca, tmp_path))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    for head in (request("GET", "/echo/bye", [("Connection", "close")]), b"GET /echo/bye HTTP/1.0\r\n\r\n"):
+        raw = socket.create_connection((server.host, server.port), timeout=5)
+        with context.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as tls:
+            tls.sendall(head)
+            received = b""
+            while chunk := tls.recv(65536):  # a cut without close_notify raises SSLEOFError
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 200 ") and received.endswith(b"bye"), received
 
 
 def test_workers(start_server: StartServer) -> None:
