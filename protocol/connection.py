@@ -25,7 +25,7 @@ Invariants (each pinned by tests in tests/protocol):
 - An `Exchange` gets `start()` first, before any body byte (and before a
   `100 Continue`), then `receive()` and exactly one `respond()` or one `abort()`; a
   Response from `start()` ends it instead (no `abort()`); `abort()` also follows a call
-  that raised.
+  that raised. One dropped before `start()` (say, the client left first) gets no call.
 - Every file handed over in a `FileBody` is closed, whatever happens to the connection.
 - Nothing read after a request that ends the connection is processed.
 - Empty lines (CR, LF) before a request line are skipped (RFC 9112 §2.2); on an idle
@@ -425,27 +425,34 @@ class ServerConnection:
 
     def _run_step(self, exchange: Exchange, data: bytes, finished: bool, now: float) -> None:
         """Run one step of `exchange`: directly, or as a `Run` when it may block."""
-        start = self._unstarted
-        self._unstarted = False
         self._phase = _STEP
         if exchange.may_block:
             self._step_outcome = _NOT_RUN
-            self._emit(Run(lambda: self._step(exchange, start, data, finished)))
+            self._emit(Run(lambda: self._step(exchange, data, finished)))
             return
-        self._step(exchange, start, data, finished)
+        self._step(exchange, data, finished)
         self._after_step(now)
 
-    def _step(self, exchange: Exchange, start: bool, data: bytes, finished: bool) -> None:
-        """Start the exchange if due, feed it body bytes and, at the end, ask for the response."""
+    def _step(self, exchange: Exchange, data: bytes, finished: bool) -> None:
+        """Start the exchange if due, feed it body bytes and, at the end, ask for the response.
+
+        Runs where the transport runs `Run` steps, never while the core is called."""
         if exchange is not self._exchange:  # dropped since this step was queued
             return
         try:
-            outcome = exchange.start() if start else None
+            outcome = None
+            if self._unstarted:
+                self._unstarted = False  # from here on, an exchange that fails is aborted
+                outcome = exchange.start()
             if outcome is None:
                 if data:
                     exchange.receive(data)
                 if finished:
                     outcome = exchange.respond()
+                    if outcome is None:  # it would read as "more body to come"
+                        raise TypeError("respond() returned None")
+            if outcome is not None and not isinstance(outcome, Response):
+                raise TypeError(f"{exchange!r} gave {outcome!r}, not a Response")
             self._step_outcome = outcome
         except Exception as exc:
             self._step_outcome = exc
@@ -686,6 +693,9 @@ class ServerConnection:
         if exchange is None:
             return
         self._exchange = None
+        if self._unstarted:  # never started (a queued first step will find it dropped): nothing to undo
+            self._unstarted = False
+            return
         if exchange.may_block:
             self._emit(Run(lambda: _abort(exchange)))
         else:

@@ -64,8 +64,9 @@ class Exchange(Protocol):
     100 Continue then never sends the body; the core discards what does come), None
     goes on. Then `receive` zero or more times with body bytes,
     and `respond` once the body is complete; or `abort` instead, once, if the request
-    fails or the client goes away (then no response is wanted and anything half-done
-    must be undone).
+    fails or the client goes away after `start` (then no response is wanted and anything
+    half-done must be undone). One dropped before `start` gets no call at all: set
+    things up in `start`, not when the app creates the exchange.
     When `may_block` is true, the core hands these calls to the transport to run where
     blocking is allowed; otherwise it calls them directly.
     """

@@ -144,7 +144,9 @@ def test_a_chunked_body_over_the_limit_gets_413(size: int) -> None:
     head = get(b"/upload", b"Transfer-Encoding: chunked", method=b"POST")
     status, d = refused(head + chunked(b"a" * 600, b"b" * 600), size, config)
     assert status == 413
-    assert d.app.exchanges[0].calls[-1] == "abort" and "respond" not in d.app.exchanges[0].calls
+    calls = d.app.exchanges[0].calls
+    assert "respond" not in calls
+    assert calls == [] or calls[-1] == "abort", "dropped before start(), or aborted after it"
 
 
 @pytest.mark.parametrize(
@@ -160,8 +162,9 @@ def test_a_malformed_chunk_gets_400_and_nothing_after_it_is_processed(body: byte
     head = get(b"/upload", b"Transfer-Encoding: chunked", method=b"POST")
     status, d = refused(head + body)
     assert status in (400, 413)
-    exchange = d.app.exchanges[0]
-    assert exchange.calls[-1] == "abort" and "respond" not in exchange.calls
+    calls = d.app.exchanges[0].calls
+    assert "respond" not in calls
+    assert calls == [] or calls[-1] == "abort", "dropped before start(), or aborted after it"
 
 
 def test_an_error_while_draining_an_unread_body_closes_silently() -> None:
@@ -266,7 +269,9 @@ def test_long_chunk_lines_are_refused_however_they_arrive(body: bytes, size: int
     head = get(b"/upload", b"Transfer-Encoding: chunked", method=b"POST")
     status, d = refused(head + body, size)
     assert status == 431
-    assert d.app.exchanges[0].calls[-1] == "abort"
+    calls = d.app.exchanges[0].calls
+    assert "respond" not in calls
+    assert calls == [] or calls[-1] == "abort", "dropped before start(), or aborted after it"
 
 
 def test_a_large_read_of_body_is_still_one_step_for_a_blocking_exchange() -> None:

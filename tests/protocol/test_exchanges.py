@@ -215,6 +215,18 @@ def test_a_refusal_from_start_drains_a_body_already_on_its_way(target: bytes, si
     assert app.exchanges[0].calls == ["start"] and not app.exchanges[0].body
 
 
+@pytest.mark.parametrize("may_block", [False, True])
+def test_a_respond_that_returns_none_is_a_500_at_once(may_block: bool) -> None:
+    """None is not "more body to come" at the end of the body: a handler bug, answered now."""
+    exchange = Recorder(may_block=may_block)
+    exchange.respond = lambda: None  # type: ignore[assignment,method-assign,return-value]
+    d = Driver(lambda request: exchange)
+    d.feed(post(b"/", b"abc"))
+    response = parse_one(d.take())
+    assert response.status == 500 and response.closes
+    assert exchange.calls == ["start", "receive", "abort"]
+
+
 @pytest.mark.parametrize("target", [b"/fail-start", b"/blocking-fail-start"])
 def test_a_start_that_raises_gets_500_and_abort(target: bytes) -> None:
     app = App()
@@ -283,7 +295,8 @@ def test_connection_lost_after_a_blocking_step_ran_undoes_only_what_is_undone(fa
         assert file.closed
 
 
-def test_connection_lost_before_a_blocking_step_ran_aborts() -> None:
+def test_connection_lost_before_the_first_step_ran_leaves_the_exchange_untouched() -> None:
+    """Never started, so nothing to undo: neither start() nor abort()."""
     app = App()
     d = Driver(app, run_steps=False)
     d.feed(post(b"/blocking", b"abc"))
@@ -291,7 +304,29 @@ def test_connection_lost_before_a_blocking_step_ran_aborts() -> None:
     d.conn.connection_lost()  # the step is abandoned, never run
     d.run_steps = True
     d.advance()
-    assert d.closed and app.exchanges[0].calls == ["abort"]
+    assert d.closed and app.exchanges[0].calls == []
+
+
+@pytest.mark.parametrize("target", [b"/upload", b"/blocking"])
+def test_connection_lost_after_start_aborts(target: bytes) -> None:
+    app = App()
+    d = Driver(app)
+    request = post(target, b"abcdef")
+    d.feed(request[:-3])
+    assert app.exchanges[0].calls == ["start", "receive"]
+    d.conn.connection_lost()
+    d.advance()
+    assert d.closed and app.exchanges[0].calls == ["start", "receive", "abort"]
+
+
+@pytest.mark.parametrize("target", [b"/upload", b"/blocking"])
+def test_a_body_timeout_before_the_first_body_byte_leaves_the_exchange_untouched(target: bytes) -> None:
+    app = App()
+    d = Driver(app)
+    d.feed(get(target, b"Content-Length: 5", method=b"POST"))
+    d.expire()
+    assert parse_one(d.take()).status == 408
+    assert app.exchanges[0].calls == []
 
 
 def test_an_app_returning_neither_a_response_nor_an_exchange_gets_500(
@@ -377,7 +412,9 @@ def test_connection_lost_while_a_413_goes_out_still_aborts_the_upload() -> None:
     app = App()
     d = Driver(app, Config(access_log=False, max_body_size=50))
     request = get(b"/blocking", b"Transfer-Encoding: chunked", method=b"POST")
-    d.conn.receive_data(request + chunked(b"x" * 40, b"y" * 30), d.now)
+    d.feed(request + b"28\r\n" + b"x" * 40 + b"\r\n")  # started: it now has something to undo
+    assert app.exchanges[0].calls == ["start", "receive"]
+    d.conn.receive_data(b"1e\r\n" + b"y" * 30 + b"\r\n0\r\n\r\n", d.now)
     action = d.advance(stop_at=(Send,))
     assert isinstance(action, Send) and action.data.startswith(b"HTTP/1.1 413 ")
     d.conn.connection_lost()  # the client reset while the 413 was being sent
@@ -396,4 +433,4 @@ def test_a_body_step_queued_behind_a_failed_send_is_not_run() -> None:
     d.conn.connection_lost()  # sending the first response failed
     d.run_steps = True
     d.advance()
-    assert d.closed and app.exchanges[0].calls == ["abort"]
+    assert d.closed and app.exchanges[0].calls == [], "never started: nothing to undo"
