@@ -370,7 +370,7 @@ class ThreadServer:
         while (connection := ready.get()) is not None:
             try:
                 outcome = self._serve(connection)
-            except Exception:
+            except BaseException:  # even SystemExit from a handler: the worker must go on
                 error_log.exception("connection from %s failed", connection.peer)
                 self._abandon(connection)
                 outcome = _OVER
@@ -433,8 +433,12 @@ class ThreadServer:
         ready = self._ready
         action = connection.action  # the action it waited for, tried again; else a new one
         connection.action = None
+        # A response cut short (a write failed or timed out) ends without TLS's close_notify,
+        # so the client sees the cut. From there to Close nothing waits: a local will do.
+        cut = False
         if connection.timed_out:
             connection.timed_out = False
+            cut = type(action) is not Receive
             action = None
             connection.out = b""
             connection.file_left = 0
@@ -455,20 +459,27 @@ class ThreadServer:
             try:
                 if type(action) is Receive:
                     if ready.qsize() and monotonic() > turn_end:
-                        # A client that always has data (say, a fast upload) goes behind
-                        # the connections waiting for a worker now and then. Not after
-                        # every request: workers that are always runnable convoy on the
-                        # GIL, and the reactor, starved of it, parks and wakes late.
+                        # A client that always has data (say, a fast upload) or always
+                        # takes it (a fast download) goes behind the connections waiting
+                        # for a worker now and then. Not after every request: workers
+                        # that are always runnable convoy on the GIL, and the reactor,
+                        # starved of it, parks and wakes late.
                         connection.action = action
                         return _YIELD
                     conn.receive_data(sock.recv(RECEIVE_SIZE), monotonic())
                 elif type(action) is Send:
                     if not resumed:
                         connection.out = action.data
+                        if ready.qsize() and monotonic() > turn_end:  # as at Receive
+                            connection.action = action  # resumed later, from the start
+                            return _YIELD
                     self._send_out(connection)
                 elif type(action) is SendFile:
                     if not resumed:
                         connection.file_offset, connection.file_left = action.offset, action.count
+                        if ready.qsize() and monotonic() > turn_end:  # as at Receive
+                            connection.action = action
+                            return _YIELD
                     self._send_file(connection, action)
                 elif type(action) is Run:
                     action.step()
@@ -476,7 +487,7 @@ class ThreadServer:
                     if not self._tls:
                         sock.shutdown(socket.SHUT_WR)
                 else:  # Close
-                    if self._tls:
+                    if self._tls and not cut:
                         _send_close_notify(cast("ssl.SSLSocket", sock))
                     return _OVER
             except BlockingIOError:
@@ -490,6 +501,7 @@ class ThreadServer:
             except OSError:
                 connection.out = b""
                 connection.file_left = 0
+                cut = True
                 conn.connection_lost()
             action = None
 

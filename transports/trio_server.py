@@ -117,9 +117,9 @@ class TrioServer:
         self._connections.add(connection)
         if self._stop.is_set():  # accepted just before shutdown began
             conn.shutdown()
-        clean = False
+        clean = graceful = False
         try:
-            await self._drive(stream, tcp, None if context else sock, connection)
+            graceful = await self._drive(stream, tcp, None if context else sock, connection)
             clean = True
         except Exception:
             error_log.exception("connection from %s failed", peer)
@@ -130,7 +130,7 @@ class TrioServer:
                 except Exception:
                     error_log.exception("cleaning up the connection from %s failed", peer)
             with trio.move_on_after(1):  # bounds a TLS close_notify to a stalled peer
-                await (stream.aclose() if clean else trio.aclose_forcefully(stream))
+                await (stream.aclose() if graceful else trio.aclose_forcefully(stream))
             self._connections.discard(connection)
             self._slots.release()
             if not self._connections and self._stop.is_set():
@@ -142,20 +142,25 @@ class TrioServer:
         tcp: trio.SocketStream,
         raw: socket.socket | None,
         connection: _Connection,
-    ) -> None:
+    ) -> bool:
         """The loop every transport has: ask the core, perform, report, until Close.
 
         Without TLS, `raw` is the socket itself: reads and writes that need no waiting
         use it directly, which spares a cancel scope per request (the hot path).
+        Returns whether the close is graceful: something was received (so a TLS handshake
+        completed) and no response was cut. Only then does TLS's close_notify go out.
         """
         conn = connection.conn
         current_time = trio.current_time
+        received = False
+        cut = False
         while True:
             action = conn.next_action(current_time())
             try:
                 if type(action) is Receive:
                     data = await _receive(stream, raw, action.deadline, connection)
                     if data is not None:
+                        received = True
                         conn.receive_data(data, current_time())
                     elif connection.abandoned:
                         connection.abandoned = False  # shutdown: ask again, the core closes
@@ -174,6 +179,7 @@ class TrioServer:
                     with trio.move_on_at(_at(action.deadline)) as scope:
                         await stream.send_all(data)
                     if scope.cancelled_caught:
+                        cut = True
                         conn.timeout(current_time())
                 elif type(action) is SendFile:
                     with trio.move_on_at(_at(action.deadline)) as scope:
@@ -182,6 +188,7 @@ class TrioServer:
                         else:
                             await _send_file_pieces(stream, action.file, action.offset, action.count)
                     if scope.cancelled_caught:
+                        cut = True
                         conn.timeout(current_time())
                 elif type(action) is Run:
                     await trio.to_thread.run_sync(action.step)
@@ -189,8 +196,9 @@ class TrioServer:
                     if raw is not None:
                         await tcp.send_eof()
                 else:  # Close
-                    return
+                    return received and not cut
             except _BROKEN:
+                cut = True
                 conn.connection_lost()
 
 

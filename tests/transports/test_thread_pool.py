@@ -114,6 +114,51 @@ def test_a_client_that_always_has_data_does_not_starve_the_others() -> None:
             upload.close()
 
 
+class _SlowAnswer:
+    """A request whose blocking step takes a while; its response is small."""
+
+    may_block = True
+
+    def start(self) -> None:
+        pass
+
+    def receive(self, data: bytes) -> None:
+        pass
+
+    def respond(self) -> Response:
+        time.sleep(0.005)
+        return Response(200, (), b"slow")
+
+
+def test_pipelined_requests_that_never_wait_do_not_starve_the_others() -> None:
+    """Steps and sends, no Receive in between (all requests already read), no wait either."""
+
+    def app(request: Request) -> Response | _SlowAnswer:
+        return _SlowAnswer() if request.target == b"/slow" else Response(200, (), b"quick")
+
+    count = 200  # a second of steps for the one worker
+    with running("threads", app, options=ServerOptions(port=0, threads=1)) as server:
+        with server.connect() as pipelined:
+            pipelined.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" * count)
+            reader = threading.Thread(target=_read_quietly, args=(pipelined,), daemon=True)
+            reader.start()
+            time.sleep(0.1)  # the worker is busy with the pipelined requests
+            with server.connect() as other:
+                started = time.monotonic()
+                other.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert read_until_close(other).endswith(b"quick")
+                waited = time.monotonic() - started
+            pipelined.shutdown(socket.SHUT_RDWR)
+            reader.join(10)
+        assert waited < 0.5, f"a small request waited {waited:.2f}s behind {count} pipelined ones"
+
+
+def _read_quietly(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while sock.recv(65536):
+            pass
+
+
 def _send_quietly(sock: socket.socket, data: bytes) -> None:
     with contextlib.suppress(OSError):
         sock.sendall(data)

@@ -125,6 +125,41 @@ def test_a_file_shorter_than_announced_drops_only_its_connection(transport: str,
             assert read_until_close(sock).endswith(b"fine")
 
 
+def _read_tls_to_the_end(sock: ssl.SSLSocket) -> tuple[bytes, bool]:
+    """All the bytes, and whether the stream ended with close_notify (not a bare cut)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (ssl.SSLEOFError, ConnectionResetError):
+        return data, False
+    return data, True
+
+
+def test_tls_ends_whole_responses_with_close_notify_and_cut_ones_without(
+    transport: str, tmp_path: Path, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    """A client that trusts close_notify (RFC 8446 §6.1) must see a cut response as cut."""
+    server_context, client_context = tls
+    (tmp_path / "short").write_bytes(b"x" * 1000)
+
+    def app(request: Request) -> Response:
+        if request.target == b"/short":  # claims more bytes than the file holds
+            return Response(200, (), FileBody(open(tmp_path / "short", "rb"), 0, 5000))
+        return Response(200, (), b"whole")
+
+    with running(transport, app, options=ServerOptions(port=0, ssl_context=server_context)) as server:
+        for target, ends_cleanly in ((b"/whole", True), (b"/short", False)):
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            with client_context.wrap_socket(
+                raw, server_hostname="localhost", suppress_ragged_eofs=False
+            ) as sock:
+                sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target)
+                data, clean = _read_tls_to_the_end(sock)
+            assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert clean is ends_cleanly, (target, len(data))
+
+
 def test_a_file_body_without_a_descriptor_is_sent_whole(transport: str) -> None:
     content = os.urandom(1024 * 1024 + 17)  # several pieces, more than a socket buffer holds
 
