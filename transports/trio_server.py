@@ -295,11 +295,11 @@ async def serve(
     server = TrioServer(app, config, options, ports(sockets))
     try:
         async with trio.open_nursery() as connections:
+            if options.handle_signals:  # until the very end: a second signal cuts the grace period
+                connections.start_soon(server._watch_signals)
             async with trio.open_nursery() as accepting:
                 for sock in sockets:
                     accepting.start_soon(server._accept, sock, connections)
-                if options.handle_signals:
-                    accepting.start_soon(server._watch_signals)
                 task_status.started(server)
                 await server._stop.wait()
                 accepting.cancel_scope.cancel()

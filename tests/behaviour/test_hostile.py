@@ -851,6 +851,25 @@ def test_sigterm_lets_a_download_finish(start_server: StartServer) -> None:
     assert time.monotonic() - started < 5.0
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_cuts_at_once_and_leaves_nothing(start_server: StartServer, signum: int) -> None:
+    """Regression (trio): the second signal killed the process, which left `.upload-*` behind."""
+    server = start_server("--shutdown-grace", "30")
+    with server.client() as client:
+        client.send(request("POST", "/files/stalled", [("Content-Length", "200000")], b"u" * 100000))
+        assert wait_for(lambda: bool(server.directory_entries()))  # the upload is under way
+        started = time.monotonic()
+        server.process.send_signal(signum)
+        time.sleep(0.3)
+        assert server.process.poll() is None, "waits for the upload, within the grace period"
+        server.process.send_signal(signum)
+        assert server.process.wait(5) == 0, server.stderr()
+        server.stopped = True
+        assert time.monotonic() - started < 3.0
+    assert server.directory_entries() == set(), "the cut upload left nothing"
+    assert "Traceback" not in server.stderr()
+
+
 def test_sigterm_grace_cuts_a_stalled_download(start_server: StartServer) -> None:
     server = start_server("--shutdown-grace", "1")
     (server.directory / "big").write_bytes(b"d" * (32 * 1024 * 1024))
