@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -57,9 +58,13 @@ error_log: Final = logging.getLogger("httpserver.error")
 # RFC 9110's reason phrases where Python 3.11's http.HTTPStatus still has older ones.
 _REASONS: Final = {status.value: status.phrase.encode() for status in HTTPStatus} | {
     413: b"Content Too Large",
+    414: b"URI Too Long",
+    416: b"Range Not Satisfiable",
     422: b"Unprocessable Content",
 }
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+_HOST: Final = re.compile(rb"(?:\[[0-9A-Za-z:.]+\]|[-0-9A-Za-z._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+"""RFC 9112 §3.2's Host value: uri-host [":" port], uri-host an IP literal or a reg-name."""
 _INTERNAL_ERROR_BODY: Final = b"500 Internal Server Error\n"
 _INTERNAL_ERROR: Final = (
     b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
@@ -380,16 +385,20 @@ class ServerConnection:
         headers = request.headers
         if len(headers) > config.max_header_count:
             return 431
-        length = encoding = None
+        length = encoding = host = None
         for name, value in headers:
             size += len(name) + len(value) + 4
             if name == b"content-length":
                 length = value
             elif name == b"transfer-encoding":
                 encoding = value
+            elif name == b"host":
+                host = value
         if size > config.max_head_size:
             return 431
         if length is not None and encoding is not None:  # RFC 9112 §6.1: a smuggling vector
+            return 400
+        if host is not None and _HOST.fullmatch(host) is None:  # RFC 9112 §3.2: a MUST (h11 checks presence)
             return 400
         declared = 0 if length is None else int(length)
         if declared > config.max_body_size:

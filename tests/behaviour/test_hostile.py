@@ -215,6 +215,8 @@ def test_connect_is_refused(server: Server) -> None:
         b"GET /echo/a HTTP/1.1\r\nHost: a\r\nX-Space : b\r\n\r\n",
         b"GET /echo/a HTTP/1.1\r\nHost: a\r\nNo-Colon\r\n\r\n",
         b"GET /echo/a HTTP/1.1\r\nHost: a\r\nX\tTab: b\r\n\r\n",
+        b"GET /echo/a HTTP/1.1\r\nHost: a/b\r\n\r\n",
+        b"GET /echo/a HTTP/1.1\r\nHost: x:80:80\r\n\r\n",
     ],
     ids=[
         "no-host",
@@ -225,6 +227,8 @@ def test_connect_is_refused(server: Server) -> None:
         "space-before-colon-2",
         "no-colon",
         "bad-name",
+        "host-with-slash",
+        "host-with-two-ports",
     ],
 )
 def test_bad_header_fields_are_400(server: Server, head: bytes) -> None:

@@ -289,3 +289,37 @@ def test_a_large_read_of_pipelined_requests_is_answered_in_one_send() -> None:
     d.feed(b"".join(requests))
     assert sum(isinstance(a, Send) for a in d.actions) == 1
     assert [r.body for r in parse(d.take(), len(requests))] == [b"%d" % i for i in range(2000)]
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        (413, b"Content Too Large"),
+        (414, b"URI Too Long"),
+        (416, b"Range Not Satisfiable"),
+        (404, b"Not Found"),
+    ],
+)
+def test_reason_phrases_are_rfc_9110s(status: int, reason: bytes) -> None:
+    d = Driver(App())
+    d.feed(get(b"/status/%d" % status))
+    assert d.take().startswith(b"HTTP/1.1 %d %s\r\n" % (status, reason))
+
+
+@pytest.mark.parametrize(
+    "host",
+    [b"example.com", b"example.com:8080", b"127.0.0.1:4221", b"[::1]:4221", b"[::1]", b"", b"x:", b"a-b_c~d"],
+)
+def test_a_valid_host_is_served(host: bytes) -> None:
+    d = Driver(App())
+    d.feed(b"GET /echo/ok HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+    assert parse_one(d.take()).body == b"ok"
+
+
+@pytest.mark.parametrize(
+    "host", [b"a/b", b"a b", b"user@x", b"x:abc", b"x:80:80", b"[::1", b"a\\b", b"x?y", b"x#y"]
+)
+def test_an_invalid_host_is_400(host: bytes) -> None:
+    """RFC 9112 §3.2: a server MUST answer 400 to a Host field with an invalid value."""
+    status, d = refused(b"GET /echo/x HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+    assert status == 400 and d.app.requests == []
