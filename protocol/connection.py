@@ -425,6 +425,9 @@ class ServerConnection:
                 return
             chunks.append(event.data)
         finished = type(event) is h11.EndOfMessage
+        if not finished and self._chunk_past_limit():
+            self._fail(413, now)  # now, not once the client has sent up to the limit
+            return
         if not chunks and not finished:
             self._emit(Receive(self._deadline))
             return
@@ -614,8 +617,18 @@ class ServerConnection:
                 self._begin_close(now, linger=False)
         elif type(event) is h11.EndOfMessage:
             self._next_cycle(now)
+        elif self._chunk_past_limit():
+            self._begin_close(now, linger=False)
         elif not self._feed_slice():
             self._emit(Receive(self._deadline))
+
+    def _chunk_past_limit(self) -> bool:
+        """Whether the chunk being read was announced to end past max_body_size.
+
+        h11 keeps the bytes left of the current chunk private (`_bytes_in_chunk`; h11 is
+        pinned and tests cover it); 0 outside chunked bodies."""
+        left: int = getattr(self._h11._reader, "_bytes_in_chunk", 0)
+        return self._body_size + left > self._config.max_body_size
 
     def _next_cycle(self, now: float) -> None:
         h = self._h11

@@ -278,6 +278,20 @@ def test_body_over_limit_is_413(limited: Server) -> None:
     limited.assert_serving()
 
 
+@pytest.mark.parametrize("size_line", [b"%x" % (MAX_BODY + 1), b"ffffffffffffffffffff"])
+def test_a_chunk_announced_over_the_limit_is_413_at_once(limited: Server, size_line: bytes) -> None:
+    """Refused on its size line, as nginx does, not after the body timeout (1 s here)."""
+    name = unique()
+    before = limited.directory_entries()
+    with limited.client() as client:
+        head = request("POST", f"/files/{name}", [("Transfer-Encoding", "chunked")])
+        client.send(head + size_line + b"\r\nabc")
+        response = client.read_response("POST")
+        assert response.status == 413, response.raw  # was 408, at the body timeout
+    assert wait_for(lambda: limited.directory_entries() == before)
+    limited.assert_serving()
+
+
 def test_chunked_body_over_limit_is_413(limited: Server) -> None:
     name = unique()
     before = limited.directory_entries()

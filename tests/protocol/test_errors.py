@@ -323,3 +323,23 @@ def test_an_invalid_host_is_400(host: bytes) -> None:
     """RFC 9112 §3.2: a server MUST answer 400 to a Host field with an invalid value."""
     status, d = refused(b"GET /echo/x HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
     assert status == 400 and d.app.requests == []
+
+
+@pytest.mark.parametrize("size_line", [b"3e9", b"10000", b"ffffffffffffffffffff"])
+@pytest.mark.parametrize("target", [b"/upload", b"/blocking"])
+def test_a_chunk_announced_past_the_body_limit_gets_413_at_once(size_line: bytes, target: bytes) -> None:
+    """As nginx: the chunk's size line is enough; the server does not wait for its bytes."""
+    d = Driver(App(), Config(max_body_size=1000, access_log=False))
+    d.feed(get(target, b"Transfer-Encoding: chunked", method=b"POST") + b"100\r\n" + b"a" * 256 + b"\r\n")
+    assert not d.output, "256 bytes are within the limit"
+    d.feed(size_line + b"\r\nabc")
+    response = parse_one(d.take())
+    assert response.status == 413 and response.closes
+    assert d.app.exchanges[0].calls[-1] == "abort"
+
+
+def test_draining_stops_at_a_chunk_announced_past_the_body_limit() -> None:
+    d = Driver(App(), Config(max_body_size=1000, access_log=False))
+    d.feed(get(b"/echo/early", b"Transfer-Encoding: chunked", method=b"POST") + b"ffffffff\r\nabc")
+    assert parse_one(d.take()).body == b"early"
+    assert d.closed, "nothing of that body is worth reading"
