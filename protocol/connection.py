@@ -429,6 +429,9 @@ class ServerConnection:
             self._fail(413, now)  # now, not once the client has sent up to the limit
             return
         if not chunks and not finished:
+            if self._bare_lf_waiting():
+                self._fail(400, now)
+                return
             self._emit(Receive(self._deadline))
             return
         exchange = self._exchange
@@ -617,7 +620,7 @@ class ServerConnection:
                 self._begin_close(now, linger=False)
         elif type(event) is h11.EndOfMessage:
             self._next_cycle(now)
-        elif self._chunk_past_limit():
+        elif self._chunk_past_limit() or self._bare_lf_waiting():
             self._begin_close(now, linger=False)
         elif not self._feed_slice():
             self._emit(Receive(self._deadline))
@@ -629,6 +632,15 @@ class ServerConnection:
         pinned and tests cover it); 0 outside chunked bodies."""
         left: int = getattr(self._h11._reader, "_bytes_in_chunk", 0)
         return self._body_size + left > self._config.max_body_size
+
+    def _bare_lf_waiting(self) -> bool:
+        """Whether h11 waits on a chunk line ended by a bare LF, for ever: it reads heads with
+        bare LFs but chunk lines only with CRLF. RFC 9112 §2.2 lets a server refuse them.
+
+        Called only when h11 needs more body: what it holds then is at most a part of a
+        chunk-size line or of the trailers, so this is cheap."""
+        buffered = self._h11.trailing_data[0]
+        return buffered.count(b"\n") != buffered.count(b"\r\n")
 
     def _next_cycle(self, now: float) -> None:
         h = self._h11

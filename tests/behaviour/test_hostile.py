@@ -292,6 +292,18 @@ def test_a_chunk_announced_over_the_limit_is_413_at_once(limited: Server, size_l
     limited.assert_serving()
 
 
+def test_bare_lf_chunk_lines_are_400_at_once(limited: Server) -> None:
+    """Was: no answer until the body timeout, then 408."""
+    name = unique()
+    with limited.client() as client:
+        head = request("POST", f"/files/{name}", [("Transfer-Encoding", "chunked"), ("Connection", "close")])
+        client.send(head + b"3\nabc\n0\n\n")
+        response = client.read_response("POST")
+        assert response.status == 400, response.raw
+    assert not (limited.directory / name).exists()
+    limited.assert_serving()
+
+
 def test_chunked_body_over_limit_is_413(limited: Server) -> None:
     name = unique()
     before = limited.directory_entries()

@@ -343,3 +343,30 @@ def test_draining_stops_at_a_chunk_announced_past_the_body_limit() -> None:
     d.feed(get(b"/echo/early", b"Transfer-Encoding: chunked", method=b"POST") + b"ffffffff\r\nabc")
     assert parse_one(d.take()).body == b"early"
     assert d.closed, "nothing of that body is worth reading"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"3\nabc\r\n0\r\n\r\n", b"3\r\nabc\r\n0\n\n", b"3\r\nabc\r\n0\r\nX-T: a\nY"],
+    ids=["size-line", "last-chunk", "trailer"],
+)
+@pytest.mark.parametrize("target", [b"/upload", b"/echo/early"])
+def test_a_bare_lf_in_chunk_lines_is_refused_at_once(body: bytes, target: bytes) -> None:
+    """h11 would wait for a CRLF until the body timeout; RFC 9112 §2.2 allows refusing."""
+    d = Driver(App())
+    d.feed(get(target, b"Transfer-Encoding: chunked", method=b"POST") + body)
+    if target == b"/upload":
+        response = parse_one(d.take())
+        assert response.status == 400 and response.closes
+    else:  # answered before its body: draining it stops
+        assert parse_one(d.take()).body == b"early"
+    assert d.closed or d.half_closed
+
+
+def test_crlf_chunk_lines_and_trailers_are_read_in_any_pieces() -> None:
+    body = b"3;ext=1\r\nabc\r\n0\r\nX-T: a\r\nY-T: b\r\n\r\n"
+    for size in (1, 2, 5):
+        app = App()
+        d = Driver(app)
+        d.feed(get(b"/upload", b"Transfer-Encoding: chunked", method=b"POST") + body, size)
+        assert parse_one(d.take()).body == b"got 3"
