@@ -65,6 +65,9 @@ _REASONS: Final = {status.value: status.phrase.encode() for status in HTTPStatus
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 _HOST: Final = re.compile(rb"(?:\[[0-9A-Za-z:.]+\]|[-0-9A-Za-z._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 """RFC 9112 §3.2's Host value: uri-host [":" port], uri-host an IP literal or a reg-name."""
+_VALID_HOSTS: Final[set[bytes]] = set()
+"""Host values already matched (clients repeat theirs; a set lookup is cheaper than the regex)."""
+_VALID_HOSTS_MAX: Final = 256
 _INTERNAL_ERROR_BODY: Final = b"500 Internal Server Error\n"
 _INTERNAL_ERROR: Final = (
     b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
@@ -398,8 +401,11 @@ class ServerConnection:
             return 431
         if length is not None and encoding is not None:  # RFC 9112 §6.1: a smuggling vector
             return 400
-        if host is not None and _HOST.fullmatch(host) is None:  # RFC 9112 §3.2: a MUST (h11 checks presence)
-            return 400
+        if host is not None and host not in _VALID_HOSTS:  # RFC 9112 §3.2: a MUST (h11 checks presence)
+            if _HOST.fullmatch(host) is None:
+                return 400
+            if len(_VALID_HOSTS) < _VALID_HOSTS_MAX:
+                _VALID_HOSTS.add(host)
         declared = 0 if length is None else int(length)
         if declared > config.max_body_size:
             return 413
