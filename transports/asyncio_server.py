@@ -131,6 +131,10 @@ class _HttpProtocol(asyncio.Protocol):
                 if self._eof:
                     conn.receive_data(b"", loop.time())
                     continue
+                if self._server.room_wanted and conn.phase is Phase.IDLE:
+                    self._server.room_wanted = False  # a client found no free slot: make room
+                    conn.shutdown()
+                    continue  # asked again, the core closes
                 self._wait(action, action.deadline)
                 if not transport.is_reading():
                     transport.resume_reading()
@@ -259,12 +263,17 @@ class _HttpProtocol(asyncio.Protocol):
 
     # --- the server's side -----------------------------------------------------------
 
+    @property
+    def idle(self) -> bool:
+        """Whether it waits for a request (none started yet)."""
+        return not self._done and type(self._action) is Receive and self._conn.phase is Phase.IDLE
+
     def stop(self) -> None:
         """Finish the request in progress; an idle connection stops waiting at once."""
         if self._done:
             return
         self._conn.shutdown()
-        if type(self._action) is Receive and self._conn.phase is Phase.IDLE:
+        if self.idle:
             self._action = None
             self._pump()
 
@@ -300,6 +309,7 @@ class AsyncioServer:
         self._accepting: set[socket.socket] = set()
         self._connecting: set[asyncio.Task[None]] = set()
         self._count = 0  # accepted connections not yet closed (some still in the TLS handshake)
+        self.room_wanted = False  # a client found every slot taken and no connection idle
         self.stopping = False
         self._stop = asyncio.Event()
         self._cut = asyncio.Event()
@@ -327,10 +337,20 @@ class AsyncioServer:
         self._accepting.clear()
 
     def _accept(self, listener: socket.socket) -> None:
+        if self._count >= self._options.max_connections:
+            # Full, and a client is waiting: it takes the slot of a connection that waits
+            # for a request, if any, as in nginx; else it waits in the backlog for a slot.
+            for protocol in self.connections:
+                if protocol.idle:
+                    protocol.stop()
+                    break
+            else:
+                self.room_wanted = True  # the next connection to wait for a request makes room
+            self._stop_accepting()  # until a slot frees
+            return
         for _ in range(self._options.backlog):
             if self._count >= self._options.max_connections:
-                self._stop_accepting()  # the rest wait in the backlog
-                return
+                return  # still listening: the next client to come makes room
             try:
                 sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -366,6 +386,7 @@ class AsyncioServer:
 
     def _release(self) -> None:
         self._count -= 1
+        self.room_wanted = False
         self._resume_accepting()
         if self.stopping and not self.connections and not self._count:
             self._all_closed.set()

@@ -61,7 +61,8 @@ def parser() -> argparse.ArgumentParser:
         "--max-connections",
         type=_positive_int,
         default=options.max_connections,
-        help="concurrent connections per process; more wait in the listen backlog",
+        help="concurrent connections per process; at the limit a new client takes the slot of one "
+        "waiting for a request, else waits in the listen backlog",
     )
     server.add_argument("--backlog", type=_positive_int, default=options.backlog, help="the listen backlog")
     server.add_argument(

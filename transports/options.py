@@ -21,7 +21,8 @@ class ServerOptions:
     port: int = 4221
     """TCP port; 0 picks a free one (see the server's `ports`)."""
     max_connections: int = 1000
-    """Concurrent connections per process; more wait in the listen backlog."""
+    """Concurrent connections per process. At the limit, a new client takes the slot of a
+    connection waiting for a request (closed, as nginx does); else it waits in the backlog."""
     shutdown_grace: float = 10.0
     """On shutdown, in-flight requests get this long to finish before they are cut."""
     backlog: int = 1024

@@ -13,8 +13,9 @@ thread per connection, dozens of runnable threads convoy on it: a long latency t
 A connection is in exactly one place at a time: parked in the reactor (registered with
 its selector), queued for a worker, or in one worker. Only its holder touches its socket
 and its core; the two queues hand it over. The reactor alone counts connections, accepts
-(taking a slot first: beyond `max_connections` they wait in the listen backlog) and
-carries out shutdown for the connections it holds; workers see it through two flags.
+(taking a slot first: at `max_connections`, a parked connection that waits for a request
+is closed to make room, else new ones wait in the listen backlog) and carries out
+shutdown for the connections it holds; workers see it through two flags.
 """
 
 from __future__ import annotations
@@ -144,6 +145,8 @@ class ThreadServer:
         self._workers: list[threading.Thread] = []
         self._accepting = False
         self._paused_until = 0.0  # accepting resumes then, after EMFILE and the like
+        self._full = False  # a client came with every slot taken: listen again once one frees
+        self._room_wanted = False  # and no connection was idle then: the next to be makes room
 
     def shutdown(self) -> None:
         """Stop accepting, finish in-flight requests (within the grace period), return from serve.
@@ -207,9 +210,8 @@ class ThreadServer:
             self._expire(monotonic())
 
     def _update_accepting(self, now: float) -> None:
-        """Listen while there is a free slot (the rest wait in the backlog) and no pause."""
-        accepting = not self._stopping and self._count < self._options.max_connections
-        accepting = accepting and now >= self._paused_until
+        """Listen unless a client found every slot taken (it waits in the backlog) or paused."""
+        accepting = not self._stopping and not self._full and now >= self._paused_until
         if accepting != self._accepting:
             self._accepting = accepting
             for sock in self._sockets:
@@ -249,9 +251,20 @@ class ThreadServer:
         return [key.data for key in self._selector.get_map().values() if key.data is not None]
 
     def _accept(self, listener: socket.socket) -> None:
+        if self._count >= self._options.max_connections:
+            # Full, and a client is waiting: it takes the slot of a connection that waits
+            # for a request, if any, as in nginx; else it waits in the backlog for a slot.
+            idle = next((connection for connection in self._parked() if _idle(connection)), None)
+            if idle is None:
+                self._room_wanted = True
+            else:
+                self._unpark(idle)
+                self._make_room(idle)
+            self._full = True  # `_update_accepting` stops listening until a slot frees
+            return
         for _ in range(self._options.backlog):
             if self._count >= self._options.max_connections:
-                return  # `_update_accepting` stops listening
+                return  # still listening: the next client to come makes room
             try:
                 sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -279,11 +292,20 @@ class ThreadServer:
             self._busy -= 1
             if connection.closed:
                 self._count -= 1
+                self._full = self._room_wanted = False
                 connection.timer = None  # its heap entry, if any, is stale
             elif self._cutting or (self._stopping and self._stop(connection)):
                 self._dispatch(connection)  # a worker closes or abandons it
+            elif self._room_wanted and _idle(connection):
+                self._make_room(connection)
             else:
                 self._park(connection)
+
+    def _make_room(self, connection: _Connection) -> None:
+        """Close `connection`, which waits for a request, for a client that found no slot."""
+        self._room_wanted = False
+        self._stop(connection)
+        self._dispatch(connection)  # a worker closes it
 
     def _park(self, connection: _Connection) -> None:
         self._selector.register(connection.sock, connection.events, connection)
@@ -566,6 +588,12 @@ class ThreadServer:
         connection.conn = None  # a stale heap entry may keep the shell a while, not the core
         connection.action = None
         connection.out = b""
+
+
+def _idle(connection: _Connection) -> bool:
+    """Whether the connection waits for a request (none started yet)."""
+    conn = connection.conn
+    return conn is not None and conn.phase is Phase.IDLE and type(connection.action) is Receive
 
 
 def _send_close_notify(sock: ssl.SSLSocket) -> None:

@@ -48,9 +48,12 @@ class _Connection:
     def stop(self) -> None:
         """Finish the request in progress; an idle connection stops waiting at once."""
         self.conn.shutdown()
-        if self.receiving is not None and self.conn.phase is Phase.IDLE:
+        if self.conn.phase is Phase.IDLE:
+            # `_receive` gives its wait up, or does not begin one: the task may be on
+            # its way there, between the core's Receive and the wait.
             self.abandoned = True
-            self.receiving.cancel()
+            if self.receiving is not None:
+                self.receiving.cancel()
 
 
 class TrioServer:
@@ -66,6 +69,7 @@ class TrioServer:
         self._stop = trio.Event()
         self._all_closed = trio.Event()
         self._grace = trio.CancelScope()  # the wait for requests in flight
+        self._room_wanted = False  # a client found every slot taken and no connection idle
 
     def shutdown(self) -> None:
         """Stop accepting, finish in-flight requests (within the grace period), return from serve.
@@ -83,7 +87,11 @@ class TrioServer:
 
     async def _accept(self, listener: socket.socket, nursery: trio.Nursery) -> None:
         while True:
+            if not self._slots.value:  # full: a client that comes takes an idle one's slot
+                await trio.lowlevel.wait_readable(listener)
+                self._room_wanted = not self._close_an_idle_connection()
             await self._slots.acquire()
+            self._room_wanted = False
             try:
                 sock = await _accept_socket(listener)
             except OSError as exc:
@@ -96,6 +104,16 @@ class TrioServer:
                 self._slots.release()
                 raise
             nursery.start_soon(self._serve_connection, sock)
+
+    def _close_an_idle_connection(self) -> bool:
+        """Make room, as nginx does: close a connection that waits for a request, if any.
+
+        If none does, the next one to wait for a request closes (`_room_wanted`)."""
+        for connection in self._connections:
+            if connection.conn.phase is Phase.IDLE and not connection.abandoned:
+                connection.stop()
+                return True
+        return False
 
     async def _serve_connection(self, sock: socket.socket) -> None:
         try:
@@ -158,6 +176,10 @@ class TrioServer:
             action = conn.next_action(current_time())
             try:
                 if type(action) is Receive:
+                    if self._room_wanted and conn.phase is Phase.IDLE:
+                        self._room_wanted = False  # a client found no free slot: make room
+                        conn.shutdown()
+                        continue  # asked again, the core closes
                     data = await _receive(stream, raw, action.deadline, connection)
                     if data is not None:
                         received = True
@@ -219,6 +241,8 @@ async def _receive(
             return raw.recv(RECEIVE_SIZE)
         except BlockingIOError:
             pass
+    if connection.abandoned:  # stopped while on its way here
+        return None
     with trio.CancelScope(deadline=_at(deadline)) as scope:
         connection.receiving = scope
         try:

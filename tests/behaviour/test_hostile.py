@@ -383,21 +383,46 @@ def test_long_target_is_414(limited: Server, length: int) -> None:
     refused_and_closed(limited, request("GET", "/echo/" + "t" * length), (414,))
 
 
-def test_max_connections(start_server: StartServer) -> None:
-    server = start_server("--max-connections", "4")
-    idle = [server.client() for _ in range(4)]
-    for client in idle:  # make sure each is accepted and being served
-        client.send(request("GET", "/echo/held"))
-        assert client.read_response().body == b"held"
-    with server.client() as extra:
-        extra.send(request("GET", "/echo/extra"))
-        if extra.is_open(wait=0.3) and extra.unread:
-            assert extra.read_response().status == 503
-        else:
-            idle.pop().close()
+def test_max_connections_makes_room_by_closing_an_idle_connection(start_server: StartServer) -> None:
+    """As nginx: at the limit, a connection waiting for a request is closed for a new client."""
+    server = start_server("--max-connections", "4", "--keep-alive-timeout", "30")
+    clients = [server.client() for _ in range(4)]
+    try:
+        for client in clients:  # make sure each is accepted, served, and now idle
+            client.send(request("GET", "/echo/held"))
+            assert client.read_response().body == b"held"
+        for round_ in range(3):  # each stays open, idle: the next one needs room again
+            extra = server.client()
+            clients.append(extra)
+            extra.send(request("GET", f"/echo/extra{round_}"))
+            assert extra.read_response().body == f"extra{round_}".encode()  # not after 30 s
+        still_open = [client for client in clients if client.is_open(wait=0.1)]
+        assert len(still_open) == 4, "one idle connection closed per new client"
+    finally:
+        for client in clients:
+            client.close()
+    server.assert_serving()
+
+
+def test_max_connections_keeps_busy_connections(start_server: StartServer) -> None:
+    """Connections in the middle of a request keep their slot: the new client waits its turn."""
+    server = start_server("--max-connections", "2")
+    busy = [server.client() for _ in range(2)]
+    try:
+        for client in busy:
+            client.send(b"GET /echo/slow HTTP/1.1\r\nHost: x\r\n")  # a head under way
+        time.sleep(0.2)
+        with server.client() as extra:
+            extra.send(request("GET", "/echo/extra"))
+            assert not extra.is_open(wait=0.3) or not extra.unread, "answered while no slot was free"
+            busy[0].send(b"Connection: close\r\n\r\n")  # finished: its slot frees after the answer
+            assert busy[0].read_response().body == b"slow"
             assert extra.read_response().body == b"extra"
-    for client in idle:
-        client.close()
+        busy[1].send(b"\r\n")
+        assert busy[1].read_response().body == b"slow"
+    finally:
+        for client in busy:
+            client.close()
     server.assert_serving()
 
 

@@ -189,6 +189,7 @@ def test_max_connections_leaves_the_rest_in_the_backlog(transport: str) -> None:
         first = server.connect()
         first.sendall(b"GET /echo/1 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert first.recv(65536).endswith(b"1")
+        first.sendall(b"GET /echo/1 HTTP/1.1\r\n")  # busy: a request has begun
         second = server.connect()  # completes in the kernel's backlog
         second.sendall(b"GET /echo/2 HTTP/1.1\r\nHost: x\r\n\r\n")
         second.settimeout(0.3)
@@ -198,6 +199,24 @@ def test_max_connections_leaves_the_rest_in_the_backlog(transport: str) -> None:
         second.settimeout(5)
         assert second.recv(65536).endswith(b"2")
         second.close()
+
+
+def test_at_max_connections_a_new_client_takes_an_idle_connections_slot(transport: str) -> None:
+    """As nginx: a connection that waits for a request is closed to make room."""
+    options = ServerOptions(port=0, max_connections=1)
+    with running(transport, build_app(None), options=options) as server:
+        idle = server.connect()
+        idle.sendall(b"GET /echo/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(65536).endswith(b"1")  # now idle, within its keep-alive timeout (5 s)
+        with server.connect() as second:
+            second.settimeout(3)
+            started = time.monotonic()
+            second.sendall(b"GET /echo/2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert read_until_close(second).endswith(b"2")
+            assert time.monotonic() - started < 2, "did not wait for the keep-alive timeout"
+        idle.settimeout(3)
+        assert idle.recv(65536) == b"", "closed, with nothing sent"
+        idle.close()
 
 
 def _wait_for(condition: object, timeout: float = 5.0) -> None:
