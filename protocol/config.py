@@ -14,7 +14,7 @@ class Config:
     max_target_length: int = 8 * 1024
     """Request target; longer targets get 414."""
     max_header_count: int = 100
-    """Header fields in one request; more get 431."""
+    """Header fields in one request (and trailer fields of a chunked body); more get 431."""
     max_body_size: int = 100 * 1024 * 1024
     """Request body, declared or chunked; larger bodies get 413."""
     keep_alive_timeout: float = 5.0

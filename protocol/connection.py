@@ -431,6 +431,9 @@ class ServerConnection:
                 return
             chunks.append(event.data)
         finished = type(event) is h11.EndOfMessage
+        if finished and len(cast(h11.EndOfMessage, event).headers) > self._config.max_header_count:
+            self._fail(431, now)  # trailer fields count like header fields
+            return
         if not finished and self._chunk_past_limit():
             self._fail(413, now)  # now, not once the client has sent up to the limit
             return

@@ -143,7 +143,7 @@ _LIMITS: tuple[tuple[str, Callable[[str], object], str], ...] = (
         "request line and header fields (431; a request line alone over it: 414)",
     ),
     ("max_target_length", _positive_int, "request target (414)"),
-    ("max_header_count", _positive_int, "header fields in one request (431)"),
+    ("max_header_count", _positive_int, "header fields in one request, and trailer fields (431)"),
     ("max_body_size", _positive_int, "request body, declared or chunked (413)"),
     ("keep_alive_timeout", _positive_float, "an idle connection is closed after this"),
     ("head_timeout", _positive_float, "a request head must arrive within this from its first byte (408)"),

@@ -370,3 +370,14 @@ def test_crlf_chunk_lines_and_trailers_are_read_in_any_pieces() -> None:
         d = Driver(app)
         d.feed(get(b"/upload", b"Transfer-Encoding: chunked", method=b"POST") + body, size)
         assert parse_one(d.take()).body == b"got 3"
+
+
+def test_too_many_trailer_fields_get_431() -> None:
+    config = Config(max_header_count=5, access_log=False)
+    head = get(b"/upload", b"Transfer-Encoding: chunked", method=b"POST")
+    trailers = b"".join(b"X-T%d: v\r\n" % i for i in range(6))
+    status, d = refused(head + b"3\r\nabc\r\n0\r\n" + trailers + b"\r\n", config=config)
+    assert status == 431 and "respond" not in d.app.exchanges[0].calls
+    d = Driver(App(), config)
+    d.feed(head + b"3\r\nabc\r\n0\r\n" + trailers[: 5 * 9] + b"\r\n")
+    assert parse_one(d.take()).body == b"got 3", "five are within the limit"
