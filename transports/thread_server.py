@@ -196,6 +196,7 @@ class ThreadServer:
             if self._paused_until > now:
                 wake_at = min(wake_at, self._paused_until)
             timeout = min(max(wake_at - now, 0.0), _SIGNAL_CHECK_INTERVAL)
+            listeners = []
             for key, _ in self._selector.select(timeout):
                 connection = key.data
                 if connection is not None:
@@ -204,9 +205,12 @@ class ThreadServer:
                 elif key.fileobj is self._wake_reader:
                     self._take_messages()
                 else:
-                    listener = key.fileobj
-                    assert isinstance(listener, socket.socket)
-                    self._accept(listener)
+                    listeners.append(key.fileobj)
+            # Last: a connection whose request came in the same batch is no longer idle,
+            # so it is not the one closed to make room for a new client.
+            for listener in listeners:
+                assert isinstance(listener, socket.socket)
+                self._accept(listener)
             self._expire(monotonic())
 
     def _update_accepting(self, now: float) -> None:
