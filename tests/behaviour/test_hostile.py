@@ -411,7 +411,7 @@ def test_max_connections_keeps_busy_connections(start_server: StartServer) -> No
     try:
         for client in busy:
             client.send(b"GET /echo/slow HTTP/1.1\r\nHost: x\r\n")  # a head under way
-        time.sleep(0.2)
+        time.sleep(0.5)  # read by the server: these are not idle
         with server.client() as extra:
             extra.send(request("GET", "/echo/extra"))
             assert not extra.is_open(wait=0.3) or not extra.unread, "answered while no slot was free"
@@ -920,7 +920,7 @@ def test_a_second_signal_cuts_at_once_and_leaves_nothing(start_server: StartServ
         server.process.send_signal(signum)
         assert server.process.wait(5) == 0, server.stderr()
         server.stopped = True
-        assert time.monotonic() - started < 3.0
+        assert time.monotonic() - started < 5.0, "cut at once, not after the 30 s grace period"
     assert server.directory_entries() == set(), "the cut upload left nothing"
     assert "Traceback" not in server.stderr()
 

@@ -190,7 +190,7 @@ def test_max_connections_leaves_the_rest_in_the_backlog(transport: str) -> None:
         first.sendall(b"GET /echo/1 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert first.recv(65536).endswith(b"1")
         first.sendall(b"GET /echo/1 HTTP/1.1\r\n")  # busy: a request has begun
-        time.sleep(0.2)  # and the server has read its start
+        time.sleep(0.5)  # and the server has read its start: it is not idle
         second = server.connect()  # completes in the kernel's backlog
         second.sendall(b"GET /echo/2 HTTP/1.1\r\nHost: x\r\n\r\n")
         second.settimeout(0.3)
