@@ -161,15 +161,13 @@ class ThreadServer:
 
     # --- the reactor -----------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            self._react()
-        finally:
-            for sock in (*self._sockets, self._wake_reader, self._wake_writer):
-                sock.close()  # new connections are refused, not left waiting
-            self._selector.close()
-            for _ in self._workers:
-                self._ready.put(None)  # idle workers exit; busy ones when their step returns
+    def _tear_down(self) -> None:
+        """Release what serving holds, however serve() ends (also before it began)."""
+        for sock in (*self._sockets, self._wake_reader, self._wake_writer):
+            sock.close()  # new connections are refused, not left waiting
+        self._selector.close()
+        for _ in self._workers:
+            self._ready.put(None)  # idle workers exit; busy ones when their step returns
 
     def _react(self) -> None:
         """Accept, park, wake and time out connections until shutdown has run its course."""
@@ -622,21 +620,25 @@ def serve(
     `started(server)` once listening. Blocks; signals need it on the main thread.
     """
     sockets = bind(options) if sockets is None else sockets
-    server = ThreadServer(app, config, options, sockets)
     previous: dict[signal.Signals, Any] = {}
-    if options.handle_signals:
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            server.shutdown()
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, on_signal)
     try:
+        server = ThreadServer(app, config, options, sockets)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    try:
+        if options.handle_signals:
+
+            def on_signal(signum: int, frame: FrameType | None) -> None:
+                server.shutdown()
+
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, on_signal)
         if started is not None:
             started(server)
-        server._run()
+        server._react()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        for sock in sockets:
-            sock.close()
+        server._tear_down()

@@ -5,6 +5,7 @@ no client holds a worker while it makes the server wait."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from handlers import build_app
-from protocol import Request, Response
+from protocol import Config, Request, Response
+from transports import thread_server
 from transports.options import ServerOptions
 
 from .harness import read_until_close, running
@@ -167,3 +169,16 @@ def _send_quietly(sock: socket.socket, data: bytes) -> None:
 def test_threads_must_be_at_least_one() -> None:
     with pytest.raises(ValueError, match="threads"):
         ServerOptions(threads=0)
+
+
+def test_serve_releases_everything_when_started_fails() -> None:
+    """Its listener, selector and wake-up sockets are closed whatever ends serve()."""
+
+    def failing(server: object) -> None:
+        raise RuntimeError("the embedding application failed")
+
+    before = len(os.listdir("/proc/self/fd"))
+    options = ServerOptions(port=0, handle_signals=False)
+    with pytest.raises(RuntimeError, match="embedding"):
+        thread_server.serve(build_app(None), Config(access_log=False), options, started=failing)
+    assert len(os.listdir("/proc/self/fd")) == before
