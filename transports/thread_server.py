@@ -62,6 +62,9 @@ _READ: Final = selectors.EVENT_READ
 _WRITE: Final = selectors.EVENT_WRITE
 _TURN: Final = 0.01
 """Seconds a worker drives one connection that never waits before serving others waiting."""
+_YIELD_BEFORE: Final = (Receive, Send, SendFile)
+"""Where a connection may give its worker up. Not a Run step nor Close: after a cut, those
+come next, and the cut (no TLS close_notify) is a local of `_drive`."""
 
 # What a worker does with a connection once it stops driving it.
 _WAIT: Final = "wait"  # back to the reactor, to wait for `events` until `deadline`
@@ -467,7 +470,6 @@ class ThreadServer:
             connection.out = b""
             connection.file_left = 0
             conn.timeout(monotonic())
-        resumed = action is not None  # a Send or SendFile goes on from where it stopped
         turn_end = monotonic() + _TURN
         while True:
             if self._stopping:
@@ -479,31 +481,26 @@ class ThreadServer:
                     action = None  # abandon the wait: asked again, the core closes
             if action is None:
                 action = conn.next_action(monotonic())
-                resumed = False
+                # What is left to send lives on the connection: a Send or SendFile that
+                # waited or yielded goes on from where it stopped.
+                if type(action) is Send:
+                    connection.out = action.data
+                elif type(action) is SendFile:
+                    connection.file_offset, connection.file_left = action.offset, action.count
+                if ready.qsize() and type(action) in _YIELD_BEFORE and monotonic() > turn_end:
+                    # A client that always has data (a fast upload), always takes it (a fast
+                    # download) or has many requests read already (pipelining) goes behind
+                    # the connections waiting for a worker now and then. Not after every
+                    # request: workers that are always runnable convoy on the GIL, and the
+                    # reactor, starved of it, parks and wakes late.
+                    connection.action = action
+                    return _YIELD
             try:
                 if type(action) is Receive:
-                    if ready.qsize() and monotonic() > turn_end:
-                        # A client that always has data (say, a fast upload) or always
-                        # takes it (a fast download) goes behind the connections waiting
-                        # for a worker now and then. Not after every request: workers
-                        # that are always runnable convoy on the GIL, and the reactor,
-                        # starved of it, parks and wakes late.
-                        connection.action = action
-                        return _YIELD
                     conn.receive_data(sock.recv(RECEIVE_SIZE), monotonic())
                 elif type(action) is Send:
-                    if not resumed:
-                        connection.out = action.data
-                        if ready.qsize() and monotonic() > turn_end:  # as at Receive
-                            connection.action = action  # resumed later, from the start
-                            return _YIELD
                     self._send_out(connection)
                 elif type(action) is SendFile:
-                    if not resumed:
-                        connection.file_offset, connection.file_left = action.offset, action.count
-                        if ready.qsize() and monotonic() > turn_end:  # as at Receive
-                            connection.action = action
-                            return _YIELD
                     self._send_file(connection, action)
                 elif type(action) is Run:
                     action.step()
