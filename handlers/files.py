@@ -405,7 +405,8 @@ def _create(temp: str, path: str) -> bool:
     """Move the file `temp` to `path` unless `path` exists (then False). May block.
 
     A hard link is exact: link(2) never replaces an entry. A file system without hard links gets
-    a check then a rename, which a concurrent upload could slip between."""
+    a check then a rename: exact against our uploads (the caller holds the directory's lock),
+    not against another program writing there."""
     try:
         os.link(temp, path)
     except FileExistsError:
