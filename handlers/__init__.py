@@ -5,6 +5,7 @@
     GET /user-agent     200 text/plain, body the User-Agent value (empty when absent)
     GET /files/{name}   the file, nginx-like (ETag, ranges, 304, 412...; see `files`)
     POST /files/{name}  201 once the body is durably stored as DIR/name (412: a precondition)
+    PUT /files/{name}   the same, but 204 when it replaced a file
     HEAD                wherever GET is allowed
 
 Routing statuses (400, 404, 405 with `Allow`, 501) are in `routing`; gzip of text bodies in `coding`.
@@ -51,16 +52,18 @@ def user_agent(request: Request, rest: bytes) -> Response:
     return text_response(request, request.header(b"user-agent") or b"")
 
 
-def build_app(directory: Path | None) -> Router:
+def build_app(directory: Path | None, *, mime_types: bool = False) -> Router:
     """The server's app: the routes above, with `/files/` serving `directory` (None: none).
 
+    `mime_types`: downloads get the Content-Type their name suggests, not application/octet-stream.
     The result is a `Router`, so more routes can be added before serving.
     """
+    files = Files(directory, mime_types=mime_types)
     return Router(
         (
             Route(b"/", root),
             Route(b"/echo/", echo, prefix=True),
             Route(b"/user-agent", user_agent),
-            Route(b"/files/", Files(directory), frozenset({b"GET", b"HEAD", b"POST"}), prefix=True),
+            Route(b"/files/", files, frozenset({b"GET", b"HEAD", b"POST", b"PUT"}), prefix=True),
         )
     )

@@ -1,4 +1,4 @@
-"""`/files/{name}`: files of one directory, downloaded (GET, HEAD) and uploaded (POST).
+"""`/files/{name}`: files of one directory, downloaded (GET, HEAD) and uploaded (POST, PUT).
 
 Names: `{name}` is one path segment, percent-decoded exactly once, UTF-8: `a%25b` is the file
 `a%b`, `a%2525b` the file `a%25b`. Refused with 400 without touching the disk: empty, `.`, `..`,
@@ -8,12 +8,13 @@ with its symlinks; if that leads out of the directory, the request is refused (4
 to write).
 
 Downloads, as nginx serves static files: streamed as a `FileBody` (never read whole), not
-content-coded (see `coding`), with `ETag` (`"<mtime hex>-<size hex>"`, nginx's form but with the
-mtime in nanoseconds: two uploads of one size within a second still differ), `Last-Modified` and
-`Accept-Ranges: bytes`. Preconditions are evaluated in RFC 9110 §13.2.2's order: `If-Match`
-(strong comparison, `*` for any file), else `If-Unmodified-Since` (an invalid date is ignored),
-answer 412 when false; then `If-None-Match` (weak comparison), else `If-Modified-Since`, answer
-304. One byte range answers 206 with `Content-Range`, an unsatisfiable one 416 with
+content-coded (see `coding`), `application/octet-stream` (with `mime_types`, the type the name
+suggests in Python's `mimetypes` table, without a charset, as nginx does), with `ETag`
+(`"<mtime hex>-<size hex>"`, nginx's form but with the mtime in nanoseconds: two uploads of one
+size within a second still differ), `Last-Modified` and `Accept-Ranges: bytes`. Preconditions
+are evaluated in RFC 9110 §13.2.2's order: `If-Match` (strong comparison, `*` for any file), else
+`If-Unmodified-Since` (an invalid date is ignored), answer 412 when false; then `If-None-Match`
+(weak comparison), else `If-Modified-Since`, answer 304. One byte range answers 206 with `Content-Range`, an unsatisfiable one 416 with
 `Content-Range: bytes */size`; several ranges, an invalid `Range`, or an `If-Range` that does not
 match (strong ETag or exact date) answer 200 with the whole file. Not a regular file: 404, whatever
 the preconditions (§13.2.1: they only turn a 2xx into 412 or 304).
@@ -21,8 +22,13 @@ the preconditions (§13.2.1: they only turn a 2xx into 412 or 304).
 Uploads: the body goes to a temporary file in the directory (`TEMP_PREFIX...`), which is then
 fsync'd, given the usual permissions (0666 less the umask) and renamed over DIR/name, and the
 directory fsync'd: 201 then means the whole file is durably in place, and a reader sees the old
-file or the new one, never a part. An aborted upload leaves nothing behind. A name that is a
-directory answers 409; a directory we may not write to, 403.
+file or the new one, never a part. An aborted upload leaves nothing behind. POST answers 201
+Created; PUT (RFC 9110 §9.3.4) 201 when the name was new and 204 No Content when it replaced a
+file. A 201 carries `Location`. A name that is a directory answers 409. Storage errors are the
+client's answer, with one log line (`httpserver.error`) and nothing left behind: a directory or
+file system we may not write to (EACCES, EPERM, EROFS) 403, a full disk or quota (ENOSPC,
+EDQUOT) 507 at once (the rest of the body is discarded), a file too large for the file system
+(EFBIG) 413.
 
 Conditional uploads answer 412 and store nothing when a precondition is false: `If-Match` (strong
 comparison with the current file's ETag; `*` needs a file to exist), else `If-Unmodified-Since`,
@@ -44,6 +50,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
+import mimetypes
 import os
 import stat
 import tempfile
@@ -70,8 +78,27 @@ FORBIDDEN: Final = text(403, b"Forbidden\n")
 IS_A_DIRECTORY: Final = text(409, b"Conflict: that name is a directory.\n")
 NOT_SATISFIABLE_MESSAGE: Final = b"Range Not Satisfiable\n"
 PRECONDITION_FAILED: Final = text(412, b"Precondition Failed\n")
-CREATED: Final = Response(201)
+INSUFFICIENT_STORAGE: Final = text(507, b"Insufficient Storage: there is no room for this file now.\n")
+FILE_TOO_LARGE: Final = text(413, b"Content Too Large: the file system takes no file this large.\n")
+REPLACED: Final = Response(204)
 _OCTET_STREAM: Final = (b"Content-Type", b"application/octet-stream")
+_STORAGE_ERRORS: Final = {
+    errno.EACCES: FORBIDDEN,
+    errno.EPERM: FORBIDDEN,
+    errno.EROFS: FORBIDDEN,
+    errno.ENOSPC: INSUFFICIENT_STORAGE,
+    errno.EDQUOT: INSUFFICIENT_STORAGE,
+    errno.EFBIG: FILE_TOO_LARGE,
+}
+"""Errors of the file system that are the client's answer (with one log line), not a 500."""
+_COMPRESSED_TYPES: Final = {
+    "gzip": b"application/gzip",
+    "bzip2": b"application/x-bzip2",
+    "xz": b"application/x-xz",
+}
+"""Types of names like `x.tar.gz`: the file is sent as stored, so its type is the compression's."""
+
+error_log: Final = logging.getLogger("httpserver.error")
 _ACCEPT_RANGES: Final = (b"Accept-Ranges", b"bytes")
 _UPLOAD_CONDITIONS: Final = frozenset({b"if-match", b"if-unmodified-since", b"if-none-match"})
 
@@ -91,9 +118,17 @@ def file_name(rest: bytes) -> str | None:
 
 
 class Files:
-    """The handler of `/files/{name}`: serves `directory`, or with None answers 404 to all."""
+    """The handler of `/files/{name}`: serves `directory`, or with None answers 404 to all.
 
-    def __init__(self, directory: Path | None) -> None:
+    `mime_types`: downloads get the Content-Type their name suggests (else all are
+    application/octet-stream). `mount`: the route's path, for the Location of a created file.
+    """
+
+    def __init__(
+        self, directory: Path | None, *, mime_types: bool = False, mount: bytes = b"/files/"
+    ) -> None:
+        self.mount = mount
+        self._types = mimetypes.MimeTypes() if mime_types else None  # Python's table, not /etc's
         self.root: str | None = None
         self._inside = ""  # the root with a trailing separator: what every path inside starts with
         if directory is not None:
@@ -114,9 +149,22 @@ class Files:
         name = file_name(rest)
         if name is None:
             return BAD_NAME
-        if request.method == b"POST":
-            return _Upload(self, self.root, name, request)
+        if request.method == b"POST" or request.method == b"PUT":
+            return _Upload(self, self.root, name, request, rest)
         return _Download(self, request, name)
+
+    def content_type(self, name: str) -> tuple[bytes, bytes]:
+        """The Content-Type header for the file `name`."""
+        if self._types is None:
+            return _OCTET_STREAM
+        kind, encoding = self._types.guess_type("/" + name, strict=False)  # "/": never a URL scheme
+        if encoding is not None:
+            value = _COMPRESSED_TYPES.get(encoding, _OCTET_STREAM[1])
+        elif kind is None:
+            return _OCTET_STREAM
+        else:
+            value = kind.encode("ascii")
+        return (b"Content-Type", value)
 
     def resolve(self, name: str) -> str | None:
         """DIR/name with all symlinks resolved, or None when that is outside DIR. May block."""
@@ -148,14 +196,20 @@ class _Download:
             return NOT_FOUND
         try:
             fd = os.open(path, _READ_FLAGS)
-        except PermissionError:
+        except PermissionError as exc:
+            error_log.error("cannot read %s: %s (403)", path, exc.strerror)
             return FORBIDDEN
         except OSError:  # absent, a symlink swapped in since resolving it, a name too long...
             return NOT_FOUND
         try:
             info = os.fstat(fd)
             regular = stat.S_ISREG(info.st_mode)
-            answer = file_answer(self._request, info.st_size, info.st_mtime_ns) if regular else NOT_FOUND
+            content_type = self._files.content_type(self._name)
+            answer = (
+                file_answer(self._request, info.st_size, info.st_mtime_ns, content_type)
+                if regular
+                else NOT_FOUND
+            )
         except BaseException:
             os.close(fd)
             raise
@@ -174,7 +228,9 @@ Part = tuple[int, tuple[tuple[bytes, bytes], ...], int, int]
 """Status, headers, offset and length of a response that sends (part of) the file."""
 
 
-def file_answer(request: Request, size: int, mtime_ns: int) -> Response | Part:
+def file_answer(
+    request: Request, size: int, mtime_ns: int, content_type: tuple[bytes, bytes] = _OCTET_STREAM
+) -> Response | Part:
     """How to answer a GET or HEAD of a file of `size` bytes modified at `mtime_ns` (epoch
     nanoseconds): a complete response without the file (304, 416), or the `Part` of it to send."""
     etag = _etag(size, mtime_ns)
@@ -184,7 +240,7 @@ def file_answer(request: Request, size: int, mtime_ns: int) -> Response | Part:
     last_modified = (b"Last-Modified", formatdate(mtime, usegmt=True).encode())
     if _not_modified(request, etag, mtime):
         return Response(304, ((b"ETag", etag), last_modified))
-    headers = (_OCTET_STREAM, _ACCEPT_RANGES, (b"ETag", etag), last_modified)
+    headers = (content_type, _ACCEPT_RANGES, (b"ETag", etag), last_modified)
     range_value = request.header(b"range")
     if range_value is not None:
         if_range = request.header(b"if-range")
@@ -308,14 +364,16 @@ def parse_range(value: bytes, size: int) -> tuple[int, int] | None:
 
 
 class _Upload:
-    """POST of one file: written to a temporary file beside it, renamed into place when complete."""
+    """POST or PUT of one file: written to a temporary file beside it, renamed into place when complete."""
 
     may_block = True
 
-    def __init__(self, files: Files, root: str, name: str, request: Request) -> None:
+    def __init__(self, files: Files, root: str, name: str, request: Request, rest: bytes) -> None:
         self._files = files
         self._root = root
         self._name = name
+        self._put = request.method == b"PUT"
+        self._location = files.mount + rest  # still percent-encoded, as the client sent it
         # The request when it has preconditions (see the module docstring), else None.
         conditional = any(key in _UPLOAD_CONDITIONS for key, _ in request.headers)
         self._conditions = request if conditional else None
@@ -337,16 +395,37 @@ class _Upload:
         self._target = target
         try:
             self._fd, self._temp = tempfile.mkstemp(dir=self._root, prefix=TEMP_PREFIX)
-        except PermissionError:  # a directory we may not write to
-            return FORBIDDEN
+        except OSError as exc:  # say, a directory we may not write to
+            return self._storage_error(exc)
         return None
 
-    def receive(self, data: bytes) -> None:
+    def receive(self, data: bytes) -> Response | None:
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:  # say, the disk is full: answered now, not after the whole body
+            return self._storage_error(exc)
+        return None
 
     def respond(self) -> Response:
+        try:
+            return self._store()
+        except OSError as exc:
+            return self._storage_error(exc)
+
+    def _storage_error(self, exc: OSError) -> Response:
+        """The answer to a storage error, logged in one line, once the upload is undone; else raise."""
+        response = _STORAGE_ERRORS.get(exc.errno or 0)
+        if response is None:
+            raise exc
+        self.abort()
+        error_log.error(
+            "cannot store %s: %s (%d)", os.path.join(self._root, self._name), exc.strerror, response.status
+        )
+        return response
+
+    def _store(self) -> Response:
         fd = self._fd
         temp = self._temp
         assert temp is not None
@@ -360,6 +439,7 @@ class _Upload:
             # Every upload's check and rename hold the directory's lock: no other upload of
             # this server (any of its processes) lands between a precondition and the rename.
             locked = _lock(directory)
+            replaced = False
             if self._conditions is not None:  # checked again, now that the body is in
                 allowed = _write_allowed(self._conditions, self._target)
                 if allowed and self._create_only:
@@ -368,6 +448,7 @@ class _Upload:
                     self.abort()  # removes the temporary file
                     return PRECONDITION_FAILED
             if not self._create_only:
+                replaced = os.path.lexists(path)  # exact: other uploads wait for the lock
                 # The entry DIR/name itself is replaced (a symlink inside DIR is replaced, not followed).
                 os.replace(temp, path)
             self._temp = None
@@ -376,7 +457,9 @@ class _Upload:
             os.fsync(directory)
         finally:
             os.close(directory)  # also releases the lock on the way out of a failure
-        return CREATED
+        if replaced and self._put:
+            return REPLACED
+        return Response(201, ((b"Location", self._location),))
 
     def abort(self) -> None:
         if self._fd >= 0:

@@ -470,8 +470,8 @@ class ServerConnection:
                 outcome = exchange.start()
             if outcome is None:
                 if data:
-                    exchange.receive(data)
-                if finished:
+                    outcome = exchange.receive(data)  # a Response ends the request early
+                if finished and outcome is None:
                     outcome = exchange.respond()
                     if outcome is None:  # it would read as "more body to come"
                         raise TypeError("respond() returned None")

@@ -23,7 +23,9 @@ def call(app: App, req: Request, body: Iterable[bytes] = ()) -> Response:
     if refusal is not None:
         return refusal
     for chunk in body:
-        reply.receive(chunk)
+        early = reply.receive(chunk)
+        if early is not None:
+            return early
     return reply.respond()
 
 

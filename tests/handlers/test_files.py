@@ -263,10 +263,10 @@ def test_without_a_directory_file_routes_say_so(served: Path) -> None:
 
 def test_file_route_methods(served: Path) -> None:
     app = build_app(served)
-    for method in (b"PUT", b"OPTIONS", b"DELETE"):
+    for method in (b"PATCH", b"OPTIONS", b"DELETE"):
         response = call(app, request(method, b"/files/digits"))
         assert response.status == 405
-        assert header(response, b"allow") == b"GET, HEAD, POST"
+        assert header(response, b"allow") == b"GET, HEAD, POST, PUT"
 
 
 # --- conditional requests ---------------------------------------------------------------------
