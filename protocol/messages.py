@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from .redaction import headers_repr
+
 Headers = Sequence[tuple[bytes, bytes]]
 
 
@@ -37,6 +39,12 @@ class Request:
                 return value
         return None
 
+    def __repr__(self) -> str:  # credentials stay out of logs (see `redaction`)
+        return (
+            f"Request(method={self.method!r}, target={self.target!r}, "
+            f"headers={headers_repr(self.headers)}, http_version={self.http_version!r})"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class FileBody:
@@ -55,6 +63,9 @@ class Response:
     headers: Headers = ()
     body: bytes | FileBody = b""
 
+    def __repr__(self) -> str:  # credentials (Set-Cookie) stay out of logs (see `redaction`)
+        return f"Response(status={self.status!r}, headers={headers_repr(self.headers)}, body={self.body!r})"
+
 
 class Exchange(Protocol):
     """A handler's side of one request whose body it reads, or whose work may block.
@@ -62,11 +73,13 @@ class Exchange(Protocol):
     The core calls `start` once, before any body byte and before it answers `100
     Continue`: a Response from it refuses the request early (a client that waits for
     100 Continue then never sends the body; the core discards what does come), None
-    goes on. Then `receive` zero or more times with body bytes,
-    and `respond` once the body is complete; or `abort` instead, once, if the request
-    fails or the client goes away after `start` (then no response is wanted and anything
-    half-done must be undone). One dropped before `start` gets no call at all: set
-    things up in `start`, not when the app creates the exchange.
+    goes on. Then `receive` zero or more times with body bytes, and `respond` once the body
+    is complete; or `abort` instead, once, if the request fails or the client goes away
+    after `start` (then no response is wanted and anything half-done must be undone). A
+    Response from `receive` ends the request there (say, the disk is full): the rest of
+    the body is discarded and no `abort` follows, so undo what needs undoing first. One
+    dropped before `start` gets no call at all: set things up in `start`, not when the app
+    creates the exchange.
     When `may_block` is true, the core hands these calls to the transport to run where
     blocking is allowed; otherwise it calls them directly.
     """
@@ -76,7 +89,7 @@ class Exchange(Protocol):
 
     def start(self) -> Response | None: ...
 
-    def receive(self, data: bytes) -> None: ...
+    def receive(self, data: bytes) -> Response | None: ...
 
     def respond(self) -> Response: ...
 

@@ -6,17 +6,23 @@ Only the chosen transport's runtime is imported, so that start-up stays fast.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib
 import logging
+import os
+import re
+import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from protocol import App, Config
 
+from . import logs
 from .common import bind, url
 from .options import ServerOptions
 
@@ -31,15 +37,25 @@ def parser() -> argparse.ArgumentParser:
     options = ServerOptions()
     p = argparse.ArgumentParser(
         prog="your_program.sh",
-        description="An HTTP/1.1 server: a sans-IO core on h11 driven by trio, asyncio or threads.",
+        description="An HTTP/1.1 server: a sans-IO core on h11 driven by trio, asyncio or threads. "
+        "Relative paths are relative to the current directory; sizes are bytes or take a k, m or g "
+        "suffix (512k, 1m, 2g); times are seconds.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--transport", choices=tuple(_MODULES), default="trio", help="the I/O runtime")
     p.add_argument("--host", default=options.host, help="address to listen on (0.0.0.0 for all)")
     p.add_argument("--port", type=_port, default=options.port, help="TCP port; 0 picks a free one")
-    p.add_argument("--directory", type=_directory, help="serve and store /files/ here")
+    p.add_argument(
+        "--directory", type=_directory, help="serve and store /files/ here (an existing directory)"
+    )
+    p.add_argument(
+        "--mime-types",
+        action="store_true",
+        help="serve /files/ with the Content-Type their name suggests (text/html for .html...; "
+        "Python's mimetypes table); without it, every file is application/octet-stream",
+    )
 
-    limits = p.add_argument_group("limits and timeouts of the HTTP core (sizes in bytes, times in seconds)")
+    limits = p.add_argument_group("limits and timeouts of the HTTP core")
     for field, kind, text in _LIMITS:
         flag = "--" + field.replace("_", "-")
         limits.add_argument(flag, type=kind, default=getattr(config, field), help=text)
@@ -50,10 +66,15 @@ def parser() -> argparse.ArgumentParser:
         "--server-header", metavar="VALUE", type=_header_value, help="add 'Server: VALUE' to every response"
     )
     responses.add_argument(
-        "--no-access-log", action="store_true", help="do not log one line per response (httpserver.access)"
+        "--no-access-log",
+        action="store_true",
+        help="do not log one line per response (httpserver.access; on whatever --log-level says)",
     )
     responses.add_argument(
-        "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="logging to stderr"
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="the other logs' level (errors, shutdown, workers), to stderr",
     )
 
     server = p.add_argument_group("server")
@@ -72,21 +93,26 @@ def parser() -> argparse.ArgumentParser:
         default=options.shutdown_grace,
         help="on SIGTERM/SIGINT, in-flight requests get this long to finish (a second signal: at once)",
     )
-    server.add_argument("--certfile", help="serve HTTPS with this PEM certificate chain (needs --keyfile)")
-    server.add_argument("--keyfile", help="the PEM private key for --certfile")
+    server.add_argument(
+        "--certfile",
+        type=_readable_file,
+        help="serve HTTPS with this PEM certificate chain (needs --keyfile)",
+    )
+    server.add_argument("--keyfile", type=_readable_file, help="the PEM private key for --certfile")
     server.add_argument(
         "--workers",
         metavar="N",
         type=_positive_int,
-        default=options.workers,
-        help="processes sharing the listening socket (a dead one is replaced)",
+        help="run N worker processes sharing the listening socket, under a supervisor that replaces "
+        "a dead one and reloads them on SIGHUP (new workers start, then the old ones finish); "
+        "without it, one process serves and SIGHUP is ignored",
     )
     server.add_argument(
         "--threads",
         metavar="N",
         type=_positive_int,
-        default=options.threads,
-        help="threads transport: worker threads per process (connections served, blocking steps run at once)",
+        help=f"--transport threads only: worker threads per process, i.e. connections served (and "
+        f"blocking steps run) at once (default {options.threads}); trio and asyncio size their own pools",
     )
     return p
 
@@ -94,35 +120,68 @@ def parser() -> argparse.ArgumentParser:
 def _directory(value: str) -> Path:
     path = Path(value).resolve()
     if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{value!r} is not a directory")
+        reason = "does not exist" if not path.exists() else "is not a directory"
+        raise argparse.ArgumentTypeError(f"{value!r} ({path}) {reason}")
     return path
 
 
+def _readable_file(value: str) -> Path:
+    path = Path(value).absolute()  # symlinks kept: a reload reads a renewed certificate's new target
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {value!r} ({path}): {exc.strerror}") from None
+    return path
+
+
+def _number(value: str, kind: Callable[[str], float], what: str) -> float:
+    try:
+        return kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
+
+
 def _positive_int(value: str) -> int:
-    number = int(value)
+    number = int(_number(value, int, "a whole number"))
     if number < 1:
         raise argparse.ArgumentTypeError(f"{value} is not at least 1")
     return number
 
 
+_SIZE = re.compile(r"([0-9]+)([kmg]?)", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _size(value: str) -> int:
+    """Bytes, or with nginx's suffixes: k (KiB), m (MiB), g (GiB), any case. At least 1."""
+    match = _SIZE.fullmatch(value.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a size (bytes, or with k, m or g: 512k, 1m, 2g)")
+    size = int(match[1]) * _UNITS[match[2].lower()]
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1 byte")
+    return size
+
+
 def _positive_float(value: str) -> float:
-    number = float(value)
+    number = _number(value, float, "a number of seconds")
     if not 0 < number < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of seconds")
     return number
 
 
 def _non_negative_float(value: str) -> float:
-    number = float(value)
+    number = _number(value, float, "a number of seconds")
     if not 0 <= number < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} is not a number of seconds")
+        raise argparse.ArgumentTypeError(f"{value} is not a number of seconds (0 or more)")
     return number
 
 
 def _port(value: str) -> int:
-    port = int(value)
+    port = int(_number(value, int, "a TCP port (0 to 65535)"))
     if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a TCP port")
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0 to 65535)")
     return port
 
 
@@ -139,18 +198,22 @@ def _header_value(value: str) -> bytes:
 _LIMITS: tuple[tuple[str, Callable[[str], object], str], ...] = (
     (
         "max_head_size",
-        _positive_int,
+        _size,
         "request line and header fields (431; a request line alone over it: 414)",
     ),
-    ("max_target_length", _positive_int, "request target (414)"),
+    ("max_target_length", _size, "request target (414)"),
     ("max_header_count", _positive_int, "header fields in one request, and trailer fields (431)"),
-    ("max_body_size", _positive_int, "request body, declared or chunked (413)"),
-    ("keep_alive_timeout", _positive_float, "an idle connection is closed after this"),
+    ("max_body_size", _size, "request body, declared or chunked (413)"),
+    (
+        "keep_alive_timeout",
+        _non_negative_float,
+        "an idle connection is closed after this; 0: no keep-alive (Connection: close on every response)",
+    ),
     ("head_timeout", _positive_float, "a request head must arrive within this from its first byte (408)"),
     ("body_timeout", _positive_float, "a request body must make progress this often (408)"),
     ("send_timeout", _positive_float, "each write must complete within this"),
     ("linger_timeout", _positive_float, "after a closing response, unread input is discarded this long"),
-    ("send_chunk_size", _positive_int, "file bodies go out in pieces of at most this"),
+    ("send_chunk_size", _size, "file bodies go out in pieces of at most this"),
 )
 """The `Config` fields set from the command line, each as --field-name."""
 
@@ -160,22 +223,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (args.certfile is None) != (args.keyfile is None):
         p.error("--certfile and --keyfile go together")
-    worker = "[%(process)d] " if args.workers > 1 else ""  # which worker logged it
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=args.log_level.upper(),
-        format=f"%(asctime)s {worker}%(levelname)s %(name)s: %(message)s",
-    )
+    if args.threads is not None and args.transport != "threads":
+        p.error(
+            f"--threads sizes the threads transport's pool; --transport {args.transport} runs blocking "
+            "steps in a pool of its own (leave --threads out, or use --transport threads)"
+        )
+    logs.configure(args.log_level, access_log=not args.no_access_log, process_ids=args.workers is not None)
     config = Config(
         **{field: getattr(args, field) for field, _, _ in _LIMITS},
         date_header=args.date_header,
         server_header=args.server_header or b"",
         access_log=not args.no_access_log,
     )
+    certificates = None if args.certfile is None else (args.certfile, args.keyfile)
     try:
-        context = None if args.certfile is None else tls_context(args.certfile, args.keyfile)
-    except OSError as exc:  # ssl.SSLError included
-        p.error(f"cannot use --certfile/--keyfile: {exc}")
+        context = None if certificates is None else tls_context(*certificates)
+    except (OSError, ValueError) as exc:  # ssl.SSLError included
+        p.error(str(exc))
     options = ServerOptions(
         host=args.host,
         port=args.port,
@@ -183,14 +247,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutdown_grace=args.shutdown_grace,
         backlog=args.backlog,
         ssl_context=context,
-        workers=args.workers,
-        threads=args.threads,
+        workers=args.workers or 1,
+        threads=ServerOptions().threads if args.threads is None else args.threads,
         handle_signals=True,
     )
-    from handlers import build_app
-
-    app = build_app(args.directory)
+    if args.directory is not None and not os.access(args.directory, os.W_OK | os.X_OK):
+        logging.getLogger("httpserver.error").warning(
+            "--directory %s is not writable: uploads to it will get 403", args.directory
+        )
+    make_app = functools.partial(_build_app, args.directory, args.mime_types)
     importlib.import_module(f"transports.{_MODULES[args.transport]}")  # before announcing readiness
+    app = None if args.workers is not None else make_app()  # workers build theirs (see `workers`)
     try:
         sockets = bind(options)
     except OSError as exc:
@@ -203,12 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     try:
-        if options.workers > 1:
+        if app is None:
             from .workers import supervise
 
-            supervise(options.workers, functools.partial(run, args.transport, app, config, options, sockets))
-        else:
-            run(args.transport, app, config, options, sockets)
+            work = functools.partial(_work, args.transport, make_app, config, options, sockets, certificates)
+            return supervise(options.workers, work, sockets)
+        signal.signal(signal.SIGHUP, _ignore_hangup)
+        run(args.transport, app, config, options, sockets)
     except KeyboardInterrupt:  # only before the signal handlers are in place
         pass
     finally:
@@ -217,36 +285,104 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run(
-    transport: str, app: App, config: Config, options: ServerOptions, sockets: Sequence[socket.socket]
+def _build_app(directory: Path | None, mime_types: bool) -> App:
+    from handlers import build_app
+
+    return build_app(directory, mime_types=mime_types)
+
+
+def _work(
+    transport: str,
+    make_app: Callable[[], App],
+    config: Config,
+    options: ServerOptions,
+    sockets: Sequence[socket.socket],
+    certificates: tuple[Path, Path] | None,
+    ready: Callable[[], None],
 ) -> None:
-    """Serve on `sockets` with `transport` until a signal stops it."""
+    """A worker (after the fork): build the app and TLS context afresh, as a reload wants, and serve."""
+    if certificates is not None:
+        options = dataclasses.replace(options, ssl_context=tls_context(*certificates))
+    run(transport, make_app(), config, options, sockets, started=ready)
+
+
+def _ignore_hangup(signum: int, frame: FrameType | None) -> None:
+    logs.server_log.warning("SIGHUP ignored: reloading needs --workers (--workers 1 for one process)")
+
+
+def run(
+    transport: str,
+    app: App,
+    config: Config,
+    options: ServerOptions,
+    sockets: Sequence[socket.socket],
+    *,
+    started: Callable[[], None] | None = None,
+) -> None:
+    """Serve on `sockets` with `transport` until a signal stops it; `started()` once serving."""
     if transport == "trio":
         import trio
 
         from . import trio_server
 
-        trio.run(functools.partial(trio_server.serve, app, config, options, sockets=sockets))
+        async def serve_trio() -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    functools.partial(trio_server.serve, app, config, options, sockets=sockets)
+                )
+                if started is not None:
+                    started()
+
+        trio.run(serve_trio)
     elif transport == "asyncio":
         import asyncio
 
         from . import asyncio_server
 
-        asyncio.run(asyncio_server.serve(app, config, options, sockets=sockets))
+        report = None if started is None else lambda server: started()
+        asyncio.run(asyncio_server.serve(app, config, options, sockets=sockets, started=report))
     else:
         from . import thread_server
 
-        thread_server.serve(app, config, options, sockets=sockets)
+        report = None if started is None else lambda server: started()
+        thread_server.serve(app, config, options, sockets=sockets, started=report)
 
 
-def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
-    """A server-side TLS context with the default (secure) settings, offering http/1.1."""
+def tls_context(certfile: str | Path, keyfile: str | Path) -> ssl.SSLContext:
+    """A server-side TLS context with the default (secure) settings, offering http/1.1.
+
+    Errors name the files: ValueError when they hold no PEM certificate or key, or a key that
+    is not the certificate's; OSError when they cannot be read."""
     import ssl
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certfile, keyfile)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except ssl.SSLError as exc:
+        problem = _pem_problem(certfile, keyfile, exc)
+        raise ValueError(f"cannot use --certfile {certfile} with --keyfile {keyfile}: {problem}") from None
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"cannot read --certfile {certfile} or --keyfile {keyfile}: {exc.strerror}"
+        ) from None
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+def _pem_problem(certfile: str | Path, keyfile: str | Path, exc: Exception) -> str:
+    """Which file is wrong, as far as a look at them tells."""
+    try:
+        cert = Path(certfile).read_bytes()
+        key = Path(keyfile).read_bytes()
+    except OSError as error:
+        return str(error)
+    if b"-----BEGIN CERTIFICATE-----" not in cert:
+        return f"{certfile} holds no PEM certificate"
+    if b"PRIVATE KEY-----" not in key:
+        return f"{keyfile} holds no PEM private key"
+    if "KEY_VALUES_MISMATCH" in str(exc):
+        return "the key is not the certificate's"
+    return str(exc)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""Credentials never reach a log: the values of the header fields that carry them are redacted.
+
+`Request` and `Response` show their headers through `redacted_headers` in their repr, so a log
+line such as `handler failed for %r` names the request without its credentials. `redact_text`
+does the same to text already formatted (a traceback, an app's own message), for the forms in
+which header fields get printed: `Name: value` lines, and (name, value) pairs in reprs of
+tuples, lists and dicts, WSGI's `HTTP_NAME` keys included. The server's log formatter applies
+it to every line but the access log's, which holds no header values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Final
+
+SENSITIVE_FIELDS: Final = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
+"""Lower-case names of the header fields whose values are never logged."""
+
+REDACTED: Final = b"<redacted>"
+
+_NAMES: Final = r"(?:proxy[-_]authorization|authorization|set[-_]cookie|cookie)"
+_PAIR: Final = re.compile(
+    rf"""(b?(['"])(?:http_)?{_NAMES}\2\s*[,:]\s*)b?(['"])(?:\\.|(?!\3).)*\3""", re.IGNORECASE
+)
+"""('authorization', 'x'), [b'cookie', b'x'], {'HTTP_COOKIE': 'x'}: the value is the next string."""
+_LINE: Final = re.compile(rf"(?<![\w-])({_NAMES}[ \t]*:[ \t]*)(?:(?!\\[rn])[^\r\n])+", re.IGNORECASE)
+"""`Cookie: x` up to the end of the line (a real one, or an escaped \\r or \\n in a repr)."""
+
+
+def redacted_headers(headers: Sequence[tuple[bytes, bytes]]) -> Sequence[tuple[bytes, bytes]]:
+    """`headers` with the values of `SENSITIVE_FIELDS` replaced by `REDACTED` (a tuple or list as given)."""
+    fields = [(name, REDACTED if name.lower() in SENSITIVE_FIELDS else value) for name, value in headers]
+    return tuple(fields) if isinstance(headers, tuple) else fields
+
+
+def headers_repr(headers: object) -> str:
+    """The repr of `headers` with credentials redacted; never raises (a handler may have given anything)."""
+    try:
+        return repr(redacted_headers(headers))  # type: ignore[arg-type]
+    except Exception:
+        return redact_text(repr(headers))
+
+
+def redact_text(text: str) -> str:
+    """`text` with the values of credential-carrying header fields replaced by `<redacted>`."""
+    if "ookie" not in text and "uthoriz" not in text and "OOKIE" not in text and "UTHORIZ" not in text:
+        return text  # the usual case, at the cost of four substring searches
+    text = _PAIR.sub(r"\1'<redacted>'", text)
+    return _LINE.sub(r"\1<redacted>", text)

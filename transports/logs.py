@@ -1,0 +1,41 @@
+"""The server's loggers, and how the command line sets them up.
+
+- `httpserver.access`: one line per response (INFO), on or off by itself (`--no-access-log`),
+  whatever `--log-level` says;
+- `httpserver.error`: what went wrong (a handler's exception, a connection that failed);
+- `httpserver.server`: one server process's life: shutdown begun, what it waits for, done;
+- `httpserver.workers`: the `--workers` supervisor: workers started, replaced, reloaded.
+
+Every line but the access log's goes through `protocol.redaction.redact_text`: credentials
+(Authorization, Cookie...) never reach the log, not even in a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Final
+
+from protocol.redaction import redact_text
+
+ACCESS: Final = "httpserver.access"
+server_log: Final = logging.getLogger("httpserver.server")
+
+
+class RedactingFormatter(logging.Formatter):
+    """A formatter that redacts credentials from everything it formats (see the module docstring)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.name == ACCESS else redact_text(text)
+
+
+def configure(level: str, *, access_log: bool, process_ids: bool) -> None:
+    """Log to stderr at `level` (a name such as "info"); the access log follows `access_log` alone."""
+    handler = logging.StreamHandler(sys.stderr)
+    pid = "[%(process)d] " if process_ids else ""  # which worker logged it
+    handler.setFormatter(RedactingFormatter(f"%(asctime)s {pid}%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger(ACCESS).setLevel(logging.INFO if access_log else logging.CRITICAL + 1)
