@@ -18,7 +18,9 @@ class Config:
     max_body_size: int = 100 * 1024 * 1024
     """Request body, declared or chunked; larger bodies get 413."""
     keep_alive_timeout: float = 5.0
-    """An idle connection (no byte of a next request) is closed silently after this."""
+    """An idle connection (no byte of a next request) is closed silently after this. 0: no
+    keep-alive, as in nginx (every response closes its connection; the first request gets
+    head_timeout to arrive)."""
     head_timeout: float = 10.0
     """A whole request head must arrive within this from its first byte, else 408."""
     body_timeout: float = 30.0
@@ -43,9 +45,11 @@ class Config:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_body_size < 0:
             raise ValueError("max_body_size must not be negative")
-        for name in ("keep_alive_timeout", "head_timeout", "body_timeout", "send_timeout", "linger_timeout"):
+        for name in ("head_timeout", "body_timeout", "send_timeout", "linger_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
+        if not self.keep_alive_timeout >= 0:
+            raise ValueError("keep_alive_timeout must not be negative")
         # The core sends it without asking h11 to check it again (see connection.py), so
         # this is h11's rule: no control characters but tab, no surrounding whitespace.
         value = self.server_header

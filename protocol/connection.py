@@ -51,6 +51,7 @@ from h11._headers import Headers as _H11Headers  # private, but h11 is pinned: s
 from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile
 from .config import Config
 from .messages import App, Exchange, FileBody, Headers, Request, Response
+from .redaction import redact_values
 
 access_log: Final = logging.getLogger("httpserver.access")
 error_log: Final = logging.getLogger("httpserver.error")
@@ -137,6 +138,7 @@ class ServerConnection:
         "_exchange",
         "_file",
         "_file_remaining",
+        "_first",
         "_h11",
         "_head",
         "_now",
@@ -161,7 +163,8 @@ class ServerConnection:
         self._peer = peer
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_head_size)
         self._phase = _IDLE
-        self._deadline: float | None = now + config.keep_alive_timeout
+        # keep_alive_timeout 0 means no keep-alive (as in nginx): the first request gets the head timeout.
+        self._deadline: float | None = now + (config.keep_alive_timeout or config.head_timeout)
         self._queue: list[Action] = []
         self._out: list[bytes] = []  # bytes to go out in the next Send
         self._waiting_on: Action | None = None  # the last action handed out
@@ -177,7 +180,8 @@ class ServerConnection:
         self._file_remaining = 0
         self._status = 0
         self._body_length = 0
-        self._close_after_response = False
+        self._close_after_response = not config.keep_alive_timeout  # 0: every response closes
+        self._first: bytes = b""  # the input a request head began with, until it parsed (for the log)
         self._stopping = False
         self._eof = False
         # Input not yet given to h11: it bounds only what it holds incomplete, so large
@@ -229,9 +233,12 @@ class ServerConnection:
             if data:
                 self._phase = _HEAD
                 self._started = now
+                self._first = data
                 self._deadline = now + self._config.head_timeout
         elif phase is _BODY or phase is _DRAIN:
             self._deadline = now + self._config.body_timeout
+        elif phase is _HEAD and b"\n" not in self._first and len(self._first) < _LOGGED_LINE_MAX:
+            self._first += data  # a head in pieces: its request line, for the log
 
     def timeout(self, now: float) -> None:
         """The deadline of the action handed out last passed before it completed."""
@@ -247,11 +254,16 @@ class ServerConnection:
         else:
             self._begin_close(now, linger=False)
 
-    def connection_lost(self) -> None:
+    def connection_lost(self, now: float | None = None) -> None:
         """The socket failed: undo what is in progress and close without sending.
 
-        Call it between actions, never while a `Run` step is running.
+        Call it between actions, never while a `Run` step is running. `now` (default: the
+        time of the last call) dates the access-log line of a request it cuts short.
         """
+        if now is not None:
+            self._now = now
+        if self._request is not None:
+            self._log_unfinished(self._now)
         self._eof = True
         # Only cleanup may still happen: queued aborts (say, behind a 413 that failed to
         # go out) must run; a queued body step no longer reaches its exchange (`_step`).
@@ -341,6 +353,7 @@ class ServerConnection:
         headers = [(name, value) for _, name, value in event.headers._full_items]
         request = Request(event.method, event.target, headers, event.http_version)
         self._request = request
+        self._first = b""
         self._head = event.method == b"HEAD"
         self._phase = _BODY
         self._deadline = now + self._config.body_timeout
@@ -537,15 +550,18 @@ class ServerConnection:
             head = h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
             # send_with_data_passthrough: h11's send() would join pieces that _emit joins anyway.
             pieces = h.send_with_data_passthrough(head)
-        except (h11.LocalProtocolError, TypeError, ValueError):
+        except (h11.LocalProtocolError, TypeError, ValueError) as exc:
             # A handler bug (a bad header or status, or not bytes at all). h11 may be
-            # unusable now: send fixed bytes.
-            error_log.exception("handler gave an invalid response for %r", request)
+            # unusable now: send fixed bytes. The message says what (its traceback would
+            # point into h11), without a credential it may quote.
+            problem = redact_values(str(exc), response.headers)
+            error_log.error("handler gave an invalid response %r for %r: %s", response, request, problem)
             if file is not None:
                 file.file.close()
             self._close_after_response = True
             out.append(_INTERNAL_ERROR)
             self._log_access(500, len(_INTERNAL_ERROR_BODY), now)
+            self._request = None  # logged
             self._begin_close(now, linger=True)
             return
         out += pieces or ()
@@ -602,19 +618,48 @@ class ServerConnection:
             self._drain(now)
 
     def _log_access(self, status: int, body_length: int, now: float) -> None:
-        """One line per response: peer, request line, status, body bytes sent, duration."""
+        """One line per response: peer, request line, status, body bytes sent, duration.
+
+        A request whose head did not parse shows what it began with (nginx's escapes)."""
         if self._config.access_log and access_log.isEnabledFor(logging.INFO):
             request = self._request
+            if request is None:
+                access_log.info(
+                    '%s - "%s" %d %d %.1fms',
+                    self._peer,
+                    _first_line(self._first),
+                    status,
+                    body_length,
+                    (now - self._started) * 1000,
+                )
+                return
             access_log.info(
                 '%s - "%s %s HTTP/%s" %d %d %.1fms',
                 self._peer,
-                request.method.decode("latin-1") if request else "-",
-                request.target.decode("latin-1") if request else "-",
-                request.http_version.decode("latin-1") if request else "-",
+                request.method.decode("latin-1"),
+                request.target.decode("latin-1"),
+                request.http_version.decode("latin-1"),
                 status,
                 body_length,
                 (now - self._started) * 1000,
             )
+
+    def _log_unfinished(self, now: float) -> None:
+        """Log the request in progress, whose response will not complete, as nginx does: with the
+        status of a response begun (a file body: what the client cut, or a shutdown) and the body
+        bytes sent in actions that completed; with 499 (nginx's "client closed request") and 0
+        when none had begun."""
+        status = 499
+        sent = 0
+        if self._phase is _RESPONDING:
+            status = self._status
+            sent = self._body_length - self._file_remaining  # handed out in SendFile actions...
+            sent -= sum(action.count for action in self._queue if type(action) is SendFile)  # ...not all
+            waiting = self._waiting_on
+            if type(waiting) is SendFile:  # the one under way when the connection failed
+                sent -= waiting.count
+        self._log_access(status, sent, now)
+        self._request = None
 
     def _drain(self, now: float) -> None:
         """Discard the rest of a request body after its response went out."""
@@ -661,6 +706,7 @@ class ServerConnection:
         if buffered or self._unfed:
             self._phase = _HEAD
             self._started = now
+            self._first = buffered or bytes(self._unfed[: self._slice])
             self._deadline = now + self._config.head_timeout
         else:
             self._phase = _IDLE
@@ -703,6 +749,8 @@ class ServerConnection:
         self._respond(Response(status, ((b"Content-Type", b"text/plain"),), message), now)
 
     def _begin_close(self, now: float, *, linger: bool) -> None:
+        if self._request is not None:  # a request ended without a complete response
+            self._log_unfinished(now)
         self._drop_exchange()
         self._drop_file()
         if linger and not self._eof and self._unread_input():
@@ -792,6 +840,17 @@ def _validated_fields(headers: Headers) -> list[tuple[bytes, bytes, bytes]] | No
         _validated.clear()
     _validated[headers] = fields
     return fields
+
+
+_LOG_ESCAPES: Final = {i: f"\\x{i:02X}" for i in (*range(0x20), 0x22, 0x5C, *range(0x7F, 0x100))}
+_LOGGED_LINE_MAX: Final = 1024
+
+
+def _first_line(data: bytes) -> str:
+    """The first line of `data` for the access log: at most _LOGGED_LINE_MAX bytes, control
+    characters, quotes and backslashes escaped as nginx does (\\xHH); "-" when empty."""
+    line = data[:_LOGGED_LINE_MAX].split(b"\n", 1)[0].removesuffix(b"\r")
+    return line.decode("latin-1").translate(_LOG_ESCAPES) or "-"
 
 
 def _reason(status: int) -> bytes:

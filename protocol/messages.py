@@ -18,6 +18,9 @@ from .redaction import headers_repr
 
 Headers = Sequence[tuple[bytes, bytes]]
 
+_BODY_SHOWN = 64
+"""Bytes of a body a Response's repr shows (a log line is no place for a whole file)."""
+
 
 @dataclass(slots=True)
 class Request:
@@ -64,7 +67,13 @@ class Response:
     body: bytes | FileBody = b""
 
     def __repr__(self) -> str:  # credentials (Set-Cookie) stay out of logs (see `redaction`)
-        return f"Response(status={self.status!r}, headers={headers_repr(self.headers)}, body={self.body!r})"
+        body = self.body
+        shown = (
+            f"{body[:_BODY_SHOWN]!r}... ({len(body)} bytes)"
+            if isinstance(body, bytes) and len(body) > _BODY_SHOWN
+            else repr(body)
+        )
+        return f"Response(status={self.status!r}, headers={headers_repr(self.headers)}, body={shown})"
 
 
 class Exchange(Protocol):

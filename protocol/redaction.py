@@ -24,7 +24,9 @@ _PAIR: Final = re.compile(
     rf"""(b?(['"])(?:http_)?{_NAMES}\2\s*[,:]\s*)b?(['"])(?:\\.|(?!\3).)*\3""", re.IGNORECASE
 )
 """('authorization', 'x'), [b'cookie', b'x'], {'HTTP_COOKIE': 'x'}: the value is the next string."""
-_LINE: Final = re.compile(rf"(?<![\w-])({_NAMES}[ \t]*:[ \t]*)(?:(?!\\[rn])[^\r\n])+", re.IGNORECASE)
+_LINE: Final = re.compile(
+    rf"(?:(?<=\\[rn])|(?<![\w-]))({_NAMES}[ \t]*:[ \t]*)(?:(?!\\[rn])[^\r\n])+", re.IGNORECASE
+)
 """`Cookie: x` up to the end of the line (a real one, or an escaped \\r or \\n in a repr)."""
 
 
@@ -40,6 +42,18 @@ def headers_repr(headers: object) -> str:
         return repr(redacted_headers(headers))  # type: ignore[arg-type]
     except Exception:
         return redact_text(repr(headers))
+
+
+def redact_values(text: str, headers: object) -> str:
+    """`text` (say, an error message about `headers`) without their credential fields' values."""
+    try:
+        for name, value in headers:  # type: ignore[attr-defined]
+            if bytes(name).lower() in SENSITIVE_FIELDS and value:
+                for form in (repr(value), repr(bytes(value)), bytes(value).decode("latin-1")):
+                    text = text.replace(form, "<redacted>")
+    except Exception:  # not headers at all: nothing of theirs to find
+        pass
+    return redact_text(text)
 
 
 def redact_text(text: str) -> str:

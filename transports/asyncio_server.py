@@ -231,7 +231,7 @@ class _HttpProtocol(asyncio.Protocol):
         if task.cancelled():
             self._conn.timeout(self._loop.time())
         elif self._broken:
-            self._conn.connection_lost()
+            self._conn.connection_lost(self._loop.time())
         self._pump()
 
     def _stop_sending_file(self) -> None:

@@ -105,7 +105,7 @@ def abandon(conn: ServerConnection, now: float) -> None:
     upload's temporary file) run inline, since the transport is going away.
     """
     if conn.phase is not Phase.CLOSED:
-        conn.connection_lost()
+        conn.connection_lost(now)
     while True:
         action = conn.next_action(now)
         if type(action) is Run:

@@ -523,7 +523,7 @@ class ThreadServer:
                 connection.out = b""
                 connection.file_left = 0
                 cut = True
-                conn.connection_lost()
+                conn.connection_lost(monotonic())
             action = None
 
     def _wait_for(self, connection: _Connection, action: Action, events: int) -> str:

@@ -221,7 +221,7 @@ class TrioServer:
                     return received and not cut
             except _BROKEN:
                 cut = True
-                conn.connection_lost()
+                conn.connection_lost(current_time())
 
 
 async def _receive(

@@ -17,7 +17,7 @@ from protocol import Config
         {"max_header_count": 0},
         {"send_chunk_size": 0},  # a file would be sent 0 bytes at a time, forever
         {"max_body_size": -1},
-        {"keep_alive_timeout": 0},
+        {"keep_alive_timeout": -1},  # 0 is allowed: no keep-alive
         {"head_timeout": -1.0},
         {"body_timeout": float("nan")},
         {"send_timeout": 0.0},

@@ -167,11 +167,23 @@ def test_one_access_log_record_per_response(caplog: pytest.LogCaptureFixture) ->
     assert lines[1].startswith('10.0.0.1:5000 - "GET /nothing HTTP/1.0" 404 9 ')
 
 
-def test_an_unparsed_request_is_logged_with_dashes(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("head", "size", "logged"),
+    [
+        (b"BAD\r\n\r\n", 100, '"BAD" 400 0'),
+        (b"GET /no-host HTTP/1.1\r\n\r\n", 100, '"GET /no-host HTTP/1.1" 400 0'),  # was "- - HTTP/-"
+        (b"GET /no-host HTTP/1.1\r\n\r\n", 3, '"GET /no-host HTTP/1.1" 400 0'),  # read in pieces
+        (b"GET /x HTTP/1.1\nHost: a\nHost: b\n\n", 100, '"GET /x HTTP/1.1" 400 0'),
+        (b'\x16\x03\x01\x02"\\\xff\r\n\r\n', 100, '"\\x16\\x03\\x01\\x02\\x22\\x5C\\xFF" 400 0'),  # escaped
+    ],
+)
+def test_an_unparsed_request_is_logged_with_what_it_began_with(
+    head: bytes, size: int, logged: str, caplog: pytest.LogCaptureFixture
+) -> None:
     d = Driver(App(), Config(access_log=True))
     with caplog.at_level(logging.INFO, "httpserver.access"):
-        d.feed(b"BAD\r\n\r\n")
-    assert [r.getMessage()[:22] for r in caplog.records] == ['- - "- - HTTP/-" 400 0']
+        d.feed(head, size)
+    assert [r.getMessage().rsplit(" ", 1)[0] for r in caplog.records] == [f"- - {logged}"]
 
 
 def test_no_access_log_when_disabled(caplog: pytest.LogCaptureFixture) -> None:
