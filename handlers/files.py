@@ -14,10 +14,11 @@ suggests in Python's `mimetypes` table, without a charset, as nginx does), with 
 size within a second still differ), `Last-Modified` and `Accept-Ranges: bytes`. Preconditions
 are evaluated in RFC 9110 §13.2.2's order: `If-Match` (strong comparison, `*` for any file), else
 `If-Unmodified-Since` (an invalid date is ignored), answer 412 when false; then `If-None-Match`
-(weak comparison), else `If-Modified-Since`, answer 304. One byte range answers 206 with `Content-Range`, an unsatisfiable one 416 with
-`Content-Range: bytes */size`; several ranges, an invalid `Range`, or an `If-Range` that does not
-match (strong ETag or exact date) answer 200 with the whole file. Not a regular file: 404, whatever
-the preconditions (§13.2.1: they only turn a 2xx into 412 or 304).
+(weak comparison), else `If-Modified-Since`, answer 304. One byte range answers 206 with
+`Content-Range`, an unsatisfiable one 416 with `Content-Range: bytes */size`; several ranges, an
+invalid `Range`, or an `If-Range` that does not match (strong ETag or exact date) answer 200 with
+the whole file. Not a regular file: 404, whatever the preconditions (§13.2.1: they only turn a 2xx
+into 412 or 304).
 
 Uploads: the body goes to a temporary file in the directory (`TEMP_PREFIX...`), which is then
 fsync'd, given the usual permissions (0666 less the umask) and renamed over DIR/name, and the

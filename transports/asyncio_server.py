@@ -18,6 +18,7 @@ from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
+from handlers.plain_http import plain_http_app
 from protocol import (
     Action,
     App,
@@ -31,7 +32,8 @@ from protocol import (
     ServerConnection,
 )
 
-from .common import CLEANUP_WAIT, abandon, accept_error, bind, error_log, format_peer, ports
+from . import logs
+from .common import CLEANUP_WAIT, TLS_HANDSHAKE, abandon, accept_error, bind, error_log, format_peer, ports
 from .options import ServerOptions
 
 _MAX_STEP_THREADS: Final = 64
@@ -43,8 +45,10 @@ class _HttpProtocol(asyncio.Protocol):
     _transport: asyncio.Transport
     _conn: ServerConnection
 
-    def __init__(self, server: AsyncioServer) -> None:
+    def __init__(self, server: AsyncioServer, app: App, *, tls: bool) -> None:
         self._server = server
+        self._app = app
+        self._tls = tls
         self._loop = server.loop
         self._action: Action | None = None  # the action being waited on, if any
         self._timer: asyncio.TimerHandle | None = None
@@ -65,7 +69,7 @@ class _HttpProtocol(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         peer = format_peer(transport.get_extra_info("peername"))
-        self._conn = ServerConnection(self._server.app, self._server.config, now=self._loop.time(), peer=peer)
+        self._conn = ServerConnection(self._app, self._server.config, now=self._loop.time(), peer=peer)
         self._server.connections.add(self)
         if self._server.stopping:  # the TLS handshake ended after shutdown began
             self._conn.shutdown()
@@ -85,7 +89,7 @@ class _HttpProtocol(asyncio.Protocol):
             self._action = None
             self._conn.receive_data(b"", self._loop.time())
             self._pump()
-        return self._server.ssl_context is None  # keep our side open; TLS cannot
+        return not self._tls  # keep our side open; TLS cannot
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -308,6 +312,7 @@ class AsyncioServer:
         self._sockets = sockets
         self._accepting: set[socket.socket] = set()
         self._connecting: set[asyncio.Task[None]] = set()
+        self._peeking: set[asyncio.Future[None]] = set()  # TLS servers: waits for a client's first byte
         self._count = 0  # accepted connections not yet closed (some still in the TLS handshake)
         self.room_wanted = False  # a client found every slot taken and no connection idle
         self.stopping = False
@@ -368,17 +373,52 @@ class AsyncioServer:
             task.add_done_callback(self._connecting.discard)
 
     async def _connect(self, sock: socket.socket) -> None:
+        context = self.ssl_context
+        app = self.app
+        if context is not None:
+            first = await self._first_byte(sock)
+            if not first:  # nothing came, the client left, or the server stops
+                sock.close()
+                self._release()
+                return
+            if first != TLS_HANDSHAKE:
+                context = None  # plain HTTP to the TLS port: served without TLS, a 400
+                app = plain_http_app
         try:
             await self.loop.connect_accepted_socket(
-                lambda: _HttpProtocol(self),
+                lambda: _HttpProtocol(self, app, tls=context is not None),
                 sock,
-                ssl=self.ssl_context,
-                ssl_handshake_timeout=self.config.head_timeout if self.ssl_context else None,
+                ssl=context,
+                ssl_handshake_timeout=self.config.head_timeout if context else None,
             )
         except Exception as exc:  # a failed TLS handshake: no protocol was made
             error_log.debug("connection setup failed: %r", exc)
             sock.close()
             self._release()
+
+    async def _first_byte(self, sock: socket.socket) -> bytes:
+        """The first byte the client sent, left unread; b"" if none came within the head timeout,
+        the client left or the server stops."""
+        deadline = self.loop.time() + self.config.head_timeout
+        fd = sock.fileno()
+        while not self.stopping:
+            try:
+                return sock.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return b""
+            waiter = self.loop.create_future()
+            self.loop.add_reader(fd, _wake, waiter)
+            self._peeking.add(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(deadline - self.loop.time(), 0))
+            except TimeoutError:
+                return b""
+            finally:
+                self.loop.remove_reader(fd)
+                self._peeking.discard(waiter)
+        return b""
 
     def connection_closed(self, protocol: _HttpProtocol) -> None:
         self.connections.discard(protocol)
@@ -411,18 +451,28 @@ class AsyncioServer:
         self._stop_accepting()
         for sock in self._sockets:
             sock.close()  # new connections are refused, not left waiting
+        for waiter in self._peeking:  # no request started on these: they close
+            _wake(waiter)
         for protocol in list(self.connections):
             protocol.stop()
+        logs.shutdown_begins(sum(not protocol._done for protocol in self.connections), grace)
         if self._count:
             waits = [self.loop.create_task(event.wait()) for event in (self._all_closed, self._cut)]
             await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
             for wait in waits:
                 wait.cancel()
             if not self._all_closed.is_set():
+                logs.shutdown_cuts(sum(not protocol._done for protocol in self.connections))
                 for protocol in list(self.connections):
                     protocol.cut()
                 with contextlib.suppress(TimeoutError):  # cut connections still finish their cleanup
                     await asyncio.wait_for(self._all_closed.wait(), CLEANUP_WAIT)
+        logs.shutdown_done()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def serve(

@@ -17,6 +17,10 @@ error_log: Final = logging.getLogger("httpserver.error")
 RECEIVE_SIZE: Final = 65536
 """Bytes asked for per read."""
 
+TLS_HANDSHAKE: Final = b"\x16"
+"""The first byte a TLS client sends (a handshake record); a TLS server peeks at it, and serves a
+client that sent anything else `handlers.plain_http_app` without TLS."""
+
 _ACCEPT_IGNORABLE_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 """accept() errors that concern only the connection being accepted (gone, or refused by a firewall)."""
 

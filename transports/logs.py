@@ -39,3 +39,28 @@ def configure(level: str, *, access_log: bool, process_ids: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger(ACCESS).setLevel(logging.INFO if access_log else logging.CRITICAL + 1)
+
+
+def shutdown_begins(in_flight: int, grace: float) -> None:
+    """Log that shutdown began: listeners closed, idle connections closing, `in_flight` to wait for."""
+    if in_flight:
+        server_log.info(
+            "shutting down: waiting up to %gs for %d connection%s with a request in flight",
+            grace,
+            in_flight,
+            "" if in_flight == 1 else "s",
+        )
+    else:
+        server_log.info("shutting down: no request in flight")
+
+
+def shutdown_cuts(count: int) -> None:
+    """Log that the grace period is over (or a second signal came) and `count` connections are cut."""
+    if count:
+        server_log.warning(
+            "shutdown: cutting %d connection%s still in flight", count, "" if count == 1 else "s"
+        )
+
+
+def shutdown_done() -> None:
+    server_log.info("shutdown complete")

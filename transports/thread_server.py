@@ -35,12 +35,15 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from handlers.plain_http import plain_http_app
 from protocol import Action, App, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
 
+from . import logs
 from .common import (
     CLEANUP_WAIT,
     FILE_PIECE_SIZE,
     RECEIVE_SIZE,
+    TLS_HANDSHAKE,
     abandon,
     accept_error,
     bind,
@@ -90,6 +93,7 @@ class _Connection:
         "sock",
         "timed_out",
         "timer",
+        "tls",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -105,6 +109,7 @@ class _Connection:
         self.file_left = 0
         self.timed_out = False  # set by the reactor: the deadline passed, not the wait
         self.closed = False  # set by the worker that closed it
+        self.tls = False  # its socket is wrapped in TLS (on a TLS server, a plain-HTTP client's is not)
         # The reactor's own:
         self.parked = False
         self.timer: tuple[float, int, _Connection] | None = None  # its live entry in the deadline heap
@@ -181,12 +186,15 @@ class ThreadServer:
             now = monotonic()
             if self._stopping and grace_end == math.inf:
                 grace_end = now + self._options.shutdown_grace
-                self._stop_accepting(now)
+                closing = self._stop_accepting(now)
+                logs.shutdown_begins(self._count - closing, self._options.shutdown_grace)
             if (self._cutting or now >= grace_end) and cleanup_end == math.inf:
                 self._cutting = True  # workers abandon what they hold at their next step
                 cleanup_end = now + CLEANUP_WAIT
+                logs.shutdown_cuts(self._count)
                 self._cut_parked()
             if self._stopping and (not self._count or now >= cleanup_end):
+                logs.shutdown_done()
                 return
             self._update_accepting(now)
             self._grow_pool()
@@ -225,15 +233,18 @@ class ThreadServer:
                 else:
                     self._selector.unregister(sock)
 
-    def _stop_accepting(self, now: float) -> None:
-        """Close the listeners; idle parked connections close at once, the rest finish."""
+    def _stop_accepting(self, now: float) -> int:
+        """Close the listeners; idle parked connections close at once (returns how many), the rest finish."""
         self._update_accepting(now)
         for sock in self._sockets:
             sock.close()  # new connections are refused, not left waiting
+        closing = 0
         for connection in self._parked():
             if self._stop(connection):
                 self._unpark(connection)
                 self._dispatch(connection)
+                closing += 1
+        return closing
 
     def _stop(self, connection: _Connection) -> bool:
         """Tell a connection the reactor holds that the server stops; True if it is to close now."""
@@ -429,17 +440,30 @@ class ThreadServer:
     def _set_up(self, connection: _Connection) -> ServerConnection | str:
         """The connection's core once its socket is ready (after the TLS handshake), or an outcome."""
         sock = connection.sock
+        app = self._app
         try:
             if connection.handshake_deadline is None:  # a new connection
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 connection.peer = peer_name(sock)
                 connection.handshake_deadline = time.monotonic() + self._config.head_timeout
-                context = self._options.ssl_context
-                if context is not None:
+            context = self._options.ssl_context
+            if context is not None and not connection.tls:
+                if connection.timed_out or self._stopping:
+                    return _OVER  # no request started yet: nothing to finish
+                try:
+                    first = sock.recv(1, socket.MSG_PEEK)  # a TLS client begins with a handshake
+                except BlockingIOError:
+                    return self._wait(connection, _READ, connection.handshake_deadline)
+                if first == TLS_HANDSHAKE:
                     sock = connection.sock = context.wrap_socket(
                         sock, server_side=True, do_handshake_on_connect=False
                     )
-            if self._tls:
+                    connection.tls = True
+                elif first:
+                    app = plain_http_app  # plain HTTP to the TLS port: served without TLS, a 400
+                else:
+                    return _OVER
+            if connection.tls:
                 if connection.timed_out or self._stopping:
                     return _OVER  # no request started yet: nothing to finish
                 try:
@@ -451,7 +475,7 @@ class ThreadServer:
         except OSError as exc:  # the peer went away, or the TLS handshake failed
             error_log.debug("connection from %s failed: %r", connection.peer, exc)
             return _OVER
-        return ServerConnection(self._app, self._config, now=time.monotonic(), peer=connection.peer)
+        return ServerConnection(app, self._config, now=time.monotonic(), peer=connection.peer)
 
     def _drive(self, connection: _Connection, conn: ServerConnection) -> str:
         """The loop every transport has: ask the core, perform, report, until it must wait or Close."""
@@ -505,10 +529,10 @@ class ThreadServer:
                 elif type(action) is Run:
                     action.step()
                 elif type(action) is HalfClose:
-                    if not self._tls:
+                    if not connection.tls:
                         sock.shutdown(socket.SHUT_WR)
                 else:  # Close
-                    if self._tls and not cut:
+                    if connection.tls and not cut:
                         _send_close_notify(cast("ssl.SSLSocket", sock))
                     return _OVER
             except BlockingIOError:
@@ -552,7 +576,7 @@ class ThreadServer:
     def _send_file(self, connection: _Connection, action: SendFile) -> None:
         """Send what is left of the file's part: os.sendfile where possible, else piece by piece."""
         file = action.file
-        if self._tls or not has_fileno(file):
+        if connection.tls or not has_fileno(file):
             while True:
                 self._send_out(connection)
                 size = min(connection.file_left, FILE_PIECE_SIZE)

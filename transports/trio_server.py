@@ -16,11 +16,14 @@ from typing import BinaryIO, Final
 
 import trio
 
+from handlers.plain_http import plain_http_app
 from protocol import App, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
 
+from . import logs
 from .common import (
     FILE_PIECE_SIZE,
     RECEIVE_SIZE,
+    TLS_HANDSHAKE,
     abandon,
     accept_error,
     bind,
@@ -116,16 +119,31 @@ class TrioServer:
         return False
 
     async def _serve_connection(self, sock: socket.socket) -> None:
+        context = self._options.ssl_context
+        app = self._app
+        if context is not None:
+            try:
+                first = await _first_byte(sock, trio.current_time() + self._config.head_timeout)
+            except BaseException:  # cancelled: the server stops
+                sock.close()
+                self._slots.release()
+                raise
+            if first != TLS_HANDSHAKE:
+                context = None  # plain HTTP to the TLS port: served without TLS, a 400
+                app = plain_http_app
+            if not first:  # nothing came, or the client left
+                sock.close()
+                self._slots.release()
+                return
         try:
             tcp = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-            context = self._options.ssl_context
             stream: trio.abc.Stream = tcp
             if context is not None:
                 # Standard TLS closes: aclose() sends close_notify, so a client can tell the
                 # end of a response from a cut (a peer's cut is BrokenResourceError: lost).
                 stream = trio.SSLStream(tcp, context, server_side=True)
             peer = peer_name(sock)
-            conn = ServerConnection(self._app, self._config, now=trio.current_time(), peer=peer)
+            conn = ServerConnection(app, self._config, now=trio.current_time(), peer=peer)
         except Exception:
             error_log.exception("cannot set up a connection")
             sock.close()
@@ -259,6 +277,20 @@ async def _receive(
     return None
 
 
+async def _first_byte(sock: socket.socket, deadline: float) -> bytes:
+    """The first byte the client sent, left unread; b"" if it sent none by `deadline` or left."""
+    with trio.move_on_at(deadline):
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return b""
+    return b""
+
+
 def _at(deadline: float | None) -> float:
     return math.inf if deadline is None else deadline
 
@@ -331,11 +363,14 @@ async def serve(
                 sock.close()  # new connections are refused, not left waiting
             for connection in list(server._connections):
                 connection.stop()
+            logs.shutdown_begins(sum(not c.abandoned for c in server._connections), options.shutdown_grace)
             if server._connections:
                 server._grace.deadline = trio.current_time() + options.shutdown_grace
                 with server._grace:
                     await server._all_closed.wait()
+            logs.shutdown_cuts(len(server._connections))
             connections.cancel_scope.cancel()
+        logs.shutdown_done()
     finally:
         for sock in sockets:
             sock.close()
