@@ -109,6 +109,7 @@ def _start(
     directory: bool,
     trailing_slash: bool,
     max_fds: int | None = None,
+    max_file_size: int | None = None,
 ) -> Server:
     base.mkdir(parents=True, exist_ok=True)
     outside = base / "outside"
@@ -126,6 +127,8 @@ def _start(
     def limit_fds() -> None:
         if max_fds is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
+        if max_file_size is not None:  # writes past it fail with EFBIG (Python ignores SIGXFSZ)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_size, max_file_size))
 
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         process = subprocess.Popen(
@@ -187,9 +190,16 @@ def running_server(
     directory: bool = True,
     trailing_slash: bool = False,
     max_fds: int | None = None,
+    max_file_size: int | None = None,
 ) -> Iterator[Server]:
     server = _start(
-        transport, base, list(args), directory=directory, trailing_slash=trailing_slash, max_fds=max_fds
+        transport,
+        base,
+        list(args),
+        directory=directory,
+        trailing_slash=trailing_slash,
+        max_fds=max_fds,
+        max_file_size=max_file_size,
     )
     try:
         yield server
@@ -252,14 +262,24 @@ def start_server(transport: str, tmp_path: Path) -> Iterator[StartServer]:
     count = 0
 
     def start(
-        *args: str, directory: bool = True, trailing_slash: bool = False, max_fds: int | None = None
+        *args: str,
+        directory: bool = True,
+        trailing_slash: bool = False,
+        max_fds: int | None = None,
+        max_file_size: int | None = None,
     ) -> Server:
         nonlocal count
         count += 1
         base = tmp_path / f"server{count}"
         return stack.enter_context(
             running_server(
-                transport, base, *args, directory=directory, trailing_slash=trailing_slash, max_fds=max_fds
+                transport,
+                base,
+                *args,
+                directory=directory,
+                trailing_slash=trailing_slash,
+                max_fds=max_fds,
+                max_file_size=max_file_size,
             )
         )
 
