@@ -19,7 +19,8 @@ socket and the clock and drives one `ServerConnection` per connection:
    `Run` steps that undo half-done work, then `Close`.
 4. Repeat from 1 until `Close`. To stop a server gracefully, call `conn.shutdown()` on
    every connection and abandon any `Receive` in progress on an idle one (its `phase`
-   is `Phase.IDLE`), then ask for the next action.
+   is `Phase.IDLE`; a new connection, `Phase.NEW`, still gets its first request), then
+   ask for the next action.
 
 No exception reaches the transport from these calls, whatever the peer sends or the
 application does (a failing handler gets a 500); only breaking this contract raises.

@@ -80,6 +80,7 @@ _INTERNAL_ERROR: Final = (
 class Phase(enum.Enum):
     """Where a connection stands; `ServerConnection.phase` tells a transport (e.g. IDLE)."""
 
+    NEW = enum.auto()  # no byte of a first request yet (not IDLE: shutdown waits for that request)
     IDLE = enum.auto()  # between requests; no byte of the next one yet
     HEAD = enum.auto()  # part of a request head has arrived
     BODY = enum.auto()  # reading the request body into an exchange
@@ -139,6 +140,7 @@ class ServerConnection:
         "_file",
         "_file_remaining",
         "_first",
+        "_fresh",
         "_h11",
         "_head",
         "_now",
@@ -182,6 +184,7 @@ class ServerConnection:
         self._body_length = 0
         self._close_after_response = not config.keep_alive_timeout  # 0: every response closes
         self._first: bytes = b""  # the input a request head began with, until it parsed (for the log)
+        self._fresh = True  # no request has started yet (see `phase`)
         self._stopping = False
         self._eof = False
         # Input not yet given to h11: it bounds only what it holds incomplete, so large
@@ -195,6 +198,11 @@ class ServerConnection:
 
     @property
     def phase(self) -> Phase:
+        """Where the connection stands. A new one is NEW, not IDLE, until its first request starts:
+        a server that stops (or needs room) closes IDLE connections at once, whose clients know a
+        kept-alive connection may close, but lets a new one send the request it was opened for."""
+        if self._fresh and self._phase is _IDLE:
+            return Phase.NEW
         return self._phase
 
     def next_action(self, now: float) -> Action:
@@ -234,6 +242,7 @@ class ServerConnection:
                 self._phase = _HEAD
                 self._started = now
                 self._first = data
+                self._fresh = False
                 self._deadline = now + self._config.head_timeout
         elif phase is _BODY or phase is _DRAIN:
             self._deadline = now + self._config.body_timeout
@@ -283,8 +292,11 @@ class ServerConnection:
     def shutdown(self) -> None:
         """Stop after the request in progress; an idle connection closes at once.
 
-        A transport waiting on `Receive` for an idle connection abandons that wait and
-        asks for the next action.
+        A transport waiting on `Receive` for an idle connection (`Phase.IDLE`) abandons that
+        wait and asks for the next action. A new connection (`Phase.NEW`) is not idle: its
+        first request, which its client may be sending right now, is still answered (with
+        `Connection: close`), if it comes before the usual deadline. So a server that stops
+        while others go on serving on the same port (a reload) fails no client that just connected.
         """
         self._stopping = True
 
@@ -294,7 +306,7 @@ class ServerConnection:
         """Make progress until at least one action is queued."""
         phase = self._phase
         if phase is _IDLE or phase is _HEAD:
-            if self._stopping and phase is _IDLE:
+            if self._stopping and phase is _IDLE and not self._fresh:
                 self._begin_close(now, linger=False)
             else:
                 self._read_head(now)

@@ -400,6 +400,7 @@ class AsyncioServer:
         """The first byte the client sent, left unread; b"" if none came within the head timeout,
         the client left or the server stops."""
         deadline = self.loop.time() + self.config.head_timeout
+        sock.setblocking(False)
         fd = sock.fileno()
         while not self.stopping:
             try:

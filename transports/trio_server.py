@@ -279,6 +279,7 @@ async def _receive(
 
 async def _first_byte(sock: socket.socket, deadline: float) -> bytes:
     """The first byte the client sent, left unread; b"" if it sent none by `deadline` or left."""
+    sock.setblocking(False)
     with trio.move_on_at(deadline):
         while True:
             await trio.lowlevel.wait_readable(sock)

@@ -131,10 +131,10 @@ def test_tls(start_server: StartServer, ca: trustme.CA, tmp_path: Path) -> None:
             assert (response.status, response.read()) == (200, f"k{i}".encode())
     finally:
         https.close()
-    # A plain-text client on the TLS port is dropped without disturbing the server.
+    # A plain-text client on the TLS port gets a 400 saying so, without disturbing the server.
     with RawClient(server.host, server.port) as plain:
         plain.send(request("GET", "/echo/plain"))
-        plain.read_until_close(timeout=3.0)
+        assert plain.read_until_close(timeout=3.0).startswith(b"HTTP/1.1 400 Bad Request\r\n")
     with RawClient(server.host, server.port, tls=context) as client:
         client.send(request("GET", "/echo/still"))
         assert client.read_response().body == b"still"

@@ -164,8 +164,31 @@ def test_shutdown_closes_an_idle_connection_silently() -> None:
     assert d.closed and not d.output
 
 
-def test_shutdown_before_any_request_closes() -> None:
+def test_shutdown_before_any_request_still_answers_the_first_one() -> None:
+    """A new connection is not idle: its client may be sending the request it opened it for
+    (a reload stops this process while others serve on): answered, then closed."""
+    d = Driver(App(), Config(keep_alive_timeout=5.0, access_log=False))
+    assert d.conn.phase is Phase.NEW
+    d.conn.shutdown()
+    d.advance()
+    assert isinstance(d.waiting, Receive) and d.deadline == 5.0
+    d.feed(get(b"/echo/first") + get(b"/echo/second"))
+    response = parse_one(d.take())
+    assert response.body == b"first" and response.closes
+
+
+def test_shutdown_before_any_request_closes_at_the_usual_deadline() -> None:
+    d = Driver(App(), Config(keep_alive_timeout=5.0, access_log=False))
+    d.conn.shutdown()
+    d.advance()
+    d.expire()
+    assert d.closed and not d.output
+
+
+def test_shutdown_after_a_request_closes_the_idle_connection_at_once() -> None:
     d = Driver(App())
+    d.feed(get(b"/echo/one"))
+    assert d.conn.phase is Phase.IDLE
     d.conn.shutdown()
     assert d.conn.next_action(0.0) == Close()
 
@@ -280,7 +303,7 @@ def test_empty_lines_before_a_request_are_ignored(size: int, prefix: bytes) -> N
 def test_a_crlf_split_across_reads_is_ignored() -> None:
     d = Driver(App())
     d.feed(b"\r")
-    assert d.conn.phase is Phase.IDLE and not d.output
+    assert d.conn.phase is Phase.NEW and not d.output
     d.feed(b"\n" + get(b"/echo/split"))
     assert parse_one(d.take()).body == b"split"
 
@@ -291,7 +314,7 @@ def test_empty_lines_neither_start_a_request_nor_extend_the_keep_alive_deadline(
     for second in range(4):
         d.now = 101.0 + second
         d.feed(b"\r\n")
-        assert d.conn.phase is Phase.IDLE and d.deadline == 105.0
+        assert d.conn.phase is Phase.NEW and d.deadline == 105.0
     d.expire()
     assert d.closed and not d.output and not d.half_closed
 

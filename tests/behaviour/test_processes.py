@@ -1,0 +1,340 @@
+"""The program as an operator runs it (issue 12): paths relative to where it is started,
+workers that die with their parent, SIGHUP (a reload with --workers, ignored without)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trustme
+
+from .client import RawClient, request
+from .conftest import LISTENING, ROOT, StartServer, stop
+
+# --- 1. relative paths are the caller's ------------------------------------------------------------
+
+
+def _run_program(cwd: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """./your_program.sh with `args`, run from `cwd`, for options that make it exit at once."""
+    return subprocess.run(
+        [str(ROOT / "your_program.sh"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@contextlib.contextmanager
+def _program(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """./your_program.sh started from `cwd`: the process, its start-up line and its stderr file."""
+    stderr_path = cwd / "stderr.txt"
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [str(ROOT / "your_program.sh"), "--port", "0", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode().rstrip("\n")
+        assert LISTENING.fullmatch(line), f"{line!r}; stderr: {stderr_path.read_text()}"
+        yield process, line, stderr_path
+        process.terminate()
+        assert process.wait(10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A folder of an operator's: `files/hello`, and `tls/` with a certificate for 127.0.0.1."""
+    site = tmp_path / "site"
+    (site / "files").mkdir(parents=True)
+    (site / "files" / "hello").write_bytes(b"hello from the site")
+    (site / "tls").mkdir()
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(site / "tls" / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(site / "tls" / "key.pem"))
+    ca.cert_pem.write_to_path(str(site / "tls" / "ca.pem"))
+    return site
+
+
+def test_relative_paths_are_relative_to_where_the_program_is_started(site: Path) -> None:
+    tls = ("--certfile", "tls/cert.pem", "--keyfile", "tls/key.pem")
+    with _program(site, "--directory", "files", *tls) as (_, line, _):
+        assert line.endswith(f"(transport trio, directory {site / 'files'})"), line
+        port = int(line.rsplit(":", 1)[1].split()[0])
+        context = ssl.create_default_context(cafile=str(site / "tls" / "ca.pem"))
+        with RawClient("127.0.0.1", port, tls=context) as client:
+            client.send(request("GET", "/files/hello"))
+            assert client.read_response().body == b"hello from the site"
+    with _program(site, "--directory", ".") as (_, line, _):
+        assert line.endswith(f"directory {site})"), line  # not the project's own source tree
+        port = int(line.rsplit(":", 1)[1].split()[0])
+        with RawClient("127.0.0.1", port) as client:
+            client.send(request("GET", "/files/tls/ca.pem"))
+            assert client.read_response().status == 400  # a name is one segment: tls/ca.pem is not one
+            client.send(request("POST", "/files/upload", body=b"stored here"))
+            assert client.read_response().status == 201
+    assert (site / "upload").read_bytes() == b"stored here"
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--directory", "nowhere"], "'nowhere' ({site}/nowhere) does not exist"),
+        (["--directory", "files/hello"], "'files/hello' ({site}/files/hello) is not a directory"),
+        (
+            ["--certfile", "tls/missing.pem", "--keyfile", "tls/key.pem"],
+            "cannot read 'tls/missing.pem' ({site}/tls/missing.pem)",
+        ),
+        (
+            ["--certfile", "tls/key.pem", "--keyfile", "tls/key.pem"],
+            "{site}/tls/key.pem holds no PEM certificate",
+        ),
+        (
+            ["--certfile", "tls/cert.pem", "--keyfile", "tls/cert.pem"],
+            "{site}/tls/cert.pem holds no PEM private key",
+        ),
+        (["--certfile", "tls/cert.pem", "--keyfile", "tls/other.pem"], "the key is not the certificate's"),
+    ],
+)
+def test_errors_name_the_file(site: Path, args: list[str], named: str) -> None:
+    other = trustme.CA().issue_cert("127.0.0.1")
+    other.private_key_pem.write_to_path(str(site / "tls" / "other.pem"))
+    result = _run_program(site, *args)
+    assert result.returncode == 2, result
+    assert named.format(site=site) in result.stderr, result.stderr
+
+
+# --- 2. workers die with their parent -------------------------------------------------------------
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_for(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout}s"
+        time.sleep(0.02)
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class _Supervisor:
+    process: subprocess.Popen[bytes]
+    port: int
+    stderr_path: Path
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def workers(self) -> set[int]:
+        return _children(self.process.pid)
+
+
+@contextlib.contextmanager
+def _supervisor(transport: str, tmp_path: Path, *args: str) -> Iterator[_Supervisor]:
+    """`python -m transports --workers 2 ...` (as the behaviour suite runs the program), with 2 workers up."""
+    stderr_path = tmp_path / "stderr.txt"
+    command = [sys.executable, "-m", "transports", "--transport", transport, "--port", "0", "--workers", "2"]
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen([*command, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr)
+    try:
+        assert process.stdout is not None
+        match = LISTENING.fullmatch(process.stdout.readline().decode().rstrip("\n"))
+        assert match, stderr_path.read_text()
+        supervisor = _Supervisor(process, int(match[2]), stderr_path)
+        _wait_for(
+            lambda: "started 2 workers" in supervisor.stderr() and len(supervisor.workers()) == 2, "workers"
+        )
+        yield supervisor
+    finally:
+        for pid in _children(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _echo(port: int, text: str) -> bytes:
+    with RawClient("127.0.0.1", port) as client:
+        client.send(request("GET", f"/echo/{text}"))
+        return client.read_response().body
+
+
+def test_workers_die_with_their_parent(transport: str, tmp_path: Path) -> None:
+    """kill -9 of the parent: the workers stop too, so the port is free for a restart."""
+    with _supervisor(transport, tmp_path) as supervisor:
+        workers = supervisor.workers()
+        assert _echo(supervisor.port, "alive") == b"alive"
+        assert not _port_is_free(supervisor.port)
+        supervisor.process.kill()
+        supervisor.process.wait(5)
+        _wait_for(lambda: not any(_running(pid) for pid in workers), "end of the orphaned workers", 5.0)
+        _wait_for(lambda: _port_is_free(supervisor.port), "free port", 5.0)
+    assert "httpserver.workers: started 2 workers" in supervisor.stderr()  # named for what they are
+
+
+# --- 10. SIGHUP ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Load:
+    """Clients requesting without pause while the workers are replaced; every request must succeed."""
+
+    port: int
+    stop: threading.Event = field(default_factory=threading.Event)
+    done: int = 0
+    failures: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def new_connections(self, index: int) -> None:
+        """A new connection per request (the connection closes after it)."""
+        count = 0
+        while not self.stop.is_set():
+            count += 1
+            text = f"n{index}-{count}"
+            try:
+                with RawClient("127.0.0.1", self.port) as client:
+                    client.send(request("GET", f"/echo/{text}", [("Connection", "close")]))
+                    body = client.read_response().body
+            except Exception as exc:
+                body = repr(exc).encode()
+            self._record(text, body)
+
+    def keep_alive(self, index: int) -> None:
+        """Requests on a kept-alive connection. One closed by the server while idle is a normal end
+        (RFC 9112 §9.3.1): the request is sent again, once, on a new connection, as clients do when
+        no byte of a response came; that one must succeed."""
+        count = 0
+        client: RawClient | None = None
+        while not self.stop.is_set():
+            count += 1
+            text = f"k{index}-{count}"
+            body = b""
+            for attempt in range(2):
+                try:
+                    if client is None:
+                        client = RawClient("127.0.0.1", self.port)
+                    client.send(request("GET", f"/echo/{text}"))
+                    body = client.read_response().body
+                    break
+                except Exception as exc:
+                    if client is not None:
+                        client.close()
+                    client = None
+                    retry = "ConnectionClosed" in str(exc) or isinstance(exc, ConnectionError)
+                    if attempt or not retry:
+                        body = repr(exc).encode()
+                        break
+            self._record(text, body)
+        if client is not None:
+            client.close()
+
+    def _record(self, text: str, body: bytes) -> None:
+        with self.lock:
+            if body == text.encode():
+                self.done += 1
+            else:
+                self.failures.append(f"{text}: {body[:200]!r}")
+
+    @contextlib.contextmanager
+    def running(self, clients: int = 4) -> Iterator[None]:
+        threads = [threading.Thread(target=self.new_connections, args=(i,)) for i in range(clients)]
+        threads += [threading.Thread(target=self.keep_alive, args=(i,)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        try:
+            yield
+        finally:
+            self.stop.set()
+            for thread in threads:
+                thread.join(10)
+
+
+def test_sighup_reloads_the_workers_with_no_failed_request(transport: str, tmp_path: Path) -> None:
+    with _supervisor(transport, tmp_path) as supervisor:
+        load = _Load(supervisor.port)
+        with load.running():
+            time.sleep(0.3)
+            for reload in range(2):
+                old = supervisor.workers()
+                supervisor.process.send_signal(signal.SIGHUP)
+                _wait_for(
+                    lambda old=old: len(supervisor.workers()) == 2 and not supervisor.workers() & old,  # type: ignore[misc]
+                    f"reload {reload + 1}: two new workers and the old ones gone",
+                )
+                time.sleep(0.3)
+        assert not load.failures, f"{len(load.failures)} failed of {load.done}: {load.failures[:5]}"
+        assert load.done > 50, load.done
+        supervisor.process.send_signal(signal.SIGTERM)
+        assert supervisor.process.wait(10) == 0
+    stderr = supervisor.stderr()
+    assert stderr.count("httpserver.workers: SIGHUP: reloading: starting 2 new workers") == 2, stderr
+    assert stderr.count("reload: 2 new workers serving; 2 old ones finish their requests") == 2, stderr
+    assert "Traceback" not in stderr, stderr
+
+
+def test_a_reload_whose_workers_cannot_start_keeps_the_old_ones(tmp_path: Path) -> None:
+    directory = tmp_path / "served"
+    directory.mkdir()
+    with _supervisor("trio", tmp_path, "--directory", str(directory)) as supervisor:
+        workers = supervisor.workers()
+        directory.rename(tmp_path / "moved")  # the new workers fail to build their app
+        supervisor.process.send_signal(signal.SIGHUP)
+        _wait_for(lambda: "reload abandoned" in supervisor.stderr(), "abandoned reload")
+        _wait_for(lambda: supervisor.workers() == workers, "only the old workers")
+        assert _echo(supervisor.port, "still") == b"still"
+        (tmp_path / "moved").rename(directory)
+        supervisor.process.send_signal(signal.SIGHUP)  # a later reload works
+        _wait_for(
+            lambda: len(supervisor.workers()) == 2 and not supervisor.workers() & workers, "new workers"
+        )
+        assert _echo(supervisor.port, "reloaded") == b"reloaded"
+
+
+def test_sighup_without_workers_is_logged_and_ignored(start_server: StartServer) -> None:
+    server = start_server()
+    server.process.send_signal(signal.SIGHUP)
+    _wait_for(lambda: "SIGHUP ignored" in server.stderr(), "log line")
+    server.assert_serving()
+    stop(server)
