@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from protocol import Config
-from transports.cli import parser
+from transports.cli import main, parser
 
 _SPECIAL = {
     "date_header": "--date-header",
@@ -49,3 +49,59 @@ def test_bad_values_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixt
         parser().parse_args(argv)
     assert exit.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port", "abc"], "argument --port: 'abc' is not a TCP port (0 to 65535)"),
+        (["--workers", "two"], "argument --workers: 'two' is not a whole number"),
+        (["--max-body-size", "1x"], "argument --max-body-size: '1x' is not a size"),
+        (["--body-timeout", "soon"], "argument --body-timeout: 'soon' is not a number of seconds"),
+        (["--keep-alive-timeout", "-1"], "argument --keep-alive-timeout: -1 is not a number of seconds"),
+    ],
+)
+def test_errors_name_the_option_not_an_internal_function(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "invalid" not in err and "_port" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ("1048576", 1 << 20),
+        ("1M", 1 << 20),
+        ("1m", 1 << 20),
+        ("512k", 512 << 10),
+        ("512K", 512 << 10),
+        ("2g", 2 << 30),
+    ],
+)
+def test_sizes_take_nginx_suffixes(value: str, size: int) -> None:
+    args = parser().parse_args(
+        ["--max-body-size", value, "--max-head-size", value, "--send-chunk-size", value]
+    )
+    assert (args.max_body_size, args.max_head_size, args.send_chunk_size) == (size, size, size)
+
+
+def test_keep_alive_timeout_zero_is_accepted() -> None:
+    assert parser().parse_args(["--keep-alive-timeout", "0"]).keep_alive_timeout == 0
+
+
+@pytest.mark.parametrize("transport", ["trio", "asyncio"])
+def test_threads_is_refused_where_it_would_do_nothing(
+    transport: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["--transport", transport, "--threads", "8"])
+    assert exit.value.code == 2
+    assert f"--threads sizes the threads transport's pool; --transport {transport}" in capsys.readouterr().err
+
+
+def test_threads_with_the_threads_transport_is_parsed() -> None:
+    assert parser().parse_args(["--transport", "threads", "--threads", "8"]).threads == 8

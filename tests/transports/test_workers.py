@@ -65,3 +65,44 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_all(transport: str, tmp_pat
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_first_workers_that_cannot_start_stop_the_supervisor() -> None:
+    """A worker of the first generation that exits before it serves would only fail again: exit 1."""
+    code = (
+        "import logging, sys; logging.basicConfig();"
+        "from transports.workers import supervise;"
+        "sys.exit(supervise(2, lambda ready: 1 / 0))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=20, text=True
+    )
+    assert result.returncode == 1, result
+    assert "before it served; stopping" in result.stderr, result.stderr
+
+
+def test_a_worker_that_served_then_died_is_replaced_not_fatal(tmp_path: Path) -> None:
+    """Only a worker that never served stops the server; one that served is replaced."""
+    marker = tmp_path / "died"
+    code = (
+        "import os, sys, time;"
+        "from transports.workers import supervise;"
+        f"marker = {str(marker)!r}\n"
+        "def work(ready):\n"
+        "    ready()\n"
+        "    if not os.path.exists(marker):\n"
+        "        open(marker, 'w').close(); os._exit(3)\n"
+        "    time.sleep(60)\n"
+        "sys.exit(supervise(1, work))"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: marker.exists() and len(_children(process.pid)) == 1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        assert process.stderr is not None
+        assert "exited (status 3); replacing it" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
