@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     config = Config()
     options = ServerOptions()
     p = argparse.ArgumentParser(
-        prog="your_program.sh",
+        prog=_program_name(),
         description="An HTTP/1.1 server: a sans-IO core on h11 driven by trio, asyncio or threads. "
         "Relative paths are relative to the current directory; sizes are bytes or take a k, m or g "
         "suffix (512k, 1m, 2g); times are seconds.",
@@ -115,6 +115,12 @@ def parser() -> argparse.ArgumentParser:
         f"blocking steps run) at once (default {options.threads}); trio and asyncio size their own pools",
     )
     return p
+
+
+def _program_name() -> str:
+    """`h11-server` when installed (pip install .), else the script that runs `python -m transports`."""
+    name = Path(sys.argv[0]).name
+    return name if name == "h11-server" else "your_program.sh"
 
 
 def _directory(value: str) -> Path:

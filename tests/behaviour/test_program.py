@@ -39,6 +39,8 @@ OPTIONS = [
     "--certfile",
     "--keyfile",
     "--workers",
+    "--threads",
+    "--mime-types",
 ]
 
 
