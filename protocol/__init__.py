@@ -55,14 +55,16 @@ The application is an `App`: a callable from `Request` to `Response`, or to an
 `Exchange` when it reads the request body or its work may block (see `messages`).
 """
 
-from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile
+from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile, Spawn, Wait
+from .channel import Channel
 from .config import Config
 from .connection import Phase, ServerConnection
-from .messages import App, Exchange, FileBody, Headers, Request, Response
+from .messages import App, Exchange, FileBody, Headers, Request, Response, Session, Stream
 
 __all__ = [
     "Action",
     "App",
+    "Channel",
     "Close",
     "Config",
     "Exchange",
@@ -77,4 +79,8 @@ __all__ = [
     "Send",
     "SendFile",
     "ServerConnection",
+    "Session",
+    "Spawn",
+    "Stream",
+    "Wait",
 ]

@@ -155,10 +155,27 @@ class ServerConnection:
         "_waiting_on",
     )
 
-    def __init__(self, app: App, config: Config, *, now: float, peer: str = "-") -> None:
+    def __init__(
+        self,
+        app: App,
+        config: Config,
+        *,
+        now: float,
+        client: tuple[str, int] | None = None,
+        server: tuple[str, int | None] | None = None,
+        tls: bool = False,
+        wake: Callable[[], None] | None = None,
+    ) -> None:
+        """`client` and `server` are the socket's addresses (None when unknown), `tls` whether
+        it speaks HTTPS. `wake`, callable from any thread at any time, makes the transport
+        give up a `Receive` or `Wait` in progress (or the next one) and ask for the next
+        action; without it, `Session` apps cannot be served (they get 500)."""
         self._app = app
         self._config = config
-        self._peer = peer
+        self._client = client
+        self._server = server
+        self._scheme = "https" if tls else "http"
+        self._wake = wake
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_head_size)
         self._phase = _IDLE
         self._deadline: float | None = now + config.keep_alive_timeout
