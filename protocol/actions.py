@@ -11,14 +11,18 @@ through object.__setattr__ for every field).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
 
 @dataclass(slots=True)
 class Receive:
-    """Read some bytes and pass them to `receive_data` (b"" at end of input)."""
+    """Read some bytes and pass them to `receive_data` (b"" at end of input).
+
+    If `wake` is called meanwhile (an app task has something for the core), give the wait
+    up and ask for the next action; bytes already read go to `receive_data` first.
+    """
 
     deadline: float | None
 
@@ -43,9 +47,37 @@ class SendFile:
 
 @dataclass(slots=True)
 class Run:
-    """Call `step()` where blocking is allowed (a worker thread); it never raises."""
+    """Call `step()` where blocking is allowed (a worker thread); it never raises.
+
+    With `watch`, the step produces a response for a client that may leave meanwhile (an
+    app's work): while it runs, notice the peer closing or resetting the connection,
+    without handing its bytes to the core (peek at them, or read and hold them), and if
+    it did, call `connection_lost()` once the step has returned.
+    """
 
     step: Callable[[], None]
+    watch: bool = False
+
+
+@dataclass(slots=True)
+class Wait:
+    """Wait until the connection's `wake` is called (an app task has something for the
+    core), then ask for the next action. Do not read; watch as for `Run(watch=True)`,
+    and call `connection_lost()` at once if the peer leaves."""
+
+    deadline: float | None
+
+
+@dataclass(slots=True)
+class Spawn:
+    """Start `task()` concurrently on the event loop where async apps run; do not wait for it.
+
+    The task talks to the core through a `Channel` and `wake`, never by raising: it
+    handles its own errors. The transport keeps it until it returns: at shutdown it
+    waits for spawned tasks within the grace period, then cancels those left.
+    """
+
+    task: Callable[[], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -58,4 +90,4 @@ class Close:
     """Close the connection. This is the last action."""
 
 
-Action = Receive | Send | SendFile | Run | HalfClose | Close
+Action = Receive | Send | SendFile | Run | Wait | Spawn | HalfClose | Close

@@ -10,9 +10,12 @@ one (say, a value with CR LF) is replaced by a 500, never sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+if TYPE_CHECKING:
+    from .channel import Channel
 
 from .redaction import headers_repr
 
@@ -34,6 +37,12 @@ class Request:
     target: bytes
     headers: Headers
     http_version: bytes = b"1.1"
+    client: tuple[str, int] | None = None
+    """The client's address (behind a trusted proxy, the one it reports); None: unknown or a Unix socket."""
+    server: tuple[str, int | None] | None = None
+    """The address the request came to: (host, port), or (path, None) on a Unix socket."""
+    scheme: str = "http"
+    """"https" under TLS (or when a trusted proxy says so)."""
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower-case), or None."""
@@ -45,7 +54,8 @@ class Request:
     def __repr__(self) -> str:  # credentials stay out of logs (see `redaction`)
         return (
             f"Request(method={self.method!r}, target={self.target!r}, "
-            f"headers={headers_repr(self.headers)}, http_version={self.http_version!r})"
+            f"headers={headers_repr(self.headers)}, http_version={self.http_version!r}, "
+            f"client={self.client!r}, server={self.server!r}, scheme={self.scheme!r})"
         )
 
 
@@ -58,13 +68,36 @@ class FileBody:
     length: int
 
 
+class Stream(Protocol):
+    """A response body produced piece by piece by a producer that may block (a WSGI iterable).
+
+    The core calls both methods in `Run` steps (where blocking is allowed), one piece at a
+    time: the next piece is asked for only once the previous one went out, so a slow
+    client costs a piece of memory, not the whole body. `close` is called exactly once,
+    whether the body ended, failed or the client left.
+
+    Framing: the response's own Content-Length when it has one (never more is sent; a
+    body that ends short cuts the connection), else chunked (HTTP/1.1) or delimited by
+    closing the connection (HTTP/1.0). Nothing is asked for after HEAD, 204 or 304.
+    """
+
+    def next_piece(self) -> bytes | None:
+        """The next piece of the body (b"" allowed), or None at its end."""
+        ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Response:
-    """A final response. The core adds the framing headers (Content-Length, Connection)."""
+    """A final response. The core adds the framing headers (Content-Length, Connection).
+
+    With a `Stream` body the handler's Content-Length, if any, frames it (see `Stream`).
+    """
 
     status: int
     headers: Headers = ()
-    body: bytes | FileBody = b""
+    body: bytes | FileBody | Stream = b""
 
     def __repr__(self) -> str:  # credentials (Set-Cookie) stay out of logs (see `redaction`)
         body = self.body
@@ -105,5 +138,16 @@ class Exchange(Protocol):
     def abort(self) -> None: ...
 
 
-App = Callable[[Request], "Response | Exchange"]
-"""Maps a request head to a response, or to an exchange. Must be quick and never block."""
+class Session(Protocol):
+    """A request served by a task that runs concurrently with its connection (an async app).
+
+    The core hands `run(channel)` to the transport to start on its event loop (a `Spawn`
+    action); from then on the task and the connection meet only in the `Channel`: the
+    task asks for the body, sends the response, and learns there that the client left.
+    """
+
+    def run(self, channel: Channel) -> Awaitable[None]: ...
+
+
+App = Callable[[Request], "Response | Exchange | Session"]
+"""Maps a request head to a response, an exchange or a session. Must be quick and never block."""

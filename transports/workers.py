@@ -163,6 +163,8 @@ class _Supervisor:
             return
         if not self._booted and worker.generation == 0:
             self._booted = all(w.ready for w in self._workers.values() if w.generation == 0)
+            if self._booted:
+                log.info("all %d workers serving", self._count)
         reload = self._reload
         if reload is not None and worker.generation == reload.generation:
             fresh = [w for w in self._workers.values() if w.generation == reload.generation]

@@ -181,7 +181,8 @@ def _supervisor(transport: str, tmp_path: Path, *args: str) -> Iterator[_Supervi
         assert match, stderr_path.read_text()
         supervisor = _Supervisor(process, int(match[2]), stderr_path)
         _wait_for(
-            lambda: "started 2 workers" in supervisor.stderr() and len(supervisor.workers()) == 2, "workers"
+            lambda: "all 2 workers serving" in supervisor.stderr() and len(supervisor.workers()) == 2,
+            "workers",
         )
         yield supervisor
     finally:

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from protocol import Config, Response, SendFile
+from protocol import Config, Response, Run, SendFile
 
 from .helpers import App, Driver, get, parse, parse_one, post
 
@@ -44,7 +44,7 @@ def test_a_small_keep_alive_timeout_still_keeps_alive() -> None:
 
 
 def test_a_download_cut_by_the_client_is_logged_with_the_bytes_sent(caplog: pytest.LogCaptureFixture) -> None:
-    d = Driver(App(memfile_size=100), Config(access_log=True, send_chunk_size=30), peer="p:1")
+    d = Driver(App(memfile_size=100), Config(access_log=True, send_chunk_size=30), client=("10.0.0.1", 5000))
     with caplog.at_level(logging.INFO, "httpserver.access"):
         d.conn.receive_data(get(b"/memfile"), 1.0)
         d.now = 1.0
@@ -56,7 +56,7 @@ def test_a_download_cut_by_the_client_is_logged_with_the_bytes_sent(caplog: pyte
         d.conn.connection_lost(3.5)  # the second failed: the client went away
         d.advance()
     assert d.closed
-    assert _access_lines(caplog) == ['p:1 - "GET /memfile HTTP/1.1" 200 30']
+    assert _access_lines(caplog) == ['10.0.0.1:5000 - "GET /memfile HTTP/1.1" 200 30']
     assert caplog.records[0].getMessage().endswith(" 2500.0ms")
     assert all(file.closed for file in d.app.files)
 
@@ -147,3 +147,20 @@ def test_receive_may_answer_before_the_body_is_complete() -> None:
     d.feed(request[len(request) - 900 :] + get(b"/"))  # the rest is discarded; the connection goes on
     assert parse_one(d.take()).body == b"next"
     assert exchanges[0].calls == ["start", "receive"]  # no respond(), no abort()
+
+
+def test_a_stream_cut_by_the_client_is_logged_with_the_bytes_handed_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from .test_streams import Pieces, StreamApp
+
+    d = Driver(StreamApp(Pieces([b"one", b"two", b"three"])), Config(access_log=True), run_steps=False)
+    with caplog.at_level(logging.INFO, "httpserver.access"):
+        d.feed(get(b"/stream"))
+        for _ in range(2):  # two pieces made and sent
+            assert isinstance(d.waiting, Run)
+            d.waiting.step()
+            d.advance()
+        d.conn.connection_lost(1.0)
+        d.advance()
+    assert _access_lines(caplog) == ['- - "GET /stream HTTP/1.1" 200 6']
