@@ -31,7 +31,7 @@ from protocol import (
     ServerConnection,
 )
 
-from .common import CLEANUP_WAIT, abandon, accept_error, bind, error_log, format_peer, ports
+from .common import CLEANUP_WAIT, abandon, accept_error, bind, client_address, error_log, ports
 from .options import ServerOptions
 
 _MAX_STEP_THREADS: Final = 64
@@ -64,8 +64,12 @@ class _HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        peer = format_peer(transport.get_extra_info("peername"))
-        self._conn = ServerConnection(self._server.app, self._server.config, now=self._loop.time(), peer=peer)
+        self._conn = ServerConnection(
+            self._server.app,
+            self._server.config,
+            now=self._loop.time(),
+            client=client_address(transport.get_extra_info("peername")),
+        )
         self._server.connections.add(self)
         if self._server.stopping:  # the TLS handshake ended after shutdown began
             self._conn.shutdown()

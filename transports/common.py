@@ -90,6 +90,14 @@ def peer_name(sock: socket.socket) -> str:
         return "-"
 
 
+def peer_address(sock: object) -> object:
+    """The socket's peer address, or None when it has none (already disconnected)."""
+    try:
+        return sock.getpeername()  # type: ignore[attr-defined]
+    except OSError:
+        return None
+
+
 def format_peer(address: object) -> str:
     """host:port ([host]:port for IPv6) from a socket address."""
     if isinstance(address, tuple):
@@ -112,6 +120,13 @@ def abandon(conn: ServerConnection, now: float) -> None:
             action.step()
         elif type(action) is Close:
             return
+
+
+def client_address(address: object) -> tuple[str, int] | None:
+    """(host, port) of an IP peer, as the core takes it; None for anything else (AF_UNIX)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return (str(address[0]), int(address[1]))
+    return None
 
 
 def has_fileno(file: BinaryIO) -> bool:

@@ -44,8 +44,10 @@ from .common import (
     abandon,
     accept_error,
     bind,
+    client_address,
     error_log,
     has_fileno,
+    peer_address,
     peer_name,
     ports,
     read_at,
@@ -451,7 +453,12 @@ class ThreadServer:
         except OSError as exc:  # the peer went away, or the TLS handshake failed
             error_log.debug("connection from %s failed: %r", connection.peer, exc)
             return _OVER
-        return ServerConnection(self._app, self._config, now=time.monotonic(), peer=connection.peer)
+        return ServerConnection(
+            self._app,
+            self._config,
+            now=time.monotonic(),
+            client=client_address(peer_address(connection.sock)),
+        )
 
     def _drive(self, connection: _Connection, conn: ServerConnection) -> str:
         """The loop every transport has: ask the core, perform, report, until it must wait or Close."""

@@ -24,8 +24,10 @@ from .common import (
     abandon,
     accept_error,
     bind,
+    client_address,
     error_log,
     has_fileno,
+    peer_address,
     peer_name,
     ports,
     read_at,
@@ -125,7 +127,9 @@ class TrioServer:
                 # end of a response from a cut (a peer's cut is BrokenResourceError: lost).
                 stream = trio.SSLStream(tcp, context, server_side=True)
             peer = peer_name(sock)
-            conn = ServerConnection(self._app, self._config, now=trio.current_time(), peer=peer)
+            conn = ServerConnection(
+                self._app, self._config, now=trio.current_time(), client=client_address(peer_address(sock))
+            )
         except Exception:
             error_log.exception("cannot set up a connection")
             sock.close()
