@@ -42,6 +42,7 @@ before `start_response`, a piece that is not bytes, headers that are not latin-1
 
 from __future__ import annotations
 
+import contextvars
 import io
 import logging
 import os
@@ -326,6 +327,13 @@ class _Exchange:
             self._body = None
 
     def respond(self) -> Response:
+        # The app, its iterable's pieces (pulled in later steps, maybe in other threads) and
+        # close() all run in this one Context: what the app sets in a context variable while
+        # a generator is suspended (Flask's stream_with_context) is still there when it resumes.
+        context = contextvars.copy_context()
+        return context.run(self._respond, context)
+
+    def _respond(self, context: contextvars.Context) -> Response:
         request = self._request
         spool = self._body
         if spool is None:
@@ -335,7 +343,7 @@ class _Exchange:
             body = spool.reader()
             size = spool.size if request.header(b"transfer-encoding") is not None else None
         adapter = self._adapter
-        call = _Call(request, body)
+        call = _Call(request, body, context)
         try:
             environ = adapter.environ(request, body, size)
             result = adapter.app(environ, call.start_response)
@@ -355,13 +363,15 @@ class _Call:
         "_spool",
         "_without",
         "content_length",
+        "context",
         "headers",
         "late",
         "sent",
         "status",
     )
 
-    def __init__(self, request: Request, body: BinaryIO) -> None:
+    def __init__(self, request: Request, body: BinaryIO, context: contextvars.Context) -> None:
+        self.context = context
         self._request = request
         self._input = body
         self.status = 0
@@ -586,13 +596,10 @@ class _Stream:
         if iterator is None:
             return None
         try:
-            piece = next(iterator)
+            piece = self._call.context.run(next, iterator)
         except StopIteration:
             self._iterator = None
             return late.pop(0) if late else None
-        except Exception:
-            self._call.log_failure()
-            raise
         if type(piece) is not bytes:
             piece = _as_bytes(piece)
         if late:  # write() ran while the piece was made: it comes first
@@ -609,7 +616,7 @@ class _Stream:
         close, self._close = self._close, None
         if close is not None:
             try:
-                close()
+                self._call.context.run(close)
             except Exception:
                 self._call.log_failure()
 
