@@ -336,6 +336,7 @@ def test_slow_reader_of_a_huge_stream_costs_bounded_memory(start_server: StartSe
     finally:
         reader.close()
     growth = server.status("VmHWM") - before
+    print(f"stream: stalled +{stalled} KiB, whole +{growth} KiB")
     assert stalled < GROWTH_LIMIT_KIB
     assert growth < GROWTH_LIMIT_KIB, f"peak RSS grew by {growth} KiB for a {HUGE >> 20} MiB stream"
 
@@ -356,6 +357,7 @@ def test_huge_upload_costs_bounded_memory(start_server: StartServer) -> None:
         result = json.loads(client.read_response("POST").body)
     assert (result["size"], result["sha256"]) == (HUGE, digest.hexdigest())
     growth = server.status("VmHWM") - before
+    print(f"upload: +{growth} KiB")
     assert growth < GROWTH_LIMIT_KIB, f"peak RSS grew by {growth} KiB for a {HUGE >> 20} MiB upload"
 
 
