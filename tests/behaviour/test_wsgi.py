@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -393,3 +394,30 @@ def test_timeouts_hold_for_apps(limited: Server) -> None:
     with RawClient(limited.host, limited.port) as client:
         client.send(b"GET /environ HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
         assert client.read_response().status == 408
+
+
+def test_tls_app(start_server: StartServer, tmp_path: Path) -> None:
+    """Under TLS: wsgi.url_scheme is https, the default port 443, and file_wrapper still works
+    (read in pieces: no sendfile through TLS)."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    for blob in cert.cert_chain_pems[1:]:
+        blob.write_to_path(str(certfile), append=True)
+    cert.private_key_pem.write_to_path(str(keyfile))
+    server = start_server(
+        *app_args(SUITE, "--certfile", str(certfile), "--keyfile", str(keyfile)), directory=False
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with RawClient(server.host, server.port, tls=context) as client:
+        client.send(request("GET", "/environ") + request("GET", "/file?size=300000&skip=5"))
+        environ = json.loads(client.read_response().body)
+        assert (environ["url_scheme"], environ["SERVER_PORT"]) == ("https", "443")
+        whole = bytes(range(256)) * (300000 // 256) + bytes(range(300000 % 256))
+        assert client.read_response().body == whole[5:]

@@ -701,7 +701,7 @@ def test_the_iterable_runs_in_one_context_whatever_thread_pulls_it() -> None:
     response = contextvars.copy_context().run(call, app)
     stream = response.body
     assert not isinstance(stream, (bytes, FileBody))
-    pieces: list[bytes | None | Exception] = []
+    pieces: list[bytes | Exception | None] = []
 
     def step() -> None:
         try:
