@@ -23,7 +23,7 @@ import pytest
 import trustme
 
 from .client import RawClient, Response, chunked, request
-from .conftest import Server, SharedApps, StartServer, app_args
+from .conftest import Server, SharedApps, StartServer, app_args, stop
 
 SUITE = "wsgi_suite:app"
 VALIDATOR_COMPLAINTS = ("AssertionError", "garbage collected without being closed", "WSGIWarning")
@@ -432,3 +432,27 @@ def test_tls_app_scheme(start_server: StartServer, tmp_path: Path) -> None:
         client.send(request("GET", "/environ"))
         environ = json.loads(client.read_response().body)
     assert (environ["url_scheme"], environ["SERVER_PORT"]) == ("https", "443")
+
+
+def test_graceful_shutdown_with_app_requests_in_flight(start_server: StartServer, tmp_path: Path) -> None:
+    """SIGTERM: a slow app call finishes within the grace period; an endless stream is cut at
+    its end, its iterable closed; the server exits 0."""
+    server = start_server(*app_args(SUITE, "--shutdown-grace", "2"), directory=False)
+    record = tmp_path / "closed.txt"
+    results: list[Response] = []
+    slow = threading.Thread(target=lambda: results.append(server.get("/sleep?seconds=1")))
+    reader = Reader(server, f"/endless?track=shutdown&record={record}&size=100&delay=0.05")
+    try:
+        assert reader.head().status_code == 200
+        slow.start()
+        time.sleep(0.3)  # the slow call is in the app
+        elapsed = stop(server, timeout=10)
+        assert elapsed < 6
+        slow.join(10)
+        assert results and results[0].status == 200  # finished within the grace period
+        while isinstance(event := reader.next_event(), h11.Data):
+            pass
+        assert not isinstance(event, h11.EndOfMessage)  # the endless stream was cut
+    finally:
+        reader.close()
+    assert record.read_text() == "closed shutdown\n"
