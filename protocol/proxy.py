@@ -122,6 +122,10 @@ class TrustedProxies:
         return str(ip) in self.addresses or any(ip in network for network in self.networks)
 
 
+LOOPBACK: Final = TrustedProxies.parse(DEFAULT_ALLOW)
+"""The default trusted proxies: 127.0.0.1 and ::1 (and Unix-socket peers)."""
+
+
 def forwarded(
     headers: Sequence[tuple[bytes, bytes]],
     peer: Address | None,
