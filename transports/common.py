@@ -140,9 +140,15 @@ def abandon(conn: ServerConnection, now: float) -> None:
 
 
 def client_address(address: object) -> tuple[str, int] | None:
-    """(host, port) of an IP peer, as the core takes it; None for anything else (AF_UNIX)."""
+    """(host, port) of an IP peer, as the core takes it; None for anything else (AF_UNIX).
+
+    An IPv4-mapped address (`::ffff:192.0.2.1`, a dual-stack socket's IPv4 client) is
+    given as the IPv4 address it is, for logs and apps alike."""
     if isinstance(address, tuple) and len(address) >= 2:
-        return (str(address[0]), int(address[1]))
+        host = str(address[0])
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        return (host, int(address[1]))
     return None
 
 

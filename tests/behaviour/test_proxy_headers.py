@@ -6,15 +6,7 @@ from __future__ import annotations
 import re
 import time
 
-import pytest
-
 from .conftest import Server, StartServer
-
-HOOK_PENDING = pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: protocol/proxy.py's forwarded() is not yet called by the core (the lead's "
-    "hook-up in protocol/connection.py); remove this mark once it is",
-)
 
 
 def access_line(server: Server, marker: str, timeout: float = 2.0) -> str:
@@ -37,7 +29,6 @@ def get_forwarded(server: Server, marker: str, headers: list[tuple[str, str]]) -
 SPOOF = [("X-Forwarded-For", "198.51.100.4"), ("X-Forwarded-Proto", "https"), ("Forwarded", "for=192.0.2.9")]
 
 
-@HOOK_PENDING
 def test_a_trusted_proxy_names_the_client(start_server: StartServer) -> None:
     server = start_server("--proxy-headers")  # the test's 127.0.0.1 is trusted by default
     line = get_forwarded(server, "xff", [("X-Forwarded-For", "203.0.113.9, 198.51.100.4")])

@@ -234,12 +234,14 @@ def make_cluster() -> Iterator[Callable[..., Cluster]]:
     instances: list[Instance] = []
     nginx: subprocess.Popen[bytes] | None = None
 
-    def make(transports: tuple[str, str], a_options: Sequence[str] = ()) -> Cluster:
+    def make(
+        transports: tuple[str, str], a_options: Sequence[str] = (), options: Sequence[str] = ()
+    ) -> Cluster:
         nonlocal nginx
         files = base / "files"
         files.mkdir()
         (base / "tmp").mkdir()
-        specs = [("a", transports[0], a_options), ("b", transports[1], ())]
+        specs = [("a", transports[0], [*options, *a_options]), ("b", transports[1], options)]
         instances.extend(_start_instances(base, files, specs))
         for attempt in range(3):  # the free port may be taken meanwhile: try another
             port = _free_port()
@@ -604,13 +606,10 @@ def test_a_sighup_reload_under_upload_load_fails_no_upload(make_cluster: Callabl
 
 
 @needs_nginx
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: protocol/proxy.py's forwarded() is not yet called by the core (the lead's "
-    "hook-up in protocol/connection.py); remove this mark once it is",
-)
 def test_the_access_log_names_the_client_behind_nginx(make_cluster: Callable[..., Cluster]) -> None:
-    cluster = make_cluster(("asyncio", "threads"))
+    # The test's client is on 127.0.0.1, a trusted proxy by default: it would be believed.
+    # Here it is an ordinary client; nginx, a Unix socket's peer, is trusted all the same.
+    cluster = make_cluster(("asyncio", "threads"), options=["--forwarded-allow-ips", "192.0.2.1"])
     for n in range(2):  # one to each instance
         with cluster.client() as client:
             # A client's own X-Forwarded-For is on the left of what nginx appends: not believed.

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from protocol import Config
 from protocol.proxy import Address, TrustedProxies, forwarded, parse_forwarded
+
+from .helpers import App, Driver, get
 
 LOOPBACK = TrustedProxies.default()
 PROXY: Address = ("127.0.0.1", 50000)
@@ -239,6 +243,49 @@ def test_parse_forwarded() -> None:
     ]
     assert parse_forwarded("for=a;;by=b,") == [{"for": "a", "by": "b"}]
     assert parse_forwarded("for = a") is None
+
+
+# --- in the core: Request.client, Request.scheme and the access log ---------------------------------
+
+
+def test_the_core_believes_a_trusted_proxy_with_proxy_headers(caplog: pytest.LogCaptureFixture) -> None:
+    app = App()
+    d = Driver(app, Config(access_log=True, proxy_headers=True), client=("127.0.0.1", 5000))
+    with caplog.at_level(logging.INFO, "httpserver.access"):
+        d.feed(get(b"/echo/a", b"X-Forwarded-For: 192.0.2.1, 198.51.100.4", b"X-Forwarded-Proto: https"))
+        d.feed(get(b"/echo/b"))  # the next request on the connection: only what it says
+    assert [(r.client, r.scheme) for r in app.requests] == [
+        (("198.51.100.4", 0), "https"),
+        (("127.0.0.1", 5000), "http"),
+    ]
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpserver.access"]
+    assert lines[0].startswith('198.51.100.4:0 - "GET /echo/a ')
+    assert lines[1].startswith('127.0.0.1:5000 - "GET /echo/b ')
+
+
+@pytest.mark.parametrize(
+    ("config", "client"),
+    [
+        (Config(proxy_headers=False), ("127.0.0.1", 5000)),  # off: nobody is believed
+        (Config(proxy_headers=True), ("203.0.113.7", 5000)),  # not a trusted proxy
+        (
+            Config(proxy_headers=True, forwarded_allow_ips=TrustedProxies.parse("10.0.0.0/8")),
+            ("127.0.0.1", 1),
+        ),
+    ],
+)
+def test_the_core_ignores_proxy_headers_otherwise(config: Config, client: Address) -> None:
+    app = App()
+    d = Driver(app, config, client=client)
+    d.feed(get(b"/echo/a", b"X-Forwarded-For: 198.51.100.4", b"Forwarded: for=192.0.2.1;proto=https"))
+    assert [(r.client, r.scheme) for r in app.requests] == [(client, "http")]
+
+
+def test_a_unix_socket_peer_is_trusted_by_the_core() -> None:
+    app = App()
+    d = Driver(app, Config(proxy_headers=True), client=None)
+    d.feed(get(b"/echo/a", b'Forwarded: for="[2001:db8::1]:4711";proto=https'))
+    assert [(r.client, r.scheme) for r in app.requests] == [(("2001:db8::1", 4711), "https")]
 
 
 # --- properties -----------------------------------------------------------------------
