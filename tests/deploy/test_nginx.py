@@ -601,7 +601,7 @@ def test_a_sighup_reload_under_upload_load_fails_no_upload(make_cluster: Callabl
     """The stricter form: no upload fails, and nginx never even has to retry."""
     cluster = make_cluster(("trio", "asyncio"), a_options=["--workers", "2"])
     load = _reload_under_load(cluster, uploads=True)
-    assert load.errors == [], load.errors[:10]
+    assert load.errors == [], (load.errors[:10], cluster.nginx_errors()[-2000:])
     assert [line for line in cluster.log() if len(line.upstreams) > 1] == [], cluster.nginx_errors()[-2000:]
 
 
