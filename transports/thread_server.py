@@ -445,7 +445,8 @@ class ThreadServer:
         app = self._app
         try:
             if connection.handshake_deadline is None:  # a new connection
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if sock.family != socket.AF_UNIX:  # no Nagle on TCP (a Unix socket has none)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 connection.peer = peer_name(sock)
                 connection.handshake_deadline = time.monotonic() + self._config.head_timeout
             context = self._options.ssl_context

@@ -293,6 +293,8 @@ def _child(work: Work, ready_fd: int) -> None:
     code = 0
     try:
         work(ready)
+    except SystemExit as exc:  # said why already (say, the app cannot be imported)
+        code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
         log.exception("worker failed")
         code = 1
