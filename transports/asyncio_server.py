@@ -276,12 +276,13 @@ class _HttpProtocol(asyncio.Protocol):
         """Whether it waits for a request (none started yet)."""
         return not self._done and type(self._action) is Receive and self._conn.phase is Phase.IDLE
 
-    def stop(self) -> None:
-        """Finish the request in progress; an idle connection stops waiting at once."""
+    def stop(self, *, drain: bool = False) -> None:
+        """Finish the request in progress; an idle connection stops waiting at once (draining:
+        it waits on, for a next request to answer with Connection: close, or its deadline)."""
         if self._done:
             return
         self._conn.shutdown()
-        if self.idle:
+        if not drain and self.idle:
             self._action = None
             self._pump()
 
@@ -323,15 +324,27 @@ class AsyncioServer:
         self._stop = asyncio.Event()
         self._cut = asyncio.Event()
         self._all_closed = asyncio.Event()
+        self._draining = False
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, drain: bool = False) -> None:
         """Stop accepting, finish in-flight requests (within the grace period), return from serve.
 
-        Called again (a second Ctrl-C), it cuts the remaining connections at once. Call it
-        on the loop's thread (`loop.call_soon_threadsafe(server.shutdown)` elsewhere).
+        `drain`: idle keep-alive connections are not closed but wait for their next request
+        (answered with Connection: close) or their keep-alive deadline, so that no request
+        crosses our close on the wire (a reload retires workers so). Called again (a second
+        Ctrl-C), it closes idle connections if draining, else cuts the remaining ones at once.
+        Call it on the loop's thread (`loop.call_soon_threadsafe(server.shutdown)` elsewhere).
         """
         if self._stop.is_set():
+            if drain:
+                return
+            if self._draining:
+                self._draining = False
+                for protocol in list(self.connections):
+                    protocol.stop()
+                return
             self._cut.set()
+        self._draining = drain
         self._stop.set()
 
     def _start_accepting(self) -> None:
@@ -459,8 +472,9 @@ class AsyncioServer:
         for waiter in self._peeking:  # no request started on these: they close
             _wake(waiter)
         for protocol in list(self.connections):
-            protocol.stop()
-        logs.shutdown_begins(sum(not protocol._done for protocol in self.connections), grace)
+            protocol.stop(drain=self._draining)
+        in_flight = sum(not protocol._done for protocol in self.connections)
+        logs.shutdown_begins(in_flight, grace, drain=self._draining)
         if self._count:
             waits = [self.loop.create_task(event.wait()) for event in (self._all_closed, self._cut)]
             await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
@@ -499,11 +513,12 @@ async def serve(
     if options.handle_signals:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, server.shutdown)
+        loop.add_signal_handler(signal.SIGUSR1, functools.partial(server.shutdown, drain=True))
     try:
         if started is not None:
             started(server)
         await server._run()
     finally:
         if options.handle_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 loop.remove_signal_handler(signum)

@@ -41,9 +41,18 @@ def configure(level: str, *, access_log: bool, process_ids: bool) -> None:
     logging.getLogger(ACCESS).setLevel(logging.INFO if access_log else logging.CRITICAL + 1)
 
 
-def shutdown_begins(in_flight: int, grace: float) -> None:
-    """Log that shutdown began: listeners closed, idle connections closing, `in_flight` to wait for."""
-    if in_flight:
+def shutdown_begins(in_flight: int, grace: float, *, drain: bool = False) -> None:
+    """Log that shutdown began: listeners closed, idle connections closing (unless `drain`:
+    then they wait for a last request or their keep-alive deadline), `in_flight` to wait for."""
+    if drain:
+        server_log.info(
+            "draining: waiting up to %gs for %d connection%s to end (idle ones: a last request, "
+            "answered with Connection: close, or their keep-alive timeout)",
+            grace,
+            in_flight,
+            "" if in_flight == 1 else "s",
+        )
+    elif in_flight:
         server_log.info(
             "shutting down: waiting up to %gs for %d connection%s with a request in flight",
             grace,

@@ -60,7 +60,7 @@ from .options import ServerOptions
 if TYPE_CHECKING:  # ssl costs start-up time; only the TLS path imports it
     import ssl
 
-_STOP_SIGNALS: Final = {signal.SIGINT, signal.SIGTERM}
+_STOP_SIGNALS: Final = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1}
 _SIGNAL_CHECK_INTERVAL: Final = 0.5
 """Seconds the reactor waits in select() at most (see `_react`)."""
 _READ: Final = selectors.EVENT_READ
@@ -140,6 +140,8 @@ class ThreadServer:
         # Set from any thread (shutdown), read by all: the first stops, the second cuts.
         self._stopping = False
         self._cutting = False
+        self._draining = False  # idle connections wait for a last request or their deadline
+        self._undrain = False  # a graceful stop came while draining: the reactor closes idle ones
         self._ready: queue.SimpleQueue[_Connection | None] = queue.SimpleQueue()  # to the workers
         self._inbox: queue.SimpleQueue[_Connection] = queue.SimpleQueue()  # to the reactor
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -158,13 +160,24 @@ class ThreadServer:
         self._full = False  # a client came with every slot taken: listen again once one frees
         self._room_wanted = False  # and no connection was idle then: the next to be makes room
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, drain: bool = False) -> None:
         """Stop accepting, finish in-flight requests (within the grace period), return from serve.
 
-        Called again (a second Ctrl-C), it cuts the remaining connections at once.
+        `drain`: idle keep-alive connections are not closed but wait for their next request
+        (answered with Connection: close) or their keep-alive deadline, so that no request
+        crosses our close on the wire (a reload retires workers so). Called again (a second
+        Ctrl-C), it closes idle connections if draining, else cuts the remaining ones at once.
         """
         if self._stopping:
-            self._cutting = True
+            if drain:
+                return
+            if self._draining:
+                self._draining = False
+                self._undrain = True
+            else:
+                self._cutting = True
+        else:
+            self._draining = drain  # before _stopping: whoever sees that sees this
         self._stopping = True
         with contextlib.suppress(OSError):  # full: the reactor wakes anyway
             self._wake_writer.send(b"x")
@@ -189,7 +202,12 @@ class ThreadServer:
             if self._stopping and grace_end == math.inf:
                 grace_end = now + self._options.shutdown_grace
                 closing = self._stop_accepting(now)
-                logs.shutdown_begins(self._count - closing, self._options.shutdown_grace)
+                logs.shutdown_begins(
+                    self._count - closing, self._options.shutdown_grace, drain=self._draining
+                )
+            if self._undrain:
+                self._undrain = False
+                self._close_idle_parked()
             if (self._cutting or now >= grace_end) and cleanup_end == math.inf:
                 self._cutting = True  # workers abandon what they hold at their next step
                 cleanup_end = now + CLEANUP_WAIT
@@ -240,6 +258,10 @@ class ThreadServer:
         self._update_accepting(now)
         for sock in self._sockets:
             sock.close()  # new connections are refused, not left waiting
+        return self._close_idle_parked()
+
+    def _close_idle_parked(self) -> int:
+        """Tell every parked connection the server stops; the idle ones go to close (how many)."""
         closing = 0
         for connection in self._parked():
             if self._stop(connection):
@@ -254,7 +276,7 @@ class ThreadServer:
         if conn is None:  # still in its TLS handshake: no request to finish
             return True
         conn.shutdown()
-        if type(connection.action) is Receive and conn.phase is Phase.IDLE:
+        if type(connection.action) is Receive and conn.phase is Phase.IDLE and not self._draining:
             connection.action = None  # abandon the wait: asked again, the core closes
             return True
         return False
@@ -509,7 +531,7 @@ class ThreadServer:
                     abandon(conn, monotonic())
                     return _OVER
                 conn.shutdown()
-                if type(action) is Receive and conn.phase is Phase.IDLE:
+                if type(action) is Receive and conn.phase is Phase.IDLE and not self._draining:
                     action = None  # abandon the wait: asked again, the core closes
             if action is None:
                 action = conn.next_action(monotonic())
@@ -660,9 +682,9 @@ def serve(
         if options.handle_signals:
 
             def on_signal(signum: int, frame: FrameType | None) -> None:
-                server.shutdown()
+                server.shutdown(drain=signum == signal.SIGUSR1)
 
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 previous[signum] = signal.signal(signum, on_signal)
         if started is not None:
             started(server)

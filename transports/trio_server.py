@@ -50,10 +50,11 @@ class _Connection:
         self.receiving: trio.CancelScope | None = None
         self.abandoned = False
 
-    def stop(self) -> None:
-        """Finish the request in progress; an idle connection stops waiting at once."""
+    def stop(self, *, drain: bool = False) -> None:
+        """Finish the request in progress; an idle connection stops waiting at once (draining:
+        it waits on, for a next request to answer with Connection: close, or its deadline)."""
         self.conn.shutdown()
-        if self.conn.phase is Phase.IDLE:
+        if not drain and self.conn.phase is Phase.IDLE:
             # `_receive` gives its wait up, or does not begin one: the task may be on
             # its way there, between the core's Receive and the wait.
             self.abandoned = True
@@ -75,20 +76,32 @@ class TrioServer:
         self._all_closed = trio.Event()
         self._grace = trio.CancelScope()  # the wait for requests in flight
         self._room_wanted = False  # a client found every slot taken and no connection idle
+        self._draining = False
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, drain: bool = False) -> None:
         """Stop accepting, finish in-flight requests (within the grace period), return from serve.
 
-        Called again (a second Ctrl-C), it cuts the remaining connections at once.
+        `drain`: idle keep-alive connections are not closed but wait for their next request
+        (answered with Connection: close) or their keep-alive deadline, so that no request
+        crosses our close on the wire (a reload retires workers so). Called again (a second
+        Ctrl-C), it closes idle connections if draining, else cuts the remaining ones at once.
         """
         if self._stop.is_set():
+            if drain:
+                return
+            if self._draining:
+                self._draining = False
+                for connection in list(self._connections):
+                    connection.stop()
+                return
             self._grace.cancel()
+        self._draining = drain
         self._stop.set()
 
     async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                self.shutdown()
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+            async for signum in signals:
+                self.shutdown(drain=signum == signal.SIGUSR1)
 
     async def _accept(self, listener: socket.socket, nursery: trio.Nursery) -> None:
         while True:
@@ -367,8 +380,9 @@ async def serve(
             for sock in sockets:
                 sock.close()  # new connections are refused, not left waiting
             for connection in list(server._connections):
-                connection.stop()
-            logs.shutdown_begins(sum(not c.abandoned for c in server._connections), options.shutdown_grace)
+                connection.stop(drain=server._draining)
+            in_flight = sum(not c.abandoned for c in server._connections)
+            logs.shutdown_begins(in_flight, options.shutdown_grace, drain=server._draining)
             if server._connections:
                 server._grace.deadline = trio.current_time() + options.shutdown_grace
                 with server._grace:

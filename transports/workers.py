@@ -7,12 +7,16 @@ parent:
 - SIGTERM/SIGINT: the parent closes its listening sockets and passes the signal on (as
   SIGTERM) to every worker, which shuts down gracefully; it exits once all are gone. A second
   one is passed on too: the workers cut their remaining connections.
-- SIGHUP: reload, as gunicorn does. N new workers start (so they run the code and read the
-  certificates as they are now); once all of them serve, the old ones get SIGTERM and finish
-  their requests in flight. The listening sockets stay open throughout, so no client is
-  refused: a connection the old workers no longer accept waits in the backlog for a new one.
-  If a new worker exits before it serves, or they are not all serving within
-  `READY_TIMEOUT`, the reload is abandoned: the new workers stop and the old ones go on.
+- SIGUSR1: the same, but the workers drain (`shutdown(drain=True)`): an idle keep-alive
+  connection is closed only after one more response, or at its keep-alive timeout. A
+  SIGTERM after it makes them close idle connections at once.
+- SIGHUP: reload, as gunicorn does. N new workers start (so they import the app and read the
+  certificates as they are now); once all of them serve, the old ones get SIGUSR1 and drain:
+  requests in flight finish, and no request crosses the close of an idle connection on the
+  wire. The listening sockets stay open throughout, so no client is refused: a connection
+  the old workers no longer accept waits in the backlog for a new one. If a new worker exits
+  before it serves, or they are not all serving within `READY_TIMEOUT`, the reload is
+  abandoned: the new workers stop and the old ones go on.
 
 A worker that dies is replaced (after `_RESPAWN_DELAY` if it lived less than that). One of
 the first generation that exits before it serves stops the server (exit status 1): it would
@@ -48,7 +52,7 @@ READY_TIMEOUT: Final = 60.0
 _RESPAWN_DELAY: Final = 1.0
 """A worker that dies within this of its start is replaced only after this long."""
 _STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
-_SIGNALS: Final = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD)
+_SIGNALS: Final = (*_STOP_SIGNALS, signal.SIGUSR1, signal.SIGHUP, signal.SIGCHLD)
 _PR_SET_PDEATHSIG: Final = 1
 _PARENT_CHECK_INTERVAL: Final = 1.0
 
@@ -91,6 +95,7 @@ class _Supervisor:
         self._reload: _Reload | None = None
         self._respawns: list[float] = []  # when to start a replacement, one entry each
         self._stopping = False
+        self._draining = False  # stopping by SIGUSR1: the workers drain
         self._status = 0
         self._wake_read, self._wake_write = os.pipe()
 
@@ -149,6 +154,8 @@ class _Supervisor:
         for signum in data:
             if signum in _STOP_SIGNALS:
                 self._stop(signal.Signals(signum).name)
+            elif signum == signal.SIGUSR1:
+                self._stop("SIGUSR1", drain=True)
             elif signum == signal.SIGHUP:
                 self._start_reload()
 
@@ -202,17 +209,25 @@ class _Supervisor:
 
     # --- stopping and reloading --------------------------------------------------------
 
-    def _stop(self, why: str) -> None:
+    def _stop(self, why: str, *, drain: bool = False) -> None:
+        """Stop every worker: SIGTERM (graceful), or SIGUSR1 with `drain`; a second stop
+        signal makes draining workers close idle connections, and graceful ones cut."""
         if not self._stopping:
-            log.info("%s: stopping %d workers", why, len(self._workers))
+            log.info("%s: stopping %d workers%s", why, len(self._workers), " (draining)" if drain else "")
             for sock in self._listeners:
                 sock.close()  # new clients are refused, not left in a backlog nobody serves
+            self._draining = drain
+        elif drain:
+            return
+        elif self._draining:
+            log.info("%s: the draining workers close their idle connections now", why)
+            self._draining = False
         else:
             log.info("%s again: the workers cut their remaining connections", why)
         self._stopping = True
         self._reload = None
         for pid in self._workers:
-            _signal(pid, signal.SIGTERM)
+            _signal(pid, signal.SIGUSR1 if drain else signal.SIGTERM)
 
     def _start_reload(self) -> None:
         if self._stopping:
@@ -229,10 +244,10 @@ class _Supervisor:
 
     def _finish_reload(self, generation: int) -> None:
         old = [pid for pid, w in self._workers.items() if w.generation != generation and not w.retiring]
-        log.info("reload: %d new workers serving; %d old ones finish their requests", self._count, len(old))
-        for pid in old:
+        log.info("reload: %d new workers serving; %d old ones drain", self._count, len(old))
+        for pid in old:  # drain: an idle connection is closed only after a last response, or idle too long
             self._workers[pid].retiring = True
-            _signal(pid, signal.SIGTERM)
+            _signal(pid, signal.SIGUSR1)
         self._generation = generation
         self._reload = None
 

@@ -243,31 +243,30 @@ class _Load:
             self._record(text, body)
 
     def keep_alive(self, index: int) -> None:
-        """Requests on a kept-alive connection. One closed by the server while idle is a normal end
-        (RFC 9112 §9.3.1): the request is sent again, once, on a new connection, as clients do when
-        no byte of a response came; that one must succeed."""
+        """Uploads (POST: never retried by a client or proxy) on a kept-alive connection, closed
+        only when a response says `Connection: close`, with pauses that leave it idle. No retry:
+        a draining worker answers the next request on an idle connection and then closes it."""
         count = 0
         client: RawClient | None = None
         while not self.stop.is_set():
             count += 1
             text = f"k{index}-{count}"
-            body = b""
-            for attempt in range(2):
-                try:
-                    if client is None:
-                        client = RawClient("127.0.0.1", self.port)
-                    client.send(request("GET", f"/echo/{text}"))
-                    body = client.read_response().body
-                    break
-                except Exception as exc:
-                    if client is not None:
-                        client.close()
+            try:
+                if client is None:
+                    client = RawClient("127.0.0.1", self.port)
+                client.send(request("POST", f"/files/k{index}", body=text.encode()))
+                response = client.read_response("POST")
+                body = text.encode() if response.status == 201 else response.raw
+                if response.header("connection") == b"close":
+                    client.close()
                     client = None
-                    retry = "ConnectionClosed" in str(exc) or isinstance(exc, ConnectionError)
-                    if attempt or not retry:
-                        body = repr(exc).encode()
-                        break
+            except Exception as exc:
+                body = repr(exc).encode()
+                if client is not None:
+                    client.close()
+                client = None
             self._record(text, body)
+            time.sleep(0.01 * (count % 3))  # idle now and then, as a proxy's pooled connection is
         if client is not None:
             client.close()
 
@@ -293,7 +292,9 @@ class _Load:
 
 
 def test_sighup_reloads_the_workers_with_no_failed_request(transport: str, tmp_path: Path) -> None:
-    with _supervisor(transport, tmp_path) as supervisor:
+    directory = tmp_path / "served"
+    directory.mkdir()
+    with _supervisor(transport, tmp_path, "--directory", str(directory)) as supervisor:
         load = _Load(supervisor.port)
         with load.running():
             time.sleep(0.3)
@@ -311,7 +312,7 @@ def test_sighup_reloads_the_workers_with_no_failed_request(transport: str, tmp_p
         assert supervisor.process.wait(10) == 0
     stderr = supervisor.stderr()
     assert stderr.count("httpserver.workers: SIGHUP: reloading: starting 2 new workers") == 2, stderr
-    assert stderr.count("reload: 2 new workers serving; 2 old ones finish their requests") == 2, stderr
+    assert stderr.count("reload: 2 new workers serving; 2 old ones drain") == 2, stderr
     assert "Traceback" not in stderr, stderr
 
 
@@ -339,3 +340,39 @@ def test_sighup_without_workers_is_logged_and_ignored(start_server: StartServer)
     _wait_for(lambda: "SIGHUP ignored" in server.stderr(), "log line")
     server.assert_serving()
     stop(server)
+
+
+def test_sigusr1_drains_idle_connections_instead_of_closing_them(start_server: StartServer) -> None:
+    """SIGUSR1: a kept-alive connection's next request is answered (Connection: close), not
+    raced by our close; one that stays idle ends at its keep-alive timeout; then exit 0."""
+    server = start_server("--keep-alive-timeout", "1.5", "--shutdown-grace", "5")
+    with server.client() as busy, server.client() as idle:
+        for client in (busy, idle):
+            client.send(request("GET", "/echo/first"))
+            assert client.read_response().body == b"first"
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGUSR1)
+        _wait_for(lambda: "draining: waiting up to 5s for 2 connections" in server.stderr(), "draining log")
+        assert busy.is_open(0.2) and idle.is_open(0.01)  # not closed
+        busy.send(request("POST", "/files/drained", body=b"kept"))
+        response = busy.read_response("POST")
+        assert (response.status, response.header("connection")) == (201, b"close")
+        busy.assert_closed(within=1.0)
+        idle.assert_closed(within=3.0)  # its keep-alive timeout
+        assert server.process.wait(5) == 0
+        assert 1.0 < time.monotonic() - started < 4.5
+    server.stopped = True
+    assert (server.directory / "drained").read_bytes() == b"kept"
+    assert "shutdown complete" in server.stderr()
+
+
+def test_sigterm_while_draining_closes_idle_connections_at_once(start_server: StartServer) -> None:
+    server = start_server("--keep-alive-timeout", "30")
+    with server.client() as idle:
+        idle.send(request("GET", "/echo/first"))
+        assert idle.read_response().body == b"first"
+        server.process.send_signal(signal.SIGUSR1)
+        _wait_for(lambda: "draining" in server.stderr(), "draining log")
+        assert idle.is_open(0.2)
+        assert stop(server) < 2.0  # SIGTERM: the idle connection closes now, not in 30 s
+        idle.assert_closed(within=1.0)

@@ -590,15 +590,9 @@ def test_a_sighup_reload_under_load_fails_no_request(make_cluster: Callable[...,
 
 @needs_nginx
 @needs_reload
-@pytest.mark.xfail(
-    strict=False,
-    reason="known (issue 12): an old worker closes its idle keep-alive connections at once when it "
-    "leaves; a request nginx has just sent on one is reset. nginx retries a GET (above), not a POST: "
-    "the client gets 502. Needs draining that answers the next request on an idle connection "
-    "with Connection: close (HAProxy's idle-close-on-response) instead of closing it",
-)
 def test_a_sighup_reload_under_upload_load_fails_no_upload(make_cluster: Callable[..., Cluster]) -> None:
-    """The stricter form: no upload fails, and nginx never even has to retry."""
+    """The stricter form: no upload fails, and nginx never even has to retry (the old workers
+    drain: an idle keep-alive connection is closed only after one more response)."""
     cluster = make_cluster(("trio", "asyncio"), a_options=["--workers", "2"])
     load = _reload_under_load(cluster, uploads=True)
     assert load.errors == [], (load.errors[:10], cluster.nginx_errors()[-2000:])
