@@ -376,3 +376,50 @@ def test_sigterm_while_draining_closes_idle_connections_at_once(start_server: St
         assert idle.is_open(0.2)
         assert stop(server) < 2.0  # SIGTERM: the idle connection closes now, not in 30 s
         idle.assert_closed(within=1.0)
+
+
+_APP_SOURCE = """
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [VERSION]
+
+VERSION = b"%s"
+"""
+
+
+def test_a_reload_imports_the_app_anew(tmp_path: Path) -> None:
+    """With --workers, each worker imports APP after the fork: SIGHUP serves the new code."""
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "reloadme.py").write_text(_APP_SOURCE % "v1")
+    with _supervisor("threads", tmp_path, "reloadme:app", "--app-dir", str(apps)) as supervisor:
+        assert _get(supervisor.port, "/") == b"v1"
+        (apps / "reloadme.py").write_text(_APP_SOURCE % "second")  # another size: no stale .pyc
+        old = supervisor.workers()
+        supervisor.process.send_signal(signal.SIGHUP)
+        _wait_for(lambda: len(supervisor.workers()) == 2 and not supervisor.workers() & old, "new workers")
+        assert _get(supervisor.port, "/") == b"second"
+        (apps / "reloadme.py").write_text("raise RuntimeError('broken on purpose')\n")
+        old = supervisor.workers()
+        supervisor.process.send_signal(signal.SIGHUP)  # new workers cannot import it: the old ones go on
+        _wait_for(lambda: "reload abandoned" in supervisor.stderr(), "abandoned reload")
+        _wait_for(lambda: supervisor.workers() == old, "only the old workers")
+        assert _get(supervisor.port, "/") == b"second"
+
+
+def test_an_app_that_cannot_be_imported_stops_workers_before_they_listen(tmp_path: Path) -> None:
+    """The supervisor tries the import once, in a throwaway process: one report, exit 1, no listening."""
+    (tmp_path / "broken.py").write_text("raise RuntimeError('broken on purpose')\n")
+    command = [sys.executable, "-m", "transports", "--port", "0", "--workers", "2", "broken:app"]
+    result = subprocess.run(
+        [*command, "--app-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1, result
+    assert "Listening" not in result.stdout
+    assert result.stderr.count("RuntimeError: broken on purpose") == 1, result.stderr
+
+
+def _get(port: int, target: str) -> bytes:
+    with RawClient("127.0.0.1", port) as client:
+        client.send(request("GET", target))
+        return client.read_response().body
