@@ -432,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("httpserver.error").error("%s", exc)
         return 1
     sockets = listeners.sockets
+    # Before the start-up line, which tells a caller it may signal: a SIGHUP must not kill us.
+    # (The supervisor sets its own handler at once; the first workers are not started yet.)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN if supervised else _ignore_hangup)
     print(
         f"Listening on {url(sockets, tls=options.ssl_context is not None)}"
         f" (transport {args.transport}, {serving})",
@@ -444,7 +447,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             work = functools.partial(_work, args.transport, make_app, config, options, sockets, certificates)
             return supervise(options.workers, work, sockets)
         assert app is not None
-        signal.signal(signal.SIGHUP, _ignore_hangup)
         run(args.transport, app, config, options, sockets)
     except KeyboardInterrupt:  # only before the signal handlers are in place
         pass

@@ -19,8 +19,8 @@ parent:
   abandoned: the new workers stop and the old ones go on.
 
 A worker that dies is replaced (after `_RESPAWN_DELAY` if it lived less than that). One of
-the first generation that exits before it serves stops the server (exit status 1): it would
-only fail again. Workers die with the parent: they get SIGTERM when it dies, even by
+the first generation that exits with an error before it serves stops the server (exit
+status 1): it would only fail again. Workers die with the parent: they get SIGTERM when it dies, even by
 SIGKILL (Linux's PR_SET_PDEATHSIG; elsewhere a thread watches the parent), so no orphan
 keeps serving on the port. Workers ignore SIGHUP (a closing terminal sends it to them all).
 Messages go to the `httpserver.workers` logger.
@@ -198,7 +198,8 @@ class _Supervisor:
         reload = self._reload
         if not worker.ready and reload is not None and worker.generation == reload.generation:
             self._abandon_reload(f"new worker {pid} exited ({_describe(status)}) before it served")
-        elif not worker.ready and not self._booted:
+        elif not worker.ready and not self._booted and os.WIFEXITED(status) and os.WEXITSTATUS(status):
+            # It failed by itself (a signal, say the OOM killer's, is no reason to stop).
             log.error("worker %d exited (%s) before it served; stopping", pid, _describe(status))
             self._status = 1
             self._stop("a worker that could not start")
