@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 import pytest
 import trio
+import trustme
 
 from protocol import Channel, Request, Response, Session
 from transports.options import ServerOptions
@@ -157,6 +159,33 @@ def test_a_long_poll_notices_the_client_leaving(transport: str) -> None:
             sock.sendall(b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
             time.sleep(0.3)
         left = time.monotonic()
+        deadline = left + 3
+        while not poll.seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert poll.seen and poll.seen[0][0] == "gone"
+    assert poll.seen[0][1] - left < 1.0
+
+
+@pytest.fixture(scope="module")
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+def test_a_long_poll_under_tls_notices_the_client_leaving(
+    transport: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    poll = LongPoll()
+    options = ServerOptions(port=0, ssl_context=tls[0])
+    with running(transport, lambda request: poll, options=options) as server:
+        with server.connect(tls[1]) as sock:
+            sock.sendall(b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.3)
+        left = time.monotonic()  # closed without close_notify, as most clients do
         deadline = left + 3
         while not poll.seen and time.monotonic() < deadline:
             time.sleep(0.01)
