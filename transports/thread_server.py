@@ -522,7 +522,8 @@ class ThreadServer:
         sock = connection.sock
         try:
             if connection.handshake_deadline is None:  # a new connection
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if sock.family != socket.AF_UNIX:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 connection.client = client_address(sock)
                 connection.handshake_deadline = time.monotonic() + self._config.head_timeout
                 context = self._options.ssl_context
