@@ -152,6 +152,7 @@ class ServerConnection:
         "_close_after_response",
         "_config",
         "_deadline",
+        "_draining",
         "_eof",
         "_exchange",
         "_file",
@@ -229,6 +230,7 @@ class ServerConnection:
         self._close_after_response = not config.keep_alive_timeout  # 0: every response closes
         self._first: bytes = b""  # the input a request head began with, until it parsed (for the log)
         self._fresh = True  # no request has started yet (see `phase`)
+        self._draining = False  # stopping, but an idle connection waits for a last request
         self._stopping = False
         self._eof = False
         # Input not yet given to h11: it bounds only what it holds incomplete, so large
@@ -334,7 +336,7 @@ class ServerConnection:
         self._drop_session()
         self._phase = _CLOSED
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, drain: bool = False) -> None:
         """Stop after the request in progress; an idle connection closes at once.
 
         A transport waiting on `Receive` for an idle connection (`Phase.IDLE`) abandons that
@@ -342,7 +344,13 @@ class ServerConnection:
         first request, which its client may be sending right now, is still answered (with
         `Connection: close`), if it comes before the usual deadline. So a server that stops
         while others go on serving on the same port (a reload) fails no client that just connected.
+
+        `drain` treats an idle connection so too: asked again, the core waits on for its next
+        request (answered with `Connection: close`) or its keep-alive deadline, so that no
+        request crosses our close on the wire. Each call says whether to drain: a later one
+        without `drain` closes an idle connection at once.
         """
+        self._draining = drain
         self._stopping = True
         if self._session is not None:
             self._session.channel.mark_stopping()
@@ -353,7 +361,7 @@ class ServerConnection:
         """Make progress until at least one action is queued."""
         phase = self._phase
         if phase is _IDLE or phase is _HEAD:
-            if self._stopping and phase is _IDLE and not self._fresh:
+            if self._stopping and phase is _IDLE and not self._fresh and not self._draining:
                 self._begin_close(now, linger=False)
             else:
                 self._read_head(now)

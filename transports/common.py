@@ -1,11 +1,12 @@
-"""What the three transports share: binding, peer names, file pieces, and tearing a connection down."""
+"""What the three transports share: binding, addresses, file pieces, tearing a connection down,
+watching a socket for its peer leaving, and the lifespan."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import BinaryIO, Final
 
 from protocol import Close, Phase, Run, ServerConnection
@@ -26,6 +27,10 @@ _ACCEPT_IGNORABLE_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, e
 """accept() errors that concern only the connection being accepted (gone, or refused by a firewall)."""
 
 ACCEPT_PAUSE: Final = 0.1
+
+HOLD_LIMIT: Final = 65536
+"""Bytes read ahead and held while the core does not ask for input (a `Wait`, a watched
+`Run`) before reading pauses, where watching reads rather than peeks (asyncio)."""
 
 CLEANUP_WAIT: Final = 5.0
 """After the grace period cut the remaining connections, how long serve waits for their
@@ -93,20 +98,47 @@ def url(sockets: Sequence[socket.socket], *, tls: bool) -> str:
     return ", ".join(dict.fromkeys(describe(sock, tls=tls) for sock in sockets))
 
 
-def peer_name(sock: socket.socket) -> str:
-    """host:port of the peer, for the access log (`unix:` for a Unix-socket peer)."""
-    try:
-        return format_peer(sock.getpeername())
-    except OSError:
-        return "-"
+Client = tuple[str, int] | None
+Server = tuple[str, int | None] | None
 
 
-def peer_address(sock: object) -> object:
-    """The socket's peer address, or None when it has none (already disconnected)."""
+def addresses(sock: socket.socket) -> tuple[Client, Server]:
+    """The connection's (client, server) addresses for the core (see `ServerConnection`)."""
+    return client_address(sock), server_address(sock)
+
+
+def client_address(sock: socket.socket) -> Client:
     try:
-        return sock.getpeername()  # type: ignore[attr-defined]
+        return address_pair(sock.family, sock.getpeername(), None)[0]
+    except OSError:  # already reset
+        return None
+
+
+def server_address(sock: socket.socket) -> Server:
+    try:
+        return address_pair(sock.family, None, sock.getsockname())[1]
     except OSError:
         return None
+
+
+def address_pair(family: int, peer: object, local: object) -> tuple[Client, Server]:
+    """(client, server) from a socket's family, peer name and own name: (host, port) on TCP
+    (IPv6's flow and scope dropped; an IPv4-mapped address, a dual-stack socket's IPv4
+    client, as the IPv4 address it is); on a Unix socket no client and (path, None)."""
+    if family == socket.AF_INET or family == socket.AF_INET6:
+        client: Client = None
+        if isinstance(peer, tuple):
+            host = str(peer[0])
+            if host.startswith("::ffff:") and "." in host:
+                host = host[7:]
+            client = (host, int(peer[1]))
+        server: Server = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+        return client, server
+    if family == getattr(socket, "AF_UNIX", None):
+        if isinstance(local, bytes):  # Linux's abstract namespace: a leading NUL
+            local = "@" + local[1:].decode(errors="replace")
+        return None, (local, None) if isinstance(local, str) else None
+    return None, None
 
 
 def format_peer(address: object) -> str:
@@ -143,17 +175,32 @@ def abandon(conn: ServerConnection, now: float) -> None:
             return
 
 
-def client_address(address: object) -> tuple[str, int] | None:
-    """(host, port) of an IP peer, as the core takes it; None for anything else (AF_UNIX).
+def peer_left(sock: socket.socket) -> bool | None:
+    """Peek at a non-blocking socket: True if the peer left (end of input, or a reset), False
+    if bytes wait to be read (a pipelined request), None if nothing happened yet.
 
-    An IPv4-mapped address (`::ffff:192.0.2.1`, a dual-stack socket's IPv4 client) is
-    given as the IPv4 address it is, for logs and apps alike."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = str(address[0])
-        if host.startswith("::ffff:") and "." in host:
-            host = host[7:]
-        return (host, int(address[1]))
-    return None
+    Bytes are left where they are. Under TLS this peeks at the raw records beneath: any
+    record (even a close_notify) reads as bytes waiting.
+    """
+    try:
+        return not _raw_recv(sock, 1, socket.MSG_PEEK)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return True
+
+
+_raw_recv: Final = socket.socket.recv
+"""The kernel's recv even on an `ssl.SSLSocket` (whose own refuses flags)."""
+
+
+async def run_task(task: Callable[[], Awaitable[None]]) -> None:
+    """Run a spawned app task to its end. It handles its own errors; one that escapes is a bug,
+    logged here so that it ends only that task (cancellation goes through)."""
+    try:
+        await task()
+    except Exception:
+        error_log.exception("an app task failed")
 
 
 def has_fileno(file: BinaryIO) -> bool:

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from protocol import Config, Response, Run, SendFile
+from protocol import Close, Config, Receive, Response, Run, SendFile
 
 from .helpers import App, Driver, get, parse, parse_one, post
 
@@ -164,3 +164,38 @@ def test_a_stream_cut_by_the_client_is_logged_with_the_bytes_handed_out(
         d.conn.connection_lost(1.0)
         d.advance()
     assert _access_lines(caplog) == ['- - "GET /stream HTTP/1.1" 200 6']
+
+
+# --- shutdown(drain=True): an idle connection is closed only after one more response -------------
+
+
+def test_a_draining_idle_connection_answers_its_next_request_then_closes() -> None:
+    d = Driver(App(), Config(keep_alive_timeout=5.0, access_log=False))
+    d.feed(get(b"/echo/one"))
+    d.take()
+    d.conn.shutdown(drain=True)
+    d.advance()  # asked again (the transport gave its wait up): the core waits on
+    assert isinstance(d.waiting, Receive) and d.deadline == 5.0
+    d.feed(get(b"/echo/two"))
+    response = parse_one(d.take())
+    assert (response.body, response.closes) == (b"two", True)
+    assert d.closed
+
+
+def test_a_draining_idle_connection_closes_at_its_keep_alive_deadline() -> None:
+    d = Driver(App(), Config(keep_alive_timeout=5.0, access_log=False))
+    d.feed(get(b"/echo/one"))
+    d.take()
+    d.conn.shutdown(drain=True)
+    d.advance()
+    d.expire()
+    assert d.closed and not d.output
+
+
+def test_shutdown_without_drain_after_draining_closes_the_idle_connection_at_once() -> None:
+    d = Driver(App(), Config(access_log=False))
+    d.feed(get(b"/echo/one"))
+    d.conn.shutdown(drain=True)
+    d.advance()
+    d.conn.shutdown()
+    assert d.conn.next_action(0.0) == Close()
