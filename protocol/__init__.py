@@ -29,7 +29,9 @@ socket and the clock and drives one `ServerConnection` per connection:
 4. Repeat from 1 until `Close`. To stop a server gracefully, call `conn.shutdown()` on
    every connection and abandon any `Receive` in progress on an idle one (its `phase`
    is `Phase.IDLE`; a new connection, `Phase.NEW`, still gets its first request), then
-   ask for the next action.
+   ask for the next action. `conn.shutdown(drain=True)` lets idle connections wait on for
+   one more request (answered with `Connection: close`) or their keep-alive deadline, so
+   that no request crosses the server's close (a reload, a rolling restart).
 
 No exception reaches the transport from these calls, whatever the peer sends or the
 application does (a failing handler gets a 500); only breaking this contract raises.
