@@ -7,6 +7,12 @@ watched `Run`): then bytes are read and held (up to `HOLD_LIMIT`) to see the pee
 Writes respect the transport's flow control; deadlines are `loop.call_at` timers on
 `loop.time()`; blocking steps go to an executor; app tasks (`Spawn`) are tasks on the
 loop, and `wake` is a `call_soon` (so that what a task posts in one go leaves together).
+
+It runs on asyncio's own loop or on uvloop (`transports.loops`). uvloop's transports
+implement `asyncio.Transport` without subclassing it, and uvloop has no `loop.sendfile`:
+there files go out in pieces read in the executor and written through the transport,
+each once the previous one drained (asyncio's own fallback, without a thread blocked on
+a slow client).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final
+from typing import Any, BinaryIO, Final, cast
 
 from protocol import (
     Action,
@@ -39,6 +45,7 @@ from protocol import (
 
 from .common import (
     CLEANUP_WAIT,
+    FILE_PIECE_SIZE,
     HOLD_LIMIT,
     abandon,
     accept_error,
@@ -46,6 +53,7 @@ from .common import (
     bind,
     error_log,
     ports,
+    read_at,
     run_task,
 )
 from .options import ServerOptions
@@ -70,6 +78,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._pending = bytearray()  # bytes that arrived while the core was busy
         self._eof = False
         self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None  # a file piece waits for the buffer to drain
         self._busy = False  # a Run step or a sendfile is in flight
         self._left = False  # the peer closed its side during a watched Run step
         self._wake_scheduled = False
@@ -80,8 +89,7 @@ class _HttpProtocol(asyncio.Protocol):
     # --- asyncio's callbacks ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's: the interface, not the class
         sock = transport.get_extra_info("socket")
         client, server = address_pair(
             -1 if sock is None else sock.family,
@@ -133,6 +141,9 @@ class _HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
         if type(self._action) is Send:
             self._action = None
             self._pump()
@@ -209,7 +220,7 @@ class _HttpProtocol(asyncio.Protocol):
                 self._wait(action, action.deadline)
                 self._pause_reading()
                 self._busy = True
-                task = loop.create_task(loop.sendfile(transport, action.file, action.offset, action.count))
+                task = loop.create_task(self._send_file(action.file, action.offset, action.count))
                 self._sending_file = task
                 task.add_done_callback(functools.partial(self._sent_file, count=action.count))
                 return
@@ -297,6 +308,28 @@ class _HttpProtocol(asyncio.Protocol):
             self._conn.timeout(self._loop.time())
             self._pump()
 
+    async def _send_file(self, file: BinaryIO, offset: int, count: int) -> int:
+        """Send `count` bytes of `file` from `offset`; how many went out."""
+        if self._server.loop_sendfile:
+            return await self._loop.sendfile(self._transport, file, offset, count)
+        sent = 0
+        while sent < count:  # uvloop: the transport writes what the executor reads
+            size = min(FILE_PIECE_SIZE, count - sent)
+            piece = await self._loop.run_in_executor(
+                self._server.executor, read_at, file, offset + sent, size
+            )
+            if not piece:
+                break  # the file is shorter than announced: the caller sees a short count
+            self._transport.write(piece)
+            sent += len(piece)
+            if self._write_paused:
+                self._drained = self._loop.create_future()
+                try:
+                    await self._drained
+                finally:
+                    self._drained = None
+        return sent
+
     def _sent_file(self, task: asyncio.Task[int], count: int) -> None:
         self._busy = False
         self._sending_file = None
@@ -381,6 +414,9 @@ class AsyncioServer:
         self.config = config
         self.loop = loop
         self.thread = threading.get_ident()
+        # asyncio's loops send files natively (or fall back by themselves, as for TLS);
+        # others, uvloop included, have no loop.sendfile: `_send_file` does it.
+        self.loop_sendfile = isinstance(loop, asyncio.BaseEventLoop)
         self.ssl_context = options.ssl_context
         self.ports = ports(sockets)
         self.executor = ThreadPoolExecutor(

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from handlers.loading import INTERFACES, LoadError, load_app, use_active_venv
-from protocol import App, Config
+from protocol import PARSERS, App, Config, ParserUnavailable, select_parser
 from protocol.proxy import DEFAULT_ALLOW, TrustedProxies
 
 from .common import bind, url
 from .listeners import UDS_MODE, Listeners, bind_unix, inherited_all, systemd_fds
+from .loops import LOOP_TRANSPORTS, LOOPS, LoopUnavailable, new_loop_factory
 from .options import ServerOptions
 
 if TYPE_CHECKING:
@@ -75,6 +76,21 @@ def parser() -> argparse.ArgumentParser:
         type=_root_path,
         help="the app is mounted at PATH (SCRIPT_NAME / root_path); stripped from paths that start with it"
         "%(default).0s",
+    )
+
+    speed = p.add_argument_group("speed (optional extras: pip install '.[fast]')")
+    speed.add_argument(
+        "--parser",
+        choices=tuple(PARSERS),
+        default="h11",
+        help="the HTTP parser: h11, or h11-mypyc (the same h11 compiled with mypyc, ~2x faster)",
+    )
+    speed.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="asyncio",
+        help="the event loop of the asyncio transport, and of the threads transport's ASGI apps:"
+        " asyncio's own, or uvloop",
     )
 
     limits = p.add_argument_group("limits and timeouts of the HTTP core (sizes in bytes, times in seconds)")
@@ -287,6 +303,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (args.certfile is None) != (args.keyfile is None):
         p.error("--certfile and --keyfile go together")
+    if args.loop != "asyncio" and args.transport not in LOOP_TRANSPORTS:
+        p.error(f"--loop {args.loop} needs --transport {' or '.join(sorted(LOOP_TRANSPORTS))}")
+    try:  # an extra that is not installed: one line saying what to install, exit 1
+        select_parser(args.parser)
+        new_loop_factory(args.loop)
+    except (ParserUnavailable, LoopUnavailable) as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 1
     worker = "[%(process)d] " if args.workers > 1 else ""  # which worker logged it
     logging.basicConfig(
         stream=sys.stderr,
@@ -314,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ssl_context=context,
         workers=args.workers,
         threads=args.threads,
+        loop_factory=None if args.loop == "asyncio" else new_loop_factory(args.loop),
         handle_signals=True,
     )
     if args.app is None:
@@ -345,9 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("httpserver.error").error("%s", exc)
         return 1
     sockets = listeners.sockets
+    loop = f", loop {args.loop}" if args.transport in LOOP_TRANSPORTS else ""
     print(
         f"Listening on {url(sockets, tls=options.ssl_context is not None)}"
-        f" (transport {args.transport}, {serving})",
+        f" (transport {args.transport}, {serving}, parser {args.parser}{loop})",
         flush=True,
     )
     try:
@@ -408,11 +434,9 @@ def run(
 
         trio.run(functools.partial(trio_server.serve, app, config, options, sockets=sockets))
     elif transport == "asyncio":
-        import asyncio
+        from . import asyncio_server, loops
 
-        from . import asyncio_server
-
-        asyncio.run(asyncio_server.serve(app, config, options, sockets=sockets))
+        loops.run(asyncio_server.serve(app, config, options, sockets=sockets), options.loop_factory)
     else:
         from . import thread_server
 
