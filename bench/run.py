@@ -584,7 +584,7 @@ def _cpu_ticks() -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 round of short runs (under 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="1 round of short runs (about 4 minutes)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--duration", type=int, default=4, help="seconds per measured run (default 4)")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per run (default 1)")
