@@ -14,9 +14,13 @@ The core's switch itself (`protocol.parser`) is checked at the end of this modul
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -525,3 +529,23 @@ def test_a_global_the_switch_cannot_translate_stops_it(monkeypatch: pytest.Monke
     with pytest.raises(RuntimeError, match="_SOME_STATES"):
         select_parser("h11-mypyc")
     assert core.h11 is h11, "nothing was changed"
+
+
+def test_every_core_module_naming_h11_is_loaded_with_the_package() -> None:
+    """The switch rebinds the modules loaded when it runs: a module of protocol/ that
+    names h11 but is imported later (lazily) would keep h11 and mix the two parsers."""
+    package = Path(protocol.__file__).parent
+    naming = set()
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            if any(name.split(".")[0] == "h11" for name in names):
+                naming.add(f"protocol.{path.stem}")
+    assert "protocol.connection" in naming  # the reader works
+    code = "import protocol, sys; print(' '.join(m for m in sys.modules if m.startswith('protocol.')))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=package.parent, capture_output=True, text=True, check=True
+    )
+    assert naming <= set(loaded.stdout.split()), naming - set(loaded.stdout.split())
