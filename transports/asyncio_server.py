@@ -10,9 +10,9 @@ loop, and `wake` is a `call_soon` (so that what a task posts in one go leaves to
 
 It runs on asyncio's own loop or on uvloop (`transports.loops`). uvloop's transports
 implement `asyncio.Transport` without subclassing it, and uvloop has no `loop.sendfile`:
-there files go out in pieces read in the executor and written through the transport,
-each once the previous one drained (asyncio's own fallback, without a thread blocked on
-a slow client).
+there a file goes out with os.sendfile in the executor while the socket takes it at once
+(a thread never waits for a slow client), the rest in pieces read in the executor and
+written through the transport, each once the previous one drained.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import signal
 import socket
 import threading
@@ -52,6 +53,7 @@ from .common import (
     address_pair,
     bind,
     error_log,
+    has_fileno,
     ports,
     read_at,
     run_task,
@@ -59,6 +61,19 @@ from .common import (
 from .options import ServerOptions
 
 _MAX_STEP_THREADS: Final = 64
+
+
+def _sendfile_some(out_fd: int, in_fd: int, offset: int, count: int) -> int | None:
+    """One os.sendfile on a non-blocking socket: bytes sent (0: end of file), None if full."""
+    try:
+        return os.sendfile(out_fd, in_fd, offset, count)
+    except BlockingIOError:
+        return None
+
+
+def _close_both(out_fd: int, in_fd: int, _: object) -> None:
+    os.close(out_fd)
+    os.close(in_fd)
 
 
 class _HttpProtocol(asyncio.Protocol):
@@ -312,14 +327,25 @@ class _HttpProtocol(asyncio.Protocol):
         """Send `count` bytes of `file` from `offset`; how many went out."""
         if self._server.loop_sendfile:
             return await self._loop.sendfile(self._transport, file, offset, count)
+        # uvloop has no loop.sendfile. While the transport holds no bytes of its own,
+        # os.sendfile in the executor sends what the socket takes at once (it never
+        # waits for the client); the rest goes through the transport, read in the executor.
+        native = self._server.ssl_context is None and has_fileno(file)
         sent = 0
-        while sent < count:  # uvloop: the transport writes what the executor reads
+        while sent < count:
+            if native and not self._transport.get_write_buffer_size():
+                more = await self._sendfile_now(file, offset + sent, count - sent)
+                if more is not None:
+                    if not more:
+                        break  # the file is shorter than announced: the caller sees a short count
+                    sent += more
+                    continue
             size = min(FILE_PIECE_SIZE, count - sent)
             piece = await self._loop.run_in_executor(
                 self._server.executor, read_at, file, offset + sent, size
             )
             if not piece:
-                break  # the file is shorter than announced: the caller sees a short count
+                break
             self._transport.write(piece)
             sent += len(piece)
             if self._write_paused:
@@ -329,6 +355,22 @@ class _HttpProtocol(asyncio.Protocol):
                 finally:
                     self._drained = None
         return sent
+
+    async def _sendfile_now(self, file: BinaryIO, offset: int, count: int) -> int | None:
+        """os.sendfile of what the socket takes now, in the executor: bytes sent (0 at the
+        file's end), None when the socket took nothing. The thread works on duplicates of
+        both descriptors, closed when it returns: a connection closed meanwhile (and its
+        descriptor number reused) can never receive another's bytes, or another file's."""
+        sock = self._transport.get_extra_info("socket")
+        out_fd = os.dup(sock.fileno())
+        try:
+            in_fd = os.dup(file.fileno())
+        except OSError:
+            os.close(out_fd)
+            raise
+        future = self._server.executor.submit(_sendfile_some, out_fd, in_fd, offset, count)
+        future.add_done_callback(functools.partial(_close_both, out_fd, in_fd))
+        return await asyncio.wrap_future(future)
 
     def _sent_file(self, task: asyncio.Task[int], count: int) -> None:
         self._busy = False
