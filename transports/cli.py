@@ -22,12 +22,13 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from handlers.loading import INTERFACES, LoadError, load_app, use_active_venv
-from protocol import App, Config
+from protocol import PARSERS, App, Config, ParserUnavailable, select_parser
 from protocol.proxy import DEFAULT_ALLOW, TrustedProxies
 
 from . import logs
 from .common import bind, url
 from .listeners import UDS_MODE, Listeners, bind_unix, inherited_all, systemd_fds
+from .loops import LOOP_TRANSPORTS, LOOPS, LoopUnavailable, new_loop_factory
 from .options import ServerOptions
 
 if TYPE_CHECKING:
@@ -90,6 +91,21 @@ def parser() -> argparse.ArgumentParser:
         type=_root_path,
         help="the app is mounted at PATH (SCRIPT_NAME / root_path); stripped from paths that start with it"
         "%(default).0s",
+    )
+
+    speed = p.add_argument_group("speed (optional extras: pip install '.[fast]')")
+    speed.add_argument(
+        "--parser",
+        choices=tuple(PARSERS),
+        default="h11",
+        help="the HTTP parser: h11, or h11-mypyc (the same h11 compiled with mypyc, ~2x faster)",
+    )
+    speed.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="asyncio",
+        help="the event loop of the asyncio transport, and of the threads transport's ASGI apps:"
+        " asyncio's own, or uvloop",
     )
 
     limits = p.add_argument_group("limits and timeouts of the HTTP core")
@@ -360,6 +376,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--threads sizes the threads transport's pool; --transport {args.transport} runs blocking "
             "steps in a pool of its own (leave --threads out, or use --transport threads)"
         )
+    if args.loop != "asyncio" and args.transport not in LOOP_TRANSPORTS:
+        p.error(f"--loop {args.loop} needs --transport {' or '.join(sorted(LOOP_TRANSPORTS))}")
+    try:  # an extra that is not installed: one line saying what to install, exit 1
+        select_parser(args.parser)
+        new_loop_factory(args.loop)
+    except (ParserUnavailable, LoopUnavailable) as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 1
     supervised = args.workers is not None
     logs.configure(args.log_level, access_log=not args.no_access_log, process_ids=supervised)
     config = Config(
@@ -384,6 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ssl_context=context,
         workers=args.workers or 1,
         threads=ServerOptions().threads if args.threads is None else args.threads,
+        loop_factory=None if args.loop == "asyncio" else new_loop_factory(args.loop),
         handle_signals=True,
     )
     app: App | None = None
@@ -435,9 +460,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before the start-up line, which tells a caller it may signal: a SIGHUP must not kill us.
     # (The supervisor sets its own handler at once; the first workers are not started yet.)
     signal.signal(signal.SIGHUP, signal.SIG_IGN if supervised else _ignore_hangup)
+    loop = f", loop {args.loop}" if args.transport in LOOP_TRANSPORTS else ""
     print(
         f"Listening on {url(sockets, tls=options.ssl_context is not None)}"
-        f" (transport {args.transport}, {serving})",
+        f" (transport {args.transport}, {serving}, parser {args.parser}{loop})",
         flush=True,
     )
     try:
@@ -571,12 +597,12 @@ def run(
 
         trio.run(serve_trio)
     elif transport == "asyncio":
-        import asyncio
-
-        from . import asyncio_server
+        from . import asyncio_server, loops
 
         report = None if started is None else lambda server: started()
-        asyncio.run(asyncio_server.serve(app, config, options, sockets=sockets, started=report))
+        loops.run(
+            asyncio_server.serve(app, config, options, sockets=sockets, started=report), options.loop_factory
+        )
     else:
         from . import thread_server
 
