@@ -20,7 +20,7 @@ import pytest
 import trustme
 
 from .client import RawClient, request
-from .conftest import LISTENING, ROOT, StartServer, stop
+from .conftest import LISTENING, ROOT, StartServer, stop, variant_args
 
 # --- 1. relative paths are the caller's ------------------------------------------------------------
 
@@ -172,7 +172,7 @@ class _Supervisor:
 def _supervisor(transport: str, tmp_path: Path, *args: str) -> Iterator[_Supervisor]:
     """`python -m transports --workers 2 ...` (as the behaviour suite runs the program), with 2 workers up."""
     stderr_path = tmp_path / "stderr.txt"
-    command = [sys.executable, "-m", "transports", "--transport", transport, "--port", "0", "--workers", "2"]
+    command = [sys.executable, "-m", "transports", *variant_args(transport), "--port", "0", "--workers", "2"]
     with stderr_path.open("wb") as stderr:
         process = subprocess.Popen([*command, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr)
     try:
