@@ -11,10 +11,12 @@ import importlib
 import logging
 import socket
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from handlers.loading import INTERFACES, LoadError, load_app, use_active_venv
 from protocol import App, Config
 
 from .common import bind, url
@@ -34,10 +36,39 @@ def parser() -> argparse.ArgumentParser:
         description="An HTTP/1.1 server: a sans-IO core on h11 driven by trio, asyncio or threads.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument(
+        "app",
+        nargs="?",
+        metavar="APP",
+        help="serve this WSGI or ASGI app, 'module:attribute' (e.g. main:app); default: the built-in routes",
+    )
     p.add_argument("--transport", choices=tuple(_MODULES), default="trio", help="the I/O runtime")
     p.add_argument("--host", default=options.host, help="address to listen on (0.0.0.0 for all)")
     p.add_argument("--port", type=_port, default=options.port, help="TCP port; 0 picks a free one")
-    p.add_argument("--directory", type=_directory, help="serve and store /files/ here")
+    p.add_argument(
+        "--directory", type=_directory, help="serve and store /files/ here (built-in routes; not with APP)"
+    )
+
+    apps = p.add_argument_group("serving your app (APP)")
+    apps.add_argument(
+        "--app-dir",
+        metavar="DIR",
+        help="import APP's module from here (first on sys.path); default: the current directory",
+    )
+    apps.add_argument("--factory", action="store_true", help="APP is a factory: call it to get the app")
+    apps.add_argument(
+        "--interface",
+        choices=INTERFACES,
+        default="auto",
+        help="auto: ASGI for a coroutine function (or an object whose __call__ is one), else WSGI",
+    )
+    apps.add_argument(
+        "--root-path",
+        metavar="PATH",
+        default="",
+        type=_root_path,
+        help="the app is mounted at PATH (SCRIPT_NAME / root_path); stripped from paths that start with it",
+    )
 
     limits = p.add_argument_group("limits and timeouts of the HTTP core (sizes in bytes, times in seconds)")
     for field, kind, text in _LIMITS:
@@ -95,6 +126,15 @@ def _directory(value: str) -> Path:
     path = Path(value).resolve()
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"{value!r} is not a directory")
+    return path
+
+
+def _root_path(value: str) -> str:
+    path = value.rstrip("/")
+    if path and not path.startswith("/"):
+        raise argparse.ArgumentTypeError(f"{value!r} does not start with '/'")
+    if any(ord(c) < 0x21 or c in "?#" for c in path):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a path (spaces, controls, '?' or '#')")
     return path
 
 
@@ -187,19 +227,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
         handle_signals=True,
     )
-    from handlers import build_app
+    if args.app is None:
+        for flag, given in (
+            ("--app-dir", args.app_dir is not None),
+            ("--factory", args.factory),
+            ("--interface", args.interface != "auto"),
+            ("--root-path", bool(args.root_path)),
+        ):
+            if given:
+                p.error(f"{flag} needs APP (module:attribute)")
+        from handlers import build_app
 
-    app = build_app(args.directory)
+        app: App = build_app(args.directory)
+        directory = "none" if args.directory is None else str(args.directory)
+        serving = f"directory {directory}"
+    else:
+        if args.directory is not None:
+            p.error("--directory serves the built-in /files/ routes; with APP, your app serves every path")
+        loaded = load_user_app(args, p.prog)
+        if loaded is None:
+            return 1
+        app, interface = loaded
+        serving = f"{interface} app {args.app}"
     importlib.import_module(f"transports.{_MODULES[args.transport]}")  # before announcing readiness
     try:
         sockets = bind(options)
     except OSError as exc:
         logging.getLogger("httpserver.error").error("cannot listen on %s:%s: %s", args.host, args.port, exc)
         return 1
-    directory = "none" if args.directory is None else str(args.directory)
     print(
         f"Listening on {url(sockets, tls=options.ssl_context is not None)}"
-        f" (transport {args.transport}, directory {directory})",
+        f" (transport {args.transport}, {serving})",
         flush=True,
     )
     try:
@@ -215,6 +273,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sock in sockets:
             sock.close()
     return 0
+
+
+def load_user_app(args: argparse.Namespace, prog: str) -> tuple[App, str] | None:
+    """Import APP and wrap it for the core: (app, "wsgi" | "asgi"), or None once the reason
+    it failed is printed (one line for what the user fixes on the command line, the
+    traceback for an exception raised by the user's own code).
+
+    It runs once, in the parent, before the server listens and before `--workers` fork:
+    the workers share the imported app (copy-on-write), as with gunicorn's `--preload`.
+    """
+    warning = use_active_venv()
+    if warning is not None:
+        print(f"{prog}: warning: {warning}", file=sys.stderr)
+    try:
+        interface, target = load_app(
+            args.app, app_dir=args.app_dir, factory=args.factory, interface=args.interface
+        )
+        return serving_app(interface, target, args), interface
+    except LoadError as exc:
+        print(f"{prog}: error: cannot load {args.app!r}: {exc}", file=sys.stderr)
+    except Exception:  # raised by the user's module or factory: their traceback
+        traceback.print_exc()
+        print(f"{prog}: error: importing {args.app!r} failed (traceback above)", file=sys.stderr)
+    return None
+
+
+def serving_app(interface: str, target: Any, args: argparse.Namespace) -> App:
+    """The core's `App` serving a loaded WSGI or ASGI app."""
+    if interface == "wsgi":
+        from handlers.wsgi import WSGIApp
+
+        return WSGIApp(target, root_path=args.root_path, multiprocess=args.workers > 1)
+    raise LoadError("it is an ASGI app, and ASGI apps are not served yet (--interface wsgi if it is WSGI)")
 
 
 def run(
