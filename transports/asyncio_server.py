@@ -2,8 +2,11 @@
 
 The fast path creates no task per request: `data_received` feeds the core and performs
 its actions synchronously until the core waits for input again. Reading is paused
-whenever the core is not asking for data; writes respect the transport's flow control;
-deadlines are `loop.call_at` timers on `loop.time()`; blocking steps go to an executor.
+whenever the core is not asking for data, except while it waits for an app (`Wait`, a
+watched `Run`): then bytes are read and held (up to `HOLD_LIMIT`) to see the peer leave.
+Writes respect the transport's flow control; deadlines are `loop.call_at` timers on
+`loop.time()`; blocking steps go to an executor; app tasks (`Spawn`) are tasks on the
+loop, and `wake` is a `call_soon` (so that what a task posts in one go leaves together).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import contextlib
 import functools
 import signal
 import socket
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
@@ -29,9 +33,21 @@ from protocol import (
     Send,
     SendFile,
     ServerConnection,
+    Spawn,
+    Wait,
 )
 
-from .common import CLEANUP_WAIT, abandon, accept_error, bind, error_log, format_peer, ports
+from .common import (
+    CLEANUP_WAIT,
+    HOLD_LIMIT,
+    abandon,
+    accept_error,
+    address_pair,
+    bind,
+    error_log,
+    ports,
+    run_task,
+)
 from .options import ServerOptions
 
 _MAX_STEP_THREADS: Final = 64
@@ -55,6 +71,8 @@ class _HttpProtocol(asyncio.Protocol):
         self._eof = False
         self._write_paused = False
         self._busy = False  # a Run step or a sendfile is in flight
+        self._left = False  # the peer closed its side during a watched Run step
+        self._wake_scheduled = False
         self._lost = False  # the socket is gone; cleanup waits for a step in flight
         self._broken = False  # a write failed or timed out: close without flushing
         self._done = False
@@ -64,8 +82,21 @@ class _HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        peer = format_peer(transport.get_extra_info("peername"))
-        self._conn = ServerConnection(self._server.app, self._server.config, now=self._loop.time(), peer=peer)
+        sock = transport.get_extra_info("socket")
+        client, server = address_pair(
+            -1 if sock is None else sock.family,
+            transport.get_extra_info("peername"),
+            transport.get_extra_info("sockname"),
+        )
+        self._conn = ServerConnection(
+            self._server.app,
+            self._server.config,
+            now=self._loop.time(),
+            client=client,
+            server=server,
+            tls=self._server.ssl_context is not None,
+            wake=self._wake,
+        )
         self._server.connections.add(self)
         if self._server.stopping:  # the TLS handshake ended after shutdown began
             self._conn.shutdown()
@@ -76,15 +107,25 @@ class _HttpProtocol(asyncio.Protocol):
             self._action = None
             self._conn.receive_data(data, self._loop.time())
             self._pump()
-        else:
+        else:  # held for the core's next Receive
             self._pending += data
+            if len(self._pending) >= HOLD_LIMIT:
+                self._pause_reading()
 
     def eof_received(self) -> bool:
         self._eof = True
-        if type(self._action) is Receive:
+        action = self._action
+        if type(action) is Receive:
             self._action = None
             self._conn.receive_data(b"", self._loop.time())
             self._pump()
+        elif type(action) is Wait:  # the peer left while an app works
+            self._action = None
+            self._broken = True
+            self._conn.connection_lost()
+            self._pump()
+        elif type(action) is Run and action.watch:
+            self._left = True  # told once the step has returned
         return self._server.ssl_context is None  # keep our side open; TLS cannot
 
     def pause_writing(self) -> None:
@@ -105,6 +146,25 @@ class _HttpProtocol(asyncio.Protocol):
                 return  # the step in flight finishes first; then `_finish_lost` runs
             self._finish_lost()
         self._server.connection_closed(self)
+
+    def _wake(self) -> None:
+        """The core's `wake`, from any thread. Scheduled, not run at once: a task that posts a
+        response head and then its body gets both into one write."""
+        if threading.get_ident() == self._server.thread:
+            if not self._wake_scheduled:
+                self._wake_scheduled = True
+                self._loop.call_soon(self._on_wake)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
+                self._loop.call_soon_threadsafe(self._on_wake)
+
+    def _on_wake(self) -> None:
+        self._wake_scheduled = False
+        kind = type(self._action)
+        # Any other action in flight asks the core again when it completes.
+        if not self._done and (kind is Receive or kind is Wait):
+            self._action = None
+            self._pump()
 
     # --- driving the core ------------------------------------------------------------
 
@@ -155,11 +215,24 @@ class _HttpProtocol(asyncio.Protocol):
                 return
             elif type(action) is Run:
                 self._wait(action, None)
-                self._pause_reading()
+                if action.watch:
+                    self._watch()
+                else:
+                    self._pause_reading()
                 self._busy = True
                 future = self._server.executor.submit(action.step)
                 future.add_done_callback(self._step_done_threadsafe)
                 return
+            elif type(action) is Wait:
+                if self._eof:  # the peer left already
+                    self._broken = True
+                    conn.connection_lost()
+                    continue
+                self._wait(action, action.deadline)
+                self._watch()
+                return
+            elif type(action) is Spawn:
+                self._server.spawn(action.task)
             elif type(action) is HalfClose:
                 if transport.can_write_eof():
                     transport.write_eof()
@@ -209,11 +282,16 @@ class _HttpProtocol(asyncio.Protocol):
         if self._transport.is_reading():
             self._transport.pause_reading()
 
+    def _watch(self) -> None:
+        """Read on while the core waits for an app, to see the peer leave; bytes are held."""
+        if not self._eof and len(self._pending) < HOLD_LIMIT and not self._transport.is_reading():
+            self._transport.resume_reading()
+
     def _timed_out(self) -> None:
         kind = type(self._action)
         if kind is SendFile:
             self._stop_sending_file()  # `_sent_file` reports the timeout
-        elif kind is Receive or kind is Send:
+        elif kind is Receive or kind is Send or kind is Wait:
             self._broken = kind is Send
             self._action = None
             self._conn.timeout(self._loop.time())
@@ -249,8 +327,12 @@ class _HttpProtocol(asyncio.Protocol):
         if self._lost:
             self._finish_lost()
             self._server.connection_closed(self)
-        else:
-            self._pump()
+            return
+        if self._left:  # the peer closed its side while a watched step ran
+            self._left = False
+            self._broken = True
+            self._conn.connection_lost()
+        self._pump()
 
     def _finish_lost(self) -> None:
         """The socket is gone: let the core undo what is in progress, inline."""
@@ -273,7 +355,7 @@ class _HttpProtocol(asyncio.Protocol):
         if self._done:
             return
         self._conn.shutdown()
-        if self.idle:
+        if self.idle or type(self._action) is Wait:  # asked again, the core closes or goes on
             self._action = None
             self._pump()
 
@@ -298,12 +380,14 @@ class AsyncioServer:
         self.app = app
         self.config = config
         self.loop = loop
+        self.thread = threading.get_ident()
         self.ssl_context = options.ssl_context
         self.ports = ports(sockets)
         self.executor = ThreadPoolExecutor(
             max_workers=min(_MAX_STEP_THREADS, options.max_connections), thread_name_prefix="http-step"
         )
         self.connections: set[_HttpProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # spawned app tasks not yet over
         self._options = options
         self._sockets = sockets
         self._accepting: set[socket.socket] = set()
@@ -313,7 +397,7 @@ class AsyncioServer:
         self.stopping = False
         self._stop = asyncio.Event()
         self._cut = asyncio.Event()
-        self._all_closed = asyncio.Event()
+        self._drained = asyncio.Event()  # stopping, and no connection or app task is left
 
     def shutdown(self) -> None:
         """Stop accepting, finish in-flight requests (within the grace period), return from serve.
@@ -388,8 +472,21 @@ class AsyncioServer:
         self._count -= 1
         self.room_wanted = False
         self._resume_accepting()
-        if self.stopping and not self.connections and not self._count:
-            self._all_closed.set()
+        self._check_drained()
+
+    def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Start an app task on the loop; it is kept until it ends."""
+        running = self.loop.create_task(run_task(task))
+        self.tasks.add(running)
+        running.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self.stopping and not self.connections and not self._count and not self.tasks:
+            self._drained.set()
 
     def _resume_accepting(self) -> None:
         if not self.stopping and self._count < self._options.max_connections:
@@ -403,26 +500,29 @@ class AsyncioServer:
         except asyncio.CancelledError:
             await self._close(0)
             raise
-        finally:
-            self.executor.shutdown(wait=False)
 
     async def _close(self, grace: float) -> None:
+        """Drain: connections and app tasks get `grace`, then connections are cut and tasks
+        cancelled, and both get CLEANUP_WAIT to run their cleanup."""
         self.stopping = True
         self._stop_accepting()
         for sock in self._sockets:
             sock.close()  # new connections are refused, not left waiting
         for protocol in list(self.connections):
             protocol.stop()
-        if self._count:
-            waits = [self.loop.create_task(event.wait()) for event in (self._all_closed, self._cut)]
+        self._check_drained()
+        if not self._drained.is_set():
+            waits = [self.loop.create_task(event.wait()) for event in (self._drained, self._cut)]
             await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
             for wait in waits:
                 wait.cancel()
-            if not self._all_closed.is_set():
+            if not self._drained.is_set():
                 for protocol in list(self.connections):
-                    protocol.cut()
-                with contextlib.suppress(TimeoutError):  # cut connections still finish their cleanup
-                    await asyncio.wait_for(self._all_closed.wait(), CLEANUP_WAIT)
+                    protocol.cut()  # their channels tell app tasks: gone
+                for task in self.tasks:
+                    task.cancel()
+                with contextlib.suppress(TimeoutError):  # cut connections and cancelled tasks clean up
+                    await asyncio.wait_for(self._drained.wait(), CLEANUP_WAIT)
 
 
 async def serve(
@@ -436,8 +536,10 @@ async def serve(
     """Serve `app` until `shutdown()` (or a signal, with `options.handle_signals`).
 
     Listens on `sockets` when given (bound and listening; serve closes them when it
-    stops accepting), else binds `options.host`/`options.port`. Calls
-    `started(server)` once listening. Cancelling `serve` cuts every connection at once.
+    stops accepting), else binds `options.host`/`options.port`. Enters
+    `options.lifespan` before accepting (raising what it raises) and exits it once
+    drained. Calls `started(server)` once accepting. Cancelling `serve` cuts every
+    connection and cancels every app task at once.
     """
     loop = asyncio.get_running_loop()
     server = AsyncioServer(app, config, options, bind(options) if sockets is None else sockets, loop)
@@ -445,10 +547,14 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, server.shutdown)
     try:
-        if started is not None:
-            started(server)
-        await server._run()
+        async with options.lifespan() if options.lifespan else contextlib.nullcontext():
+            if started is not None:
+                started(server)
+            await server._run()
     finally:
+        for sock in server._sockets:  # also when the lifespan failed before serving
+            sock.close()
+        server.executor.shutdown(wait=False)
         if options.handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)

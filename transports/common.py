@@ -1,11 +1,12 @@
-"""What the three transports share: binding, peer names, file pieces, and tearing a connection down."""
+"""What the three transports share: binding, addresses, file pieces, tearing a connection down,
+watching a socket for its peer leaving, and the lifespan."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import BinaryIO, Final
 
 from protocol import Close, Phase, Run, ServerConnection
@@ -21,6 +22,10 @@ _ACCEPT_IGNORABLE_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, e
 """accept() errors that concern only the connection being accepted (gone, or refused by a firewall)."""
 
 ACCEPT_PAUSE: Final = 0.1
+
+HOLD_LIMIT: Final = 65536
+"""Bytes read ahead and held while the core does not ask for input (a `Wait`, a watched
+`Run`) before reading pauses, where watching reads rather than peeks (asyncio)."""
 
 CLEANUP_WAIT: Final = 5.0
 """After the grace period cut the remaining connections, how long serve waits for their
@@ -82,20 +87,49 @@ def url(sockets: Sequence[socket.socket], *, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
-def peer_name(sock: socket.socket) -> str:
-    """host:port of the peer, for the access log."""
+Client = tuple[str, int] | None
+Server = tuple[str, int | None] | None
+
+
+def addresses(sock: socket.socket) -> tuple[Client, Server]:
+    """The connection's (client, server) addresses for the core (see `ServerConnection`)."""
+    return client_address(sock), server_address(sock)
+
+
+def client_address(sock: socket.socket) -> Client:
     try:
-        return format_peer(sock.getpeername())
+        return address_pair(sock.family, sock.getpeername(), None)[0]
+    except OSError:  # already reset
+        return None
+
+
+def server_address(sock: socket.socket) -> Server:
+    try:
+        return address_pair(sock.family, None, sock.getsockname())[1]
     except OSError:
+        return None
+
+
+def address_pair(family: int, peer: object, local: object) -> tuple[Client, Server]:
+    """(client, server) from a socket's family, peer name and own name: (host, port) on TCP
+    (IPv6's flow and scope dropped); on a Unix socket no client and (path, None)."""
+    if family == socket.AF_INET or family == socket.AF_INET6:
+        client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
+        server: Server = (local[0], local[1]) if isinstance(local, tuple) else None
+        return client, server
+    if family == getattr(socket, "AF_UNIX", None):
+        if isinstance(local, bytes):  # an abstract socket's name
+            local = local.decode("latin-1")
+        return None, (local, None) if isinstance(local, str) else None
+    return None, None
+
+
+def format_client(client: Client) -> str:
+    """host:port ([host]:port for IPv6), for error logs; "-" when unknown."""
+    if client is None:
         return "-"
-
-
-def format_peer(address: object) -> str:
-    """host:port ([host]:port for IPv6) from a socket address."""
-    if isinstance(address, tuple):
-        host = address[0]
-        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-    return str(address or "-")
+    host, port = client
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def abandon(conn: ServerConnection, now: float) -> None:
@@ -112,6 +146,34 @@ def abandon(conn: ServerConnection, now: float) -> None:
             action.step()
         elif type(action) is Close:
             return
+
+
+def peer_left(sock: socket.socket) -> bool | None:
+    """Peek at a non-blocking socket: True if the peer left (end of input, or a reset), False
+    if bytes wait to be read (a pipelined request), None if nothing happened yet.
+
+    Bytes are left where they are. Under TLS this peeks at the raw records beneath: any
+    record (even a close_notify) reads as bytes waiting.
+    """
+    try:
+        return not _raw_recv(sock, 1, socket.MSG_PEEK)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return True
+
+
+_raw_recv: Final = socket.socket.recv
+"""The kernel's recv even on an `ssl.SSLSocket` (whose own refuses flags)."""
+
+
+async def run_task(task: Callable[[], Awaitable[None]]) -> None:
+    """Run a spawned app task to its end. It handles its own errors; one that escapes is a bug,
+    logged here so that it ends only that task (cancellation goes through)."""
+    try:
+        await task()
+    except Exception:
+        error_log.exception("an app task failed")
 
 
 def has_fileno(file: BinaryIO) -> bool:

@@ -1,15 +1,24 @@
-"""Server-level options: where to listen and how many connections to carry.
+"""Server-level options: where to listen, how many connections to carry, and the
+hooks that run around serving.
 
 The HTTP core's limits and timeouts are `protocol.Config`; these are the transport's.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # ssl costs start-up time; only the TLS path imports it
+if TYPE_CHECKING:  # ssl and asyncio cost start-up time; only the paths that use them import them
+    import asyncio
     import ssl
+
+Lifespan = Callable[[], AbstractAsyncContextManager[object]]
+"""Makes an async context manager that a server enters before it accepts its first
+connection and exits once it has drained (see `ServerOptions.lifespan`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +46,40 @@ class ServerOptions:
     handle_signals: bool = False
     """Install SIGTERM/SIGINT handlers (main thread only): the first signal shuts the
     server down gracefully, a second one cuts the remaining connections."""
+    lifespan: Lifespan | None = None
+    """Start-up and shut-down work (an app's), as an async context manager made per `serve`
+    (per process with `workers`). It is entered on the event loop where app tasks run (trio
+    and asyncio: the server's; threads: its app loop thread) once the sockets are bound and
+    before the first connection is accepted; if entering raises, `serve` raises that and
+    serves nothing. It is exited after shutdown has drained: connections closed and spawned
+    tasks ended (or cancelled past the grace period). A context manager rather than two
+    callbacks, so that a hook may keep tasks running in between (an anyio task group works
+    on trio too); `hooks()` makes one from two callbacks."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    """The threads transport's app loop (where `Spawn`ed tasks and `lifespan` run): None for
+    `asyncio.new_event_loop`; e.g. `uvloop.new_event_loop`."""
 
     def __post_init__(self) -> None:
         """Refuse a pool that could serve nobody, at start-up."""
         if self.threads < 1:
             raise ValueError("threads must be at least 1")
+
+
+def hooks(
+    on_startup: Callable[[], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> Lifespan:
+    """A `ServerOptions.lifespan` that awaits `on_startup()` on entering and `on_shutdown()`
+    on exiting (also when serving failed; not when `on_startup` raised)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        if on_startup is not None:
+            await on_startup()
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                await on_shutdown()
+
+    return lifespan

@@ -11,16 +11,27 @@ keep-alive connection holds no thread, and only the pool competes for the GIL (w
 thread per connection, dozens of runnable threads convoy on it: a long latency tail).
 
 A connection is in exactly one place at a time: parked in the reactor (registered with
-its selector), queued for a worker, or in one worker. Only its holder touches its socket
-and its core; the two queues hand it over. The reactor alone counts connections, accepts
-(taking a slot first: at `max_connections`, a parked connection that waits for a request
-is closed to make room, else new ones wait in the listen backlog) and carries out
-shutdown for the connections it holds; workers see it through two flags.
+its selector, or only on its deadline), queued for a worker, or in one worker. Only its
+holder touches its socket and its core; the two queues hand it over. The reactor alone
+counts connections, accepts (taking a slot first: at `max_connections`, a parked
+connection that waits for a request is closed to make room, else new ones wait in the
+listen backlog) and carries out shutdown for the connections it holds; workers see it
+through two flags.
+
+App tasks (`Spawn`) run on one asyncio event loop in a thread of its own (`_AppLoop`,
+started at the first task, or at start-up for `options.lifespan`). A task's `wake` is a
+message to the reactor, like a worker's hand-back: a connection parked for a `Receive` or
+a `Wait` goes back to a worker; one held elsewhere sees the flag before it parks. A
+`Wait` parks for readability with peeking in mind: the peer leaving ends it at once. A
+watched `Run` step runs inline, unwatched; the socket is peeked at once it has returned.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import heapq
 import itertools
 import math
@@ -31,26 +42,44 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from protocol import Action, App, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
+from protocol import (
+    Action,
+    App,
+    Config,
+    HalfClose,
+    Phase,
+    Receive,
+    Run,
+    Send,
+    SendFile,
+    ServerConnection,
+    Spawn,
+    Wait,
+)
 
 from .common import (
     CLEANUP_WAIT,
     FILE_PIECE_SIZE,
     RECEIVE_SIZE,
+    Client,
     abandon,
     accept_error,
     bind,
+    client_address,
     error_log,
+    format_client,
     has_fileno,
-    peer_name,
+    peer_left,
     ports,
     read_at,
+    run_task,
+    server_address,
 )
-from .options import ServerOptions
+from .options import Lifespan, ServerOptions
 
 if TYPE_CHECKING:  # ssl costs start-up time; only the TLS path imports it
     import ssl
@@ -63,6 +92,11 @@ _WRITE: Final = selectors.EVENT_WRITE
 _TURN: Final = 0.01
 """Seconds a worker drives one connection that never waits before serving others waiting."""
 _YIELD_BEFORE: Final = (Receive, Send, SendFile)
+_WAKEABLE: Final = (Receive, Wait)
+"""The waits that `wake` ends."""
+_SLEEP: Final = 0
+"""`events` of a connection parked only on its deadline and `wake` (a `Wait` whose peer
+sent more: there is nothing left to watch for)."""
 """Where a connection may give its worker up. Not a Run step nor Close: after a cut, those
 come next, and the cut (no TLS close_notify) is a local of `_drive`."""
 
@@ -77,6 +111,7 @@ class _Connection:
 
     __slots__ = (
         "action",
+        "client",
         "closed",
         "conn",
         "deadline",
@@ -86,16 +121,17 @@ class _Connection:
         "handshake_deadline",
         "out",
         "parked",
-        "peer",
         "sock",
+        "stopped",
         "timed_out",
         "timer",
+        "woken",
     )
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.conn: ServerConnection | None = None  # made once the socket is set up (after TLS's handshake)
-        self.peer = "-"
+        self.client: Client = None
         self.handshake_deadline: float | None = None  # set when a worker first sees it
         self.action: Action | None = None  # the action to resume (tried again) when it comes back
         self.events = _READ  # what it waits for while parked, and until when
@@ -105,6 +141,8 @@ class _Connection:
         self.file_left = 0
         self.timed_out = False  # set by the reactor: the deadline passed, not the wait
         self.closed = False  # set by the worker that closed it
+        self.woken = False  # set by `wake` (any thread): give up the Receive or Wait, ask again
+        self.stopped = False  # the core was told that the server stops
         # The reactor's own:
         self.parked = False
         self.timer: tuple[float, int, _Connection] | None = None  # its live entry in the deadline heap
@@ -135,6 +173,9 @@ class ThreadServer:
         self._cutting = False
         self._ready: queue.SimpleQueue[_Connection | None] = queue.SimpleQueue()  # to the workers
         self._inbox: queue.SimpleQueue[_Connection] = queue.SimpleQueue()  # to the reactor
+        self._wakes: queue.SimpleQueue[_Connection] = queue.SimpleQueue()  # to the reactor, from `wake`
+        self._apps: _AppLoop | None = None  # where app tasks run, once one is spawned
+        self._apps_lock = threading.Lock()
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
@@ -143,6 +184,7 @@ class ThreadServer:
         self._selector = selectors.DefaultSelector()
         self._timers: list[tuple[float, int, _Connection]] = []  # a heap; see `_set_timer`
         self._timer_ids = itertools.count()  # ties in the heap never compare connections
+        self._sleeping: set[_Connection] = set()  # parked on their deadline alone (`_SLEEP`)
         self._count = 0  # connections accepted and not yet closed
         self._busy = 0  # of those, queued for or in a worker
         self._workers: list[threading.Thread] = []
@@ -186,7 +228,9 @@ class ThreadServer:
                 self._cutting = True  # workers abandon what they hold at their next step
                 cleanup_end = now + CLEANUP_WAIT
                 self._cut_parked()
-            if self._stopping and (not self._count or now >= cleanup_end):
+                if self._apps is not None:
+                    self._apps.cancel_all()  # their cleanup runs within CLEANUP_WAIT too
+            if self._stopping and ((not self._count and not self._tasks_left()) or now >= cleanup_end):
                 return
             self._update_accepting(now)
             self._grow_pool()
@@ -240,7 +284,9 @@ class ThreadServer:
         conn = connection.conn
         if conn is None:  # still in its TLS handshake: no request to finish
             return True
-        conn.shutdown()
+        if not connection.stopped:
+            connection.stopped = True
+            conn.shutdown()
         if type(connection.action) is Receive and conn.phase is Phase.IDLE:
             connection.action = None  # abandon the wait: asked again, the core closes
             return True
@@ -253,7 +299,11 @@ class ThreadServer:
             self._dispatch(connection)
 
     def _parked(self) -> list[_Connection]:
-        return [key.data for key in self._selector.get_map().values() if key.data is not None]
+        parked = [key.data for key in self._selector.get_map().values() if key.data is not None]
+        return parked + list(self._sleeping)
+
+    def _tasks_left(self) -> bool:
+        return self._apps is not None and self._apps.count > 0
 
     def _accept(self, listener: socket.socket) -> None:
         if self._count >= self._options.max_connections:
@@ -285,7 +335,7 @@ class ThreadServer:
             self._dispatch(_Connection(sock))  # a worker sets it up (TLS: the handshake)
 
     def _take_messages(self) -> None:
-        """Connections workers handed back: to park, or closed."""
+        """Connections workers handed back (to park, or closed), and wake-ups."""
         with contextlib.suppress(OSError):
             self._wake_reader.recv(4096)
         # Cleared after the bytes are read and before the queue is: a message put after
@@ -303,8 +353,17 @@ class ThreadServer:
                 self._dispatch(connection)  # a worker closes or abandons it
             elif self._room_wanted and _idle(connection):
                 self._make_room(connection)
+            elif connection.woken and type(connection.action) in _WAKEABLE:
+                self._dispatch(connection)  # woken on its way here: it gives its wait up
             else:
                 self._park(connection)
+        wakes = self._wakes
+        for _ in range(wakes.qsize()):
+            connection = wakes.get()
+            # Held by a worker, or queued: it sees `woken` before it parks again.
+            if connection.parked and type(connection.action) in _WAKEABLE:
+                self._unpark(connection)
+                self._dispatch(connection)
 
     def _make_room(self, connection: _Connection) -> None:
         """Close `connection`, which waits for a request, for a client that found no slot."""
@@ -313,14 +372,20 @@ class ThreadServer:
         self._dispatch(connection)  # a worker closes it
 
     def _park(self, connection: _Connection) -> None:
-        self._selector.register(connection.sock, connection.events, connection)
+        if connection.events == _SLEEP:
+            self._sleeping.add(connection)
+        else:
+            self._selector.register(connection.sock, connection.events, connection)
         connection.parked = True
         deadline = connection.deadline
         if deadline is not None and (connection.timer is None or deadline < connection.timer[0]):
             self._set_timer(connection, deadline)
 
     def _unpark(self, connection: _Connection) -> None:
-        self._selector.unregister(connection.sock)
+        if connection.events == _SLEEP:
+            self._sleeping.discard(connection)
+        else:
+            self._selector.unregister(connection.sock)
         connection.parked = False
 
     def _set_timer(self, connection: _Connection, at: float) -> None:
@@ -398,7 +463,7 @@ class ThreadServer:
             try:
                 outcome = self._serve(connection)
             except BaseException:  # even SystemExit from a handler: the worker must go on
-                error_log.exception("connection from %s failed", connection.peer)
+                error_log.exception("connection from %s failed", format_client(connection.client))
                 self._abandon(connection)
                 outcome = _OVER
             if outcome == _YIELD:
@@ -411,10 +476,36 @@ class ThreadServer:
     def _hand_back(self, connection: _Connection) -> None:
         """Give the connection to the reactor; after this, this thread must not touch it."""
         self._inbox.put(connection)
+        self._notify_reactor()
+
+    def _notify_reactor(self) -> None:
+        """Make the reactor look at its queues (any thread)."""
         if not self._wake_pending:
             self._wake_pending = True
             with contextlib.suppress(OSError):  # full: a byte is there already; closed: stopped
                 self._wake_writer.send(b"x")
+
+    def _wake(self, connection: _Connection) -> None:
+        """A connection's `wake` (any thread, any time): its Receive or Wait, now or next, ends."""
+        connection.woken = True  # before the message: see `_take_messages`
+        self._wakes.put(connection)
+        self._notify_reactor()
+
+    # --- app tasks ----------------------------------------------------------------------
+
+    def _app_loop(self) -> _AppLoop:
+        """The loop app tasks run on, started the first time one is needed."""
+        apps = self._apps
+        if apps is None:
+            with self._apps_lock:
+                if self._apps is None:
+                    self._apps = _AppLoop(self._options.loop_factory, self._task_over)
+                apps = self._apps
+        return apps
+
+    def _task_over(self) -> None:
+        if self._stopping:  # the reactor waits for the last ones
+            self._notify_reactor()
 
     def _serve(self, connection: _Connection) -> str:
         """Drive the connection as far as it goes without waiting: `_WAIT`, `_YIELD` or `_OVER`."""
@@ -432,7 +523,7 @@ class ThreadServer:
         try:
             if connection.handshake_deadline is None:  # a new connection
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                connection.peer = peer_name(sock)
+                connection.client = client_address(sock)
                 connection.handshake_deadline = time.monotonic() + self._config.head_timeout
                 context = self._options.ssl_context
                 if context is not None:
@@ -449,9 +540,17 @@ class ThreadServer:
                 except self._want_write:
                     return self._wait(connection, _WRITE, connection.handshake_deadline)
         except OSError as exc:  # the peer went away, or the TLS handshake failed
-            error_log.debug("connection from %s failed: %r", connection.peer, exc)
+            error_log.debug("connection from %s failed: %r", format_client(connection.client), exc)
             return _OVER
-        return ServerConnection(self._app, self._config, now=time.monotonic(), peer=connection.peer)
+        return ServerConnection(
+            self._app,
+            self._config,
+            now=time.monotonic(),
+            client=connection.client,
+            server=server_address(sock),
+            tls=self._tls,
+            wake=functools.partial(self._wake, connection),
+        )
 
     def _drive(self, connection: _Connection, conn: ServerConnection) -> str:
         """The loop every transport has: ask the core, perform, report, until it must wait or Close."""
@@ -465,7 +564,7 @@ class ThreadServer:
         cut = False
         if connection.timed_out:
             connection.timed_out = False
-            cut = type(action) is not Receive
+            cut = type(action) is Send or type(action) is SendFile
             action = None
             connection.out = b""
             connection.file_left = 0
@@ -476,7 +575,9 @@ class ThreadServer:
                 if self._cutting:
                     abandon(conn, monotonic())
                     return _OVER
-                conn.shutdown()
+                if not connection.stopped:
+                    connection.stopped = True
+                    conn.shutdown()
                 if type(action) is Receive and conn.phase is Phase.IDLE:
                     action = None  # abandon the wait: asked again, the core closes
             if action is None:
@@ -504,6 +605,21 @@ class ThreadServer:
                     self._send_file(connection, action)
                 elif type(action) is Run:
                     action.step()
+                    if action.watch and peer_left(sock):  # unwatched while it ran: look now
+                        cut = True
+                        conn.connection_lost()
+                elif type(action) is Wait:
+                    if connection.woken:
+                        connection.woken = False
+                    else:
+                        left = peer_left(sock)
+                        if not left:  # nothing yet: watch; bytes waiting: sleep until woken
+                            connection.action = action
+                            return self._wait(connection, _READ if left is None else _SLEEP, action.deadline)
+                        cut = True
+                        conn.connection_lost()
+                elif type(action) is Spawn:
+                    self._app_loop().spawn(action.task)
                 elif type(action) is HalfClose:
                     if not self._tls:
                         sock.shutdown(socket.SHUT_WR)
@@ -512,11 +628,17 @@ class ThreadServer:
                         _send_close_notify(cast("ssl.SSLSocket", sock))
                     return _OVER
             except BlockingIOError:
-                return self._wait_for(connection, action, _READ if type(action) is Receive else _WRITE)
+                if type(action) is not Receive:
+                    return self._wait_for(connection, action, _WRITE)
+                if not connection.woken:
+                    return self._wait_for(connection, action, _READ)
+                connection.woken = False  # give the wait up: ask again
             except self._want_read:
                 # TLS needs bytes from the peer first. A recv raises this only once the
                 # SSLSocket holds no decrypted byte (which select() could not see).
-                return self._wait_for(connection, action, _READ)
+                if type(action) is not Receive or not connection.woken:
+                    return self._wait_for(connection, action, _READ)
+                connection.woken = False
             except self._want_write:
                 return self._wait_for(connection, action, _WRITE)
             except OSError:
@@ -578,7 +700,9 @@ class ThreadServer:
             try:
                 abandon(connection.conn, time.monotonic())
             except Exception:
-                error_log.exception("cleaning up the connection from %s failed", connection.peer)
+                error_log.exception(
+                    "cleaning up the connection from %s failed", format_client(connection.client)
+                )
 
     def _close(self, connection: _Connection) -> None:
         with contextlib.suppress(OSError):
@@ -587,6 +711,97 @@ class ThreadServer:
         connection.conn = None  # a stale heap entry may keep the shell a while, not the core
         connection.action = None
         connection.out = b""
+
+
+class _AppLoop:
+    """One asyncio event loop in a thread of its own, where app tasks and the lifespan run.
+
+    Any thread may `spawn`; the tasks are kept (and counted, for shutdown) until they end.
+    """
+
+    def __init__(
+        self, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None, over: Callable[[], None]
+    ):
+        self.loop = (loop_factory or asyncio.new_event_loop)()
+        self.count = 0  # tasks spawned and not yet over; read by the reactor
+        self._over = over  # called (on the loop's thread) whenever a task ends
+        self._lock = threading.Lock()  # for `count`: workers spawn at once
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop thread's own
+        self._cancelling = False
+        self._thread = threading.Thread(target=self._run, name="http-app-loop", daemon=True)
+        # Like the workers, it leaves SIGTERM and SIGINT to the main thread.
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            self._thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+
+    def _run(self) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+    def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Start `task()` on the loop (from any thread)."""
+        with self._lock:
+            self.count += 1
+        self.loop.call_soon_threadsafe(self._start, task)
+
+    def _start(self, task: Callable[[], Awaitable[None]]) -> None:
+        running = self.loop.create_task(run_task(task))
+        self._tasks.add(running)
+        running.add_done_callback(self._done)
+        if self._cancelling:
+            running.cancel()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        with self._lock:
+            self.count -= 1
+        self._over()
+
+    def cancel_all(self) -> None:
+        """Cancel every task, and those still to start (from any thread); each runs its cleanup."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed already
+            self.loop.call_soon_threadsafe(self._cancel_all)
+
+    def _cancel_all(self) -> None:
+        self._cancelling = True
+        for task in self._tasks:
+            task.cancel()
+
+    def enter(self, lifespan: Lifespan) -> Callable[[], None]:
+        """Enter `lifespan()` in a task on the loop; raises what entering raised. Returns the
+        function that exits it (blocking until it did, and raising what exiting raised)."""
+        entered: concurrent.futures.Future[None] = concurrent.futures.Future()
+        leave: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        async def hold() -> None:
+            async with lifespan():
+                entered.set_result(None)
+                await asyncio.wrap_future(leave)
+
+        held = asyncio.run_coroutine_threadsafe(hold(), self.loop)
+        concurrent.futures.wait([entered, held], return_when=concurrent.futures.FIRST_COMPLETED)
+        if not entered.done():
+            held.result()  # raises the failure
+            raise RuntimeError("the lifespan returned without entering")  # pragma: no cover
+
+        def exit_lifespan() -> None:
+            leave.set_result(None)
+            held.result()
+
+        return exit_lifespan
+
+    def stop(self) -> None:
+        """Stop the loop and wait (a bounded time) for its thread."""
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(CLEANUP_WAIT)
 
 
 def _idle(connection: _Connection) -> bool:
@@ -613,8 +828,10 @@ def serve(
     """Serve `app` until `shutdown()` (or a signal, with `options.handle_signals`).
 
     Listens on `sockets` when given (bound and listening; serve closes them when it
-    stops accepting), else binds `options.host`/`options.port`. Calls
-    `started(server)` once listening. Blocks; signals need it on the main thread.
+    stops accepting), else binds `options.host`/`options.port`. Enters
+    `options.lifespan` on the app loop before accepting (raising what it raises) and
+    exits it once drained. Calls `started(server)` once accepting. Blocks; signals
+    need it on the main thread.
     """
     sockets = bind(options) if sockets is None else sockets
     previous: dict[signal.Signals, Any] = {}
@@ -632,10 +849,17 @@ def serve(
 
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, on_signal)
-        if started is not None:
-            started(server)
-        server._react()
+        leave = None if options.lifespan is None else server._app_loop().enter(options.lifespan)
+        try:
+            if started is not None:
+                started(server)
+            server._react()
+        finally:
+            if leave is not None:
+                leave()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         server._tear_down()
+        if server._apps is not None:
+            server._apps.stop()

@@ -2,33 +2,51 @@
 
 Deadlines are cancel scopes on `trio.current_time()`, so tests can run it on a
 virtual clock; blocking steps go to `trio.to_thread`. One connection's failure is
-logged and ends that connection only.
+logged and ends that connection only. App tasks (`Spawn`) run in a nursery of their
+own beside the connections' nursery; `wake` cancels the scope of the connection's wait.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import socket
-from collections.abc import Sequence
+import threading
+from collections.abc import Awaitable, Callable, Sequence
 from typing import BinaryIO, Final
 
 import trio
 
-from protocol import App, Config, HalfClose, Phase, Receive, Run, Send, SendFile, ServerConnection
+from protocol import (
+    App,
+    Config,
+    HalfClose,
+    Phase,
+    Receive,
+    Run,
+    Send,
+    SendFile,
+    ServerConnection,
+    Spawn,
+    Wait,
+)
 
 from .common import (
     FILE_PIECE_SIZE,
     RECEIVE_SIZE,
     abandon,
     accept_error,
+    addresses,
     bind,
     error_log,
+    format_client,
     has_fileno,
-    peer_name,
+    peer_left,
     ports,
     read_at,
+    run_task,
 )
 from .options import ServerOptions
 
@@ -36,24 +54,39 @@ _BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 class _Connection:
-    """What shutdown needs to reach a running connection."""
+    """What shutdown and `wake` need to reach a running connection."""
 
-    __slots__ = ("abandoned", "conn", "receiving")
+    __slots__ = ("conn", "scope", "stopped", "thread", "token", "woken")
 
-    def __init__(self, conn: ServerConnection) -> None:
-        self.conn = conn
-        self.receiving: trio.CancelScope | None = None
-        self.abandoned = False
+    conn: ServerConnection
+
+    def __init__(self, thread: int, token: trio.lowlevel.TrioToken) -> None:
+        self.scope: trio.CancelScope | None = None  # of the Receive or Wait in progress
+        self.woken = False  # give the next (or current) Receive or Wait up: ask the core again
+        self.stopped = False
+        self.thread = thread
+        self.token = token
+
+    def wake(self) -> None:
+        """The core's `wake`, from any thread: give the wait in progress (or the next) up."""
+        if threading.get_ident() == self.thread:
+            self.wake_here()
+        else:
+            with contextlib.suppress(trio.RunFinishedError):  # serve is over: nothing waits
+                self.token.run_sync_soon(self.wake_here)
+
+    def wake_here(self) -> None:
+        # `_receive` and `_wait` give their wait up, or do not begin one: the task may be
+        # on its way there, between the core's action and the wait.
+        self.woken = True
+        if self.scope is not None:
+            self.scope.cancel()
 
     def stop(self) -> None:
         """Finish the request in progress; an idle connection stops waiting at once."""
+        self.stopped = True
         self.conn.shutdown()
-        if self.conn.phase is Phase.IDLE:
-            # `_receive` gives its wait up, or does not begin one: the task may be on
-            # its way there, between the core's Receive and the wait.
-            self.abandoned = True
-            if self.receiving is not None:
-                self.receiving.cancel()
+        self.wake_here()  # asked again, an idle connection's core closes
 
 
 class TrioServer:
@@ -66,10 +99,14 @@ class TrioServer:
         self._options = options
         self._slots = trio.Semaphore(options.max_connections)
         self._connections: set[_Connection] = set()
+        self._apps: trio.Nursery | None = None  # where spawned app tasks run
+        self._tasks = 0  # spawned app tasks not yet over
         self._stop = trio.Event()
-        self._all_closed = trio.Event()
+        self._drained = trio.Event()  # stopping, and no connection or app task is left
         self._grace = trio.CancelScope()  # the wait for requests in flight
         self._room_wanted = False  # a client found every slot taken and no connection idle
+        self._thread = threading.get_ident()
+        self._token = trio.lowlevel.current_trio_token()
 
     def shutdown(self) -> None:
         """Stop accepting, finish in-flight requests (within the grace period), return from serve.
@@ -79,6 +116,31 @@ class TrioServer:
         if self._stop.is_set():
             self._grace.cancel()
         self._stop.set()
+
+    async def _serve(
+        self, sockets: Sequence[socket.socket], task_status: trio.TaskStatus[TrioServer]
+    ) -> None:
+        """Accept until shutdown, then drain: connections and app tasks get the grace period,
+        then both are cancelled (a cancelled task still runs its cleanup: trio waits for it)."""
+        async with trio.open_nursery() as apps:
+            self._apps = apps
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    for sock in sockets:
+                        accepting.start_soon(self._accept, sock, connections)
+                    task_status.started(self)
+                    await self._stop.wait()
+                    accepting.cancel_scope.cancel()
+                for sock in sockets:
+                    sock.close()  # new connections are refused, not left waiting
+                for connection in list(self._connections):
+                    connection.stop()
+                self._check_drained()
+                self._grace.deadline = trio.current_time() + self._options.shutdown_grace
+                with self._grace:
+                    await self._drained.wait()
+                connections.cancel_scope.cancel()  # their channels tell app tasks: gone
+            apps.cancel_scope.cancel()
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -110,12 +172,13 @@ class TrioServer:
 
         If none does, the next one to wait for a request closes (`_room_wanted`)."""
         for connection in self._connections:
-            if connection.conn.phase is Phase.IDLE and not connection.abandoned:
+            if connection.conn.phase is Phase.IDLE and not connection.stopped:
                 connection.stop()
                 return True
         return False
 
     async def _serve_connection(self, sock: socket.socket) -> None:
+        peer = "-"
         try:
             tcp = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
             context = self._options.ssl_context
@@ -124,20 +187,29 @@ class TrioServer:
                 # Standard TLS closes: aclose() sends close_notify, so a client can tell the
                 # end of a response from a cut (a peer's cut is BrokenResourceError: lost).
                 stream = trio.SSLStream(tcp, context, server_side=True)
-            peer = peer_name(sock)
-            conn = ServerConnection(self._app, self._config, now=trio.current_time(), peer=peer)
+            client, server = addresses(sock)
+            peer = format_client(client)
+            connection = _Connection(self._thread, self._token)
+            conn = connection.conn = ServerConnection(
+                self._app,
+                self._config,
+                now=trio.current_time(),
+                client=client,
+                server=server,
+                tls=context is not None,
+                wake=connection.wake,
+            )
         except Exception:
             error_log.exception("cannot set up a connection")
             sock.close()
             self._slots.release()
             return
-        connection = _Connection(conn)
         self._connections.add(connection)
         if self._stop.is_set():  # accepted just before shutdown began
             conn.shutdown()
         clean = graceful = False
         try:
-            graceful = await self._drive(stream, tcp, None if context else sock, connection)
+            graceful = await self._drive(stream, tcp, sock, context is None, connection)
             clean = True
         except Exception:
             error_log.exception("connection from %s failed", peer)
@@ -151,25 +223,43 @@ class TrioServer:
                 await (stream.aclose() if graceful else trio.aclose_forcefully(stream))
             self._connections.discard(connection)
             self._slots.release()
-            if not self._connections and self._stop.is_set():
-                self._all_closed.set()
+            self._check_drained()
+
+    def _spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        assert self._apps is not None
+        self._tasks += 1
+        self._apps.start_soon(self._run_task, task)
+
+    async def _run_task(self, task: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await run_task(task)
+        finally:
+            self._tasks -= 1
+            self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._stop.is_set() and not self._connections and not self._tasks:
+            self._drained.set()
 
     async def _drive(
         self,
         stream: trio.abc.Stream,
         tcp: trio.SocketStream,
-        raw: socket.socket | None,
+        sock: socket.socket,
+        plain: bool,
         connection: _Connection,
     ) -> bool:
         """The loop every transport has: ask the core, perform, report, until Close.
 
-        Without TLS, `raw` is the socket itself: reads and writes that need no waiting
-        use it directly, which spares a cancel scope per request (the hot path).
+        Without TLS (`plain`), reads and writes that need no waiting use the socket itself,
+        which spares a cancel scope per request (the hot path). Under TLS, `sock` (the
+        socket beneath) is only peeked at, to watch for the peer leaving.
         Returns whether the close is graceful: something was received (so a TLS handshake
         completed) and no response was cut. Only then does TLS's close_notify go out.
         """
         conn = connection.conn
         current_time = trio.current_time
+        raw = sock if plain else None
         received = False
         cut = False
         while True:
@@ -184,8 +274,8 @@ class TrioServer:
                     if data is not None:
                         received = True
                         conn.receive_data(data, current_time())
-                    elif connection.abandoned:
-                        connection.abandoned = False  # shutdown: ask again, the core closes
+                    elif connection.woken:
+                        connection.woken = False  # woken, or shutdown: ask again
                     else:
                         conn.timeout(current_time())
                 elif type(action) is Send:
@@ -213,7 +303,20 @@ class TrioServer:
                         cut = True
                         conn.timeout(current_time())
                 elif type(action) is Run:
-                    await trio.to_thread.run_sync(action.step)
+                    if not action.watch:
+                        await trio.to_thread.run_sync(action.step)
+                    elif await _run_watched(action.step, sock):
+                        cut = True
+                        conn.connection_lost()
+                elif type(action) is Wait:
+                    outcome = await _wait(sock, action.deadline, connection)
+                    if outcome is _LEFT:
+                        cut = True
+                        conn.connection_lost()
+                    elif outcome is _TIMED_OUT:
+                        conn.timeout(current_time())
+                elif type(action) is Spawn:
+                    self._spawn(action.task)
                 elif type(action) is HalfClose:
                     if raw is not None:
                         await tcp.send_eof()
@@ -227,7 +330,8 @@ class TrioServer:
 async def _receive(
     stream: trio.abc.Stream, raw: socket.socket | None, deadline: float | None, connection: _Connection
 ) -> bytes | None:
-    """Some bytes (b"" at end of input), or None if the deadline passed or shutdown abandoned the wait.
+    """Some bytes (b"" at end of input), or None if the deadline passed or the wait was
+    given up (`connection.woken`: a wake, or shutdown).
 
     On a raw socket, waiting is a bare `wait_readable`: an idle connection holds little.
     """
@@ -241,10 +345,10 @@ async def _receive(
             return raw.recv(RECEIVE_SIZE)
         except BlockingIOError:
             pass
-    if connection.abandoned:  # stopped while on its way here
+    if connection.woken:  # woken or stopped while on its way here
         return None
     with trio.CancelScope(deadline=_at(deadline)) as scope:
-        connection.receiving = scope
+        connection.scope = scope
         try:
             if raw is None:
                 return bytes(await stream.receive_some(RECEIVE_SIZE))
@@ -255,8 +359,57 @@ async def _receive(
                 except BlockingIOError:  # a spurious wake-up
                     continue
         finally:
-            connection.receiving = None
+            connection.scope = None
     return None
+
+
+_WOKEN: Final = "woken"
+_TIMED_OUT: Final = "timed out"
+_LEFT: Final = "left"
+
+
+async def _wait(sock: socket.socket, deadline: float | None, connection: _Connection) -> str:
+    """Until `wake` (`_WOKEN`) or `deadline` (`_TIMED_OUT`), watching the socket: `_LEFT` as
+    soon as the peer leaves. Once bytes wait to be read (a pipelined request), only waits."""
+    if not connection.woken:
+        with trio.CancelScope(deadline=_at(deadline)) as scope:
+            connection.scope = scope
+            try:
+                if await _watch(sock):
+                    return _LEFT
+                await trio.sleep_forever()
+            finally:
+                connection.scope = None
+        if not connection.woken:
+            return _TIMED_OUT
+    connection.woken = False
+    return _WOKEN
+
+
+async def _watch(sock: socket.socket) -> bool:
+    """Until the peer leaves (True: end of input or a reset) or bytes wait to be read (False).
+
+    Peeks, never reads: the bytes stay for the core's next `Receive`."""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        left = peer_left(sock)
+        if left is not None:
+            return left
+
+
+async def _run_watched(step: Callable[[], None], sock: socket.socket) -> bool:
+    """Run `step` in a worker thread while watching the socket; whether the peer left."""
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        left = await _watch(sock)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        await trio.to_thread.run_sync(step)
+        nursery.cancel_scope.cancel()
+    return left
 
 
 def _at(deadline: float | None) -> float:
@@ -311,31 +464,20 @@ async def serve(
     """Serve `app` until `shutdown()` (or a signal, with `options.handle_signals`).
 
     Listens on `sockets` when given (bound and listening; serve closes them when it
-    stops accepting), else binds `options.host`/`options.port`. Reports the
-    `TrioServer` (its `ports`) via `task_status`. Cancelling `serve` cuts every
-    connection at once.
+    stops accepting), else binds `options.host`/`options.port`. Enters
+    `options.lifespan` before accepting (raising what it raises) and exits it once
+    drained. Reports the `TrioServer` (its `ports`) via `task_status` once accepting.
+    Cancelling `serve` cuts every connection and app task at once.
     """
     sockets = bind(options) if sockets is None else sockets
-    server = TrioServer(app, config, options, ports(sockets))
     try:
-        async with trio.open_nursery() as connections:
+        server = TrioServer(app, config, options, ports(sockets))
+        async with trio.open_nursery() as signals:
             if options.handle_signals:  # until the very end: a second signal cuts the grace period
-                connections.start_soon(server._watch_signals)
-            async with trio.open_nursery() as accepting:
-                for sock in sockets:
-                    accepting.start_soon(server._accept, sock, connections)
-                task_status.started(server)
-                await server._stop.wait()
-                accepting.cancel_scope.cancel()
-            for sock in sockets:
-                sock.close()  # new connections are refused, not left waiting
-            for connection in list(server._connections):
-                connection.stop()
-            if server._connections:
-                server._grace.deadline = trio.current_time() + options.shutdown_grace
-                with server._grace:
-                    await server._all_closed.wait()
-            connections.cancel_scope.cancel()
+                signals.start_soon(server._watch_signals)
+            async with options.lifespan() if options.lifespan else contextlib.nullcontext():
+                await server._serve(sockets, task_status)
+            signals.cancel_scope.cancel()
     finally:
         for sock in sockets:
             sock.close()
