@@ -6,6 +6,7 @@ Only the chosen transport's runtime is imported, so that start-up stays fast.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib
 import logging
@@ -20,7 +21,7 @@ from handlers.loading import INTERFACES, LoadError, load_app, use_active_venv
 from protocol import App, Config
 
 from .common import bind, url
-from .options import ServerOptions
+from .options import Lifespan, ServerOptions, hooks
 
 if TYPE_CHECKING:
     import ssl
@@ -68,6 +69,27 @@ def parser() -> argparse.ArgumentParser:
         default="",
         type=_root_path,
         help="the app is mounted at PATH (SCRIPT_NAME / root_path); stripped from paths that start with it",
+    )
+    apps.add_argument(
+        "--lifespan",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ASGI lifespan (startup/shutdown): auto: used if the app speaks it; on: required "
+        "(a failed startup exits with status 3); off: never",
+    )
+    apps.add_argument(
+        "--lifespan-startup-timeout",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=60.0,
+        help="ASGI lifespan: the app's startup must complete within this (else: exit status 3)",
+    )
+    apps.add_argument(
+        "--lifespan-shutdown-timeout",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=30.0,
+        help="ASGI lifespan: the app's shutdown gets this long (then it is cancelled)",
     )
 
     limits = p.add_argument_group("limits and timeouts of the HTTP core (sizes in bytes, times in seconds)")
@@ -233,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("--factory", args.factory),
             ("--interface", args.interface != "auto"),
             ("--root-path", bool(args.root_path)),
+            ("--lifespan", args.lifespan != "auto"),
         ):
             if given:
                 p.error(f"{flag} needs APP (module:attribute)")
@@ -249,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         app, interface = loaded
         serving = f"{interface} app {args.app}"
+        options = dataclasses.replace(options, lifespan=asgi_lifespan(app, args))
     importlib.import_module(f"transports.{_MODULES[args.transport]}")  # before announcing readiness
     try:
         sockets = bind(options)
@@ -260,19 +284,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" (transport {args.transport}, {serving})",
         flush=True,
     )
+    status = 0
     try:
         if options.workers > 1:
             from .workers import supervise
 
-            supervise(options.workers, functools.partial(run, args.transport, app, config, options, sockets))
+            status = supervise(
+                options.workers,
+                functools.partial(serve_status, args.transport, app, config, options, sockets),
+            )
         else:
-            run(args.transport, app, config, options, sockets)
+            status = serve_status(args.transport, app, config, options, sockets)
     except KeyboardInterrupt:  # only before the signal handlers are in place
         pass
     finally:
         for sock in sockets:
             sock.close()
-    return 0
+    return status
 
 
 def load_user_app(args: argparse.Namespace, prog: str) -> tuple[App, str] | None:
@@ -305,7 +333,52 @@ def serving_app(interface: str, target: Any, args: argparse.Namespace) -> App:
         from handlers.wsgi import WSGIApp
 
         return WSGIApp(target, root_path=args.root_path, multiprocess=args.workers > 1)
-    raise LoadError("it is an ASGI app, and ASGI apps are not served yet (--interface wsgi if it is WSGI)")
+    from handlers.asgi import ASGIApp
+
+    return ASGIApp(target, root_path=args.root_path)
+
+
+def asgi_lifespan(app: App, args: argparse.Namespace) -> Lifespan | None:
+    """The transport's lifespan hook for an ASGI app (None: WSGI, or --lifespan off): the app's
+    startup before the server accepts, its shutdown once drained, on the loop its requests use."""
+    from handlers.asgi import ASGIApp
+
+    if not isinstance(app, ASGIApp) or args.lifespan == "off":
+        return None
+    from handlers.lifespan import Lifespan as AppLifespan
+
+    lifespan = AppLifespan(
+        app.app,
+        args.lifespan,
+        startup_timeout=args.lifespan_startup_timeout,
+        shutdown_timeout=args.lifespan_shutdown_timeout,
+        state=app.state,
+    )
+    return hooks(lifespan.startup, lifespan.shutdown)
+
+
+STARTUP_FAILED = 3
+"""The exit status when the app's startup failed (ASGI lifespan), as uvicorn's."""
+
+
+def serve_status(
+    transport: str, app: App, config: Config, options: ServerOptions, sockets: Sequence[socket.socket]
+) -> int:
+    """`run`, as an exit status: 0, or STARTUP_FAILED when the app's startup failed (logged)."""
+    try:
+        run(transport, app, config, options, sockets)
+    except BaseException as exc:
+        if options.lifespan is None:
+            raise
+        from handlers.lifespan import LifespanFailed
+
+        if isinstance(exc, LifespanFailed) or (
+            isinstance(exc, BaseExceptionGroup) and exc.subgroup(LifespanFailed) is not None
+        ):
+            logging.getLogger("httpserver.error").error("the app's startup failed: not serving")
+            return STARTUP_FAILED
+        raise
+    return 0
 
 
 def run(

@@ -23,10 +23,18 @@ _RESPAWN_DELAY: Final = 1.0
 """A worker that dies within this of its start is replaced only after this long."""
 
 
-def supervise(count: int, work: Callable[[], None]) -> None:
-    """Run `work()` in `count` child processes until SIGTERM/SIGINT."""
+STARTUP_FAILED: Final = 3
+"""A worker's exit status when its app could not start: it is not replaced, the others are
+stopped, and `supervise` returns it (gunicorn's WORKER_BOOT_ERROR, uvicorn's exit status)."""
+
+
+def supervise(count: int, work: Callable[[], int | None]) -> int:
+    """Run `work()` in `count` child processes until SIGTERM/SIGINT; `work` returns the
+    worker's exit status (None: 0). Returns 0, or STARTUP_FAILED if a worker's app could
+    not start."""
     children: dict[int, float] = {}  # pid -> start time
     stopping = False
+    status = 0
 
     def stop_all(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
@@ -52,23 +60,31 @@ def supervise(count: int, work: Callable[[], None]) -> None:
     error_log.info("started %d workers", count)
     while children:
         try:
-            pid, status = os.wait()
+            pid, wait_status = os.wait()
         except ChildProcessError:
             break
         started = children.pop(pid, None)
         if started is None or stopping:
             continue
-        error_log.warning("worker %d exited (%s); replacing it", pid, _describe(status))
+        if os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == STARTUP_FAILED:
+            error_log.error("worker %d could not start the app; stopping", pid)
+            stopping = True
+            status = STARTUP_FAILED
+            for other in children:
+                _kill(other)
+            continue
+        error_log.warning("worker %d exited (%s); replacing it", pid, _describe(wait_status))
         if time.monotonic() - started < _RESPAWN_DELAY:
             time.sleep(_RESPAWN_DELAY)
         if not stopping:
             spawn()
+    return status
 
 
-def _child(work: Callable[[], None]) -> None:
+def _child(work: Callable[[], int | None]) -> None:
     code = 0
     try:
-        work()
+        code = work() or 0
     except BaseException:
         error_log.exception("worker failed")
         code = 1
