@@ -1,8 +1,21 @@
 #!/usr/bin/env bash
 # Start the server. The first run creates .venv with the pinned dependencies.
+# It runs in the directory it was started from: an APP (module:attribute) is imported from
+# there (or --app-dir), and relative paths are the user's.
+# With a virtual environment active (VIRTUAL_ENV; README, "Serve your app"): its own Python
+# runs the server when it holds the server's pinned runtime (h11, trio: say, after
+# `pip install /path/to/checkout`); else .venv's Python runs it and imports the active
+# environment's packages after its own. Nothing is ever installed into the active environment.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$root/scripts/venv.sh"
-venv_ensure requirements.txt
-cd "$root"
-exec "$root/.venv/bin/python" -m transports "$@"
+py=""
+if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ] &&
+    "$VIRTUAL_ENV/bin/python" "$root/scripts/has_runtime.py" "$root/requirements.txt" 2>/dev/null; then
+    py="$VIRTUAL_ENV/bin/python"
+fi
+if [ -z "$py" ]; then
+    venv_ensure requirements.txt
+    py="$root/.venv/bin/python"
+fi
+exec "$py" "$root/scripts/serve.py" "$@"

@@ -32,8 +32,17 @@ START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 SECRET = b"top secret, outside the served directory\n"
 LISTENING = re.compile(
-    r"Listening on https?://(\[[^\]]+\]|[^\s:/]+):(\d+) \(transport (\w+), directory (.*)\)"
+    r"Listening on https?://(\[[^\]]+\]|[^\s:/]+):(\d+) "
+    r"\(transport (\w+), (?:directory (.*)|(\w+) app (.*))\)"
 )
+"""The start-up line: the built-in routes with their directory, or an app (interface, spec)."""
+APPS = ROOT / "tests" / "apps"
+"""Test apps, served with `app_args(SPEC)` (their directory as --app-dir)."""
+
+
+def app_args(spec: str, *args: str) -> list[str]:
+    """The command-line arguments serving the test app `spec` (module:attribute in tests/apps)."""
+    return [spec, "--app-dir", str(APPS), *args]
 
 
 @dataclass
@@ -208,9 +217,13 @@ def transport(request: pytest.FixtureRequest) -> str:
 class _SharedServer:
     """One long-lived server per transport; restarted if a test managed to kill it."""
 
-    def __init__(self, transport: str, base: Path) -> None:
+    def __init__(
+        self, transport: str, base: Path, args: tuple[str, ...] = (), directory: bool = True
+    ) -> None:
         self.transport = transport
         self.base = base
+        self.args = list(args)
+        self.directory = directory
         self.generation = 0
         self.server: Server | None = None
 
@@ -218,9 +231,17 @@ class _SharedServer:
         if self.server is None or self.server.process.poll() is not None:
             self.generation += 1
             self.server = _start(
-                self.transport, self.base / str(self.generation), [], directory=True, trailing_slash=False
+                self.transport,
+                self.base / str(self.generation),
+                self.args,
+                directory=self.directory,
+                trailing_slash=False,
             )
         return self.server
+
+    def stop(self) -> None:
+        if self.server is not None and self.server.process.poll() is None:
+            stop(self.server)
 
 
 @pytest.fixture(scope="session")
@@ -265,3 +286,35 @@ def start_server(transport: str, tmp_path: Path) -> Iterator[StartServer]:
 
     with stack:
         yield start
+
+
+class SharedApps:
+    """Long-lived app servers of one transport, one per set of arguments, started on first use."""
+
+    def __init__(self, transport: str, base: Path) -> None:
+        self.transport = transport
+        self.base = base
+        self.servers: dict[tuple[str, ...], _SharedServer] = {}
+
+    def get(self, *args: str) -> Server:
+        shared = self.servers.get(args)
+        if shared is None:
+            name = f"app{len(self.servers)}"
+            shared = self.servers[args] = _SharedServer(
+                self.transport, self.base / name, args, directory=False
+            )
+        return shared.get()
+
+    def stop_all(self) -> None:
+        for shared in self.servers.values():
+            shared.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_apps(transport: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedApps]:
+    """App servers shared by the tests of a transport: `shared_apps.get(*app_args("m:app"))`.
+
+    A test must leave its server alive and serving (the next test gets the same one)."""
+    apps = SharedApps(transport, tmp_path_factory.mktemp(f"apps-{transport}"))
+    yield apps
+    apps.stop_all()
