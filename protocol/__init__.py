@@ -11,8 +11,17 @@ socket and the clock and drives one `ServerConnection` per connection:
    - `SendFile(file, offset, count, deadline)`: write that part of the file.
    - `Run(step)`: call `step()` where blocking is allowed (a worker thread in an event
      loop; inline in a threaded server). It never raises.
+   - `Run(step, watch)`: with `watch`, notice the peer leaving while the step runs (peek,
+     or read and hold its bytes) and then call `conn.connection_lost()` after the step.
+   - `Wait(deadline)`: wait for `wake` (see below); don't read, but watch as above and
+     call `conn.connection_lost()` at once if the peer leaves.
+   - `Spawn(task)`: start `task()` on the event loop where async apps run; keep it until
+     it returns (at shutdown: wait within the grace period, then cancel).
    - `HalfClose()`: shut down the writing side; keep reading.
    - `Close()`: close the socket; the connection is over.
+   A `Receive` or `Wait` in progress is given up when the `wake` callable passed to
+   `ServerConnection` is called (from any thread, at any time; remember a wake that
+   comes before the wait began): then ask for the next action.
 2. If an action's deadline passes before it completes, call `conn.timeout(now)` instead.
 3. If the socket fails (reset, broken pipe), call `conn.connection_lost()` (after any
    `Run` step in progress has returned); the actions that follow may still include
@@ -51,8 +60,12 @@ A complete blocking server for one connection, without timeouts::
                 sock.close()
                 return
 
-The application is an `App`: a callable from `Request` to `Response`, or to an
-`Exchange` when it reads the request body or its work may block (see `messages`).
+The application is an `App`: a callable from `Request` to a `Response`; to an
+`Exchange` when it reads the request body or its work may block; or to a `Session`
+when a task running concurrently (an async app) serves the request through a `Channel`
+(see `messages` and `channel`). A Response's body may be a `Stream`, made piece by piece
+by a producer that may block (a WSGI iterable): the core asks for each piece in a
+watched `Run` step once the one before it went out.
 """
 
 from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile, Spawn, Wait

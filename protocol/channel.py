@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+
 from .messages import FileBody, Headers, Response
 
 
@@ -119,8 +120,9 @@ class Channel:
             return data, not (self._body_complete and not body)
         if self._body_complete or self.gone:
             return b"", False
-        self._wants_body = True
-        self._post_wake()
+        if not self._wants_body:  # asked once, until the core hands over some
+            self._wants_body = True
+            self._post_wake()
         if body or self._body_complete:  # arrived meanwhile
             return self.receive()
         return None
@@ -155,10 +157,11 @@ class Channel:
     # --- the core's side ---------------------------------------------------------------
 
     def will_wait(self) -> bool:
-        """The core is about to wait for the task: False if the task posted or asked for
-        the body meanwhile (look again). Else every later post wakes the core."""
+        """The core is about to wait for the task: False if the task posted meanwhile (look
+        again). Else every later post, or ask for the body, wakes the core: it reads
+        `wants_body` after this call, so it cannot miss one."""
         self._core_waiting = True
-        if self._outbox or (self._wants_body and not self._body):
+        if self._outbox:
             self._core_waiting = False
             return False
         return True

@@ -30,7 +30,13 @@ Invariants (each pinned by tests in tests/protocol):
 - Nothing read after a request that ends the connection is processed.
 - Empty lines (CR, LF) before a request line are skipped (RFC 9112 §2.2); on an idle
   connection they neither start a request nor extend the keep-alive deadline.
-- Every `Receive`, `Send` and `SendFile` carries a deadline: no state waits forever.
+- Every `Receive`, `Send` and `SendFile` carries a deadline: no state waits forever, but
+  for a `Session`'s task (a long poll may wait as long as the app likes): then `Wait`, or a
+  `Receive` without deadline while its body is read ahead; `wake` ends either.
+- A `Stream` is asked for its next piece only once the previous piece's `Send` completed,
+  and closed exactly once; a `Session` task's piece counts as delivered only then.
+- A `Session`'s `Channel` learns `gone` whenever the connection stops serving it before
+  its response is complete (the client left, a limit or timeout, a cut), else `done`.
 - Limits hold however the input is split into reads: the head's exactly; a chunk
   extension or trailer line within twice max_head_size (h11 is fed in slices).
 """
@@ -41,6 +47,7 @@ import enum
 import logging
 import re
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Final, cast
@@ -48,9 +55,10 @@ from typing import Final, cast
 import h11
 from h11._headers import Headers as _H11Headers  # private, but h11 is pinned: see _validated_fields
 
-from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile
+from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile, Spawn, Wait
+from .channel import Channel, Message, Piece, Start, Trailers
 from .config import Config
-from .messages import App, Exchange, FileBody, Headers, Request, Response
+from .messages import App, Exchange, FileBody, Headers, Request, Response, Session, Stream
 
 access_log: Final = logging.getLogger("httpserver.access")
 error_log: Final = logging.getLogger("httpserver.error")
@@ -84,6 +92,8 @@ class Phase(enum.Enum):
     BODY = enum.auto()  # reading the request body into an exchange
     STEP = enum.auto()  # a blocking step is out with the transport
     RESPONDING = enum.auto()  # sending a file body piece by piece
+    STREAM = enum.auto()  # sending a Stream body, piece by piece as its producer makes them
+    APP = enum.auto()  # a Session's task runs: body in and response out through its Channel
     DRAIN = enum.auto()  # response sent; discarding the rest of the request body
     LINGER = enum.auto()  # output shut; discarding input until end or deadline
     CLOSED = enum.auto()
@@ -97,6 +107,8 @@ _HEAD: Final = Phase.HEAD
 _BODY: Final = Phase.BODY
 _STEP: Final = Phase.STEP
 _RESPONDING: Final = Phase.RESPONDING
+_STREAM: Final = Phase.STREAM
+_APP: Final = Phase.APP
 _DRAIN: Final = Phase.DRAIN
 _LINGER: Final = Phase.LINGER
 _CLOSED: Final = Phase.CLOSED
@@ -115,6 +127,9 @@ class _Placeholder:
 
 
 _NOT_RUN: Final = object()
+_NO_PIECE: Final = object()
+_READ_AHEAD: Final = 64 * 1024
+"""Request body bytes read for a Session's task before it asks for them."""
 _END_OF_MESSAGE: Final = h11.EndOfMessage()
 _CONTINUE: Final = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
 """Events are immutable: one instance serves every response."""
@@ -130,6 +145,7 @@ class ServerConnection:
         "_body_expected",
         "_body_length",
         "_body_size",
+        "_client",
         "_close_after_response",
         "_config",
         "_deadline",
@@ -141,18 +157,24 @@ class ServerConnection:
         "_head",
         "_now",
         "_out",
-        "_peer",
         "_phase",
+        "_piece",
         "_queue",
         "_request",
+        "_scheme",
+        "_server",
+        "_session",
         "_slice",
         "_started",
         "_status",
         "_step_outcome",
         "_stopping",
+        "_stream",
+        "_stream_left",
         "_unfed",
         "_unstarted",
         "_waiting_on",
+        "_wake",
     )
 
     def __init__(
@@ -192,6 +214,10 @@ class ServerConnection:
         self._body_expected = False  # the request declared a non-empty body
         self._file: FileBody | None = None
         self._file_remaining = 0
+        self._stream: Stream | None = None
+        self._stream_left = -1  # bytes the Stream's Content-Length still allows (-1: none given)
+        self._piece: object = _NO_PIECE  # what the Stream's last step produced
+        self._session: _SessionState | None = None
         self._status = 0
         self._body_length = 0
         self._close_after_response = False
@@ -257,7 +283,7 @@ class ServerConnection:
             self.connection_lost()
             return
         phase = self._phase
-        if phase is _HEAD or phase is _BODY:
+        if phase is _HEAD or phase is _BODY or phase is _APP:  # _APP: its task waited for the body
             self._fail(408, now)
         elif phase is _LINGER:
             self._phase = _CLOSED
@@ -279,10 +305,11 @@ class ServerConnection:
         self._step_outcome = None
         if isinstance(outcome, Response):  # the step's respond() succeeded: nothing to abort
             self._exchange = None
-            if isinstance(outcome.body, FileBody):
-                outcome.body.file.close()
+            self._discard_body(outcome.body)
         self._drop_exchange()
         self._drop_file()
+        self._drop_stream()
+        self._drop_session()
         self._phase = _CLOSED
 
     def shutdown(self) -> None:
@@ -292,6 +319,8 @@ class ServerConnection:
         asks for the next action.
         """
         self._stopping = True
+        if self._session is not None:
+            self._session.channel.mark_stopping()
 
     # --- the state machine -----------------------------------------------------------
 
@@ -307,6 +336,10 @@ class ServerConnection:
             self._read_body(now)
         elif phase is _STEP:
             self._after_step(now)
+        elif phase is _APP:
+            self._serve_session(now)
+        elif phase is _STREAM:
+            self._stream_next(now)
         elif phase is _RESPONDING:
             self._send_file_piece(now)
         elif phase is _DRAIN:
@@ -356,7 +389,9 @@ class ServerConnection:
         # h11's Headers iterates in slow Python, item by item; its list of (raw name,
         # lower-case name, value) gives the core and the handlers a plain list at C speed.
         headers = [(name, value) for _, name, value in event.headers._full_items]
-        request = Request(event.method, event.target, headers, event.http_version)
+        request = Request(
+            event.method, event.target, headers, event.http_version, self._client, self._server, self._scheme
+        )
         self._request = request
         self._head = event.method == b"HEAD"
         self._phase = _BODY
@@ -379,10 +414,15 @@ class ServerConnection:
                 self._close_after_response = True
             self._respond(reply, now)
             return
-        if not hasattr(reply, "respond"):  # say, None from a handler that forgot to return
+        if not hasattr(reply, "respond"):
+            if hasattr(reply, "run"):
+                self._start_session(reply, now)
+                return
+            # Say, None from a handler that forgot to return.
             error_log.error("handler returned %r for %r", reply, request)
             self._fail(500, now)
             return
+        reply = cast(Exchange, reply)
         self._exchange = reply
         self._unstarted = True
         if waiting and not (self._h11.trailing_data[0] or self._unfed):
@@ -519,56 +559,40 @@ class ServerConnection:
             self._fail(500, now)
 
     def _respond(self, response: Response, now: float) -> None:
-        """Send `response`'s head, and its body unless it is a file to stream."""
+        """Send `response`'s head, and its body unless it is a file or a stream to send in pieces."""
         h = self._h11
-        request = self._request
         status = response.status
         body = response.body
-        if isinstance(body, FileBody):
-            file: FileBody | None = body
+        file: FileBody | None = None
+        stream: Stream | None = None
+        if type(body) is bytes:
+            length: int | None = len(body)
+        elif isinstance(body, FileBody):
+            file = body
             length = body.length
-        else:
-            file = None
+        elif isinstance(body, (bytearray, memoryview)):
             length = len(body)
-        # The core's own fields, already in h11's normalised form (raw name, lower name, value).
-        fields = []
-        if status not in _NO_BODY_STATUSES:
-            fields.append((b"Content-Length", b"content-length", b"%d" % length))
-        if self._close_after_response or self._stopping:
-            fields.append(_CONNECTION_CLOSE)
-        config = self._config
-        if config.date_header:
-            fields.append((b"Date", b"date", _http_date()))
-        if config.server_header:  # validated by Config
-            fields.append((b"Server", b"server", config.server_header))
-        out = self._out
-        try:
-            trusted = _validated_fields(response.headers)
-            if trusted is None:  # h11 validates them, as it would any headers
-                headers: list[tuple[bytes, bytes]] | _H11Headers = [
-                    *response.headers,
-                    *((raw, value) for raw, _, value in fields),
-                ]
-            else:  # already valid and normalised: h11 takes a Headers object as it is
-                headers = _H11Headers(trusted + fields)
-            head = h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
-            # send_with_data_passthrough: h11's send() would join pieces that _emit joins anyway.
-            pieces = h.send_with_data_passthrough(head)
-        except (h11.LocalProtocolError, TypeError, ValueError):
-            # A handler bug (a bad header or status, or not bytes at all). h11 may be
-            # unusable now: send fixed bytes.
-            error_log.exception("handler gave an invalid response for %r", request)
-            if file is not None:
-                file.file.close()
-            self._close_after_response = True
-            out.append(_INTERNAL_ERROR)
-            self._log_access(500, len(_INTERNAL_ERROR_BODY), now)
-            self._begin_close(now, linger=True)
+        else:  # a Stream: framed by the handler's own Content-Length, if any
+            stream = cast(Stream, body)
+            length = None
+        if not self._send_head(status, response.headers, length, now):
+            self._discard_body(body)
             return
-        out += pieces or ()
         self._status = status
+        out = self._out
         # No request (its head did not parse) means an error status without a body.
-        if length and not self._head and status not in _NO_BODY_STATUSES:
+        silent = self._head or status in _NO_BODY_STATUSES
+        if stream is not None:
+            self._body_length = 0
+            self._stream = stream
+            if silent:  # nothing is asked of it, but it is closed
+                self._drop_stream()
+            else:
+                self._stream_left = _declared_length(response.headers)
+                self._piece = _NO_PIECE
+                self._phase = _STREAM
+                return
+        elif length and not silent:
             self._body_length = length
             if file is None:
                 out += h.send_with_data_passthrough(h11.Data(data=cast(bytes, body))) or ()
@@ -584,6 +608,366 @@ class ServerConnection:
         out += h.send_with_data_passthrough(_END_OF_MESSAGE) or ()
         self._finish_response(now)
 
+    def _send_head(self, status: int, headers: Headers, length: int | None, now: float) -> bool:
+        """Gather a response head with the core's own fields (Content-Length unless `length`
+        is None, Connection, Date, Server); False, after a 500 and a close, if h11 refused it."""
+        # The core's own fields, already in h11's normalised form (raw name, lower name, value).
+        fields = []
+        if length is not None and status not in _NO_BODY_STATUSES:
+            fields.append((b"Content-Length", b"content-length", b"%d" % length))
+        if self._close_after_response or self._stopping:
+            fields.append(_CONNECTION_CLOSE)
+        config = self._config
+        if config.date_header:
+            fields.append((b"Date", b"date", _http_date()))
+        if config.server_header:  # validated by Config
+            fields.append((b"Server", b"server", config.server_header))
+        try:
+            trusted = _validated_fields(headers)
+            if trusted is None:  # h11 validates them, as it would any headers
+                all_headers: list[tuple[bytes, bytes]] | _H11Headers = [
+                    *headers,
+                    *((raw, value) for raw, _, value in fields),
+                ]
+            else:  # already valid and normalised: h11 takes a Headers object as it is
+                all_headers = _H11Headers(trusted + fields)
+            head = h11.Response(status_code=status, headers=all_headers, reason=_REASONS.get(status, b""))
+            # send_with_data_passthrough: h11's send() would join pieces that _emit joins anyway.
+            pieces = self._h11.send_with_data_passthrough(head)
+        except (h11.LocalProtocolError, TypeError, ValueError):
+            # A handler bug (a bad header or status, or not bytes at all). h11 may be
+            # unusable now: send fixed bytes.
+            error_log.exception("handler gave an invalid response for %r", self._request)
+            self._drop_session()
+            self._close_after_response = True
+            self._out.append(_INTERNAL_ERROR)
+            self._log_access(500, len(_INTERNAL_ERROR_BODY), now)
+            self._begin_close(now, linger=True)
+            return False
+        self._out += pieces or ()
+        return True
+
+    def _discard_body(self, body: bytes | FileBody | Stream) -> None:
+        """A response body that will not be sent: its file closed, its stream closed (in a step)."""
+        if isinstance(body, FileBody):
+            body.file.close()
+        elif not isinstance(body, (bytes, bytearray, memoryview)):
+            stream = body
+            self._emit(Run(lambda: _close_stream(stream)))
+
+    # --- Stream bodies: a blocking producer, one piece per step -----------------------
+
+    def _stream_next(self, now: float) -> None:
+        """Send the piece the last step produced, then ask for the next one (after it went out)."""
+        piece = self._piece
+        if piece is _NOT_RUN:
+            raise RuntimeError("next_action called before the Run step was run")
+        self._piece = _NO_PIECE
+        h = self._h11
+        if piece is None:  # the end
+            if self._stream_left > 0:
+                error_log.error(
+                    "response body for %r ended %d bytes short of its Content-Length",
+                    self._request,
+                    self._stream_left,
+                )
+                self._cut(now)
+                return
+            self._out += h.send_with_data_passthrough(_END_OF_MESSAGE) or ()
+            self._drop_stream()  # after the last chunk went out
+            self._finish_response(now)
+            return
+        if isinstance(piece, BaseException):
+            error_log.error("response body for %r failed", self._request, exc_info=piece)
+            self._cut(now)
+            return
+        if piece is not _NO_PIECE:
+            data = cast(bytes, piece)
+            if not self._send_piece(data, now):
+                return
+        stream = self._stream
+        assert stream is not None
+        self._piece = _NOT_RUN
+        # Queued after the Send of the piece just gathered: the next piece is made only
+        # once this one is out (backpressure), while the socket is watched for the client.
+        self._emit(Run(lambda: self._produce(stream), watch=True))
+
+    def _send_piece(self, data: bytes, now: float) -> bool:
+        """Gather a piece of a streamed body within its Content-Length; False if it cut the connection."""
+        left = self._stream_left
+        over = 0 <= left < len(data)
+        if over:
+            error_log.error("response body for %r is longer than its Content-Length", self._request)
+            data = data[:left]
+        if data:
+            self._out += self._h11.send_with_data_passthrough(h11.Data(data=data)) or ()
+            self._body_length += len(data)
+            if left >= 0:
+                self._stream_left = left - len(data)
+        if over:
+            self._cut(now)
+            return False
+        return True
+
+    def _produce(self, stream: Stream) -> None:
+        """A step: the stream's next piece (or None, or what it raised) into `_piece`."""
+        if stream is not self._stream:  # dropped since this step was queued
+            return
+        piece: object
+        try:
+            piece = stream.next_piece()
+            if piece is not None and type(piece) is not bytes:
+                piece = bytes(piece)  # bytearray, memoryview; anything else raises
+        except Exception as exc:
+            piece = exc
+        self._piece = piece
+
+    def _cut(self, now: float) -> None:
+        """End a response that has started, short: the client sees it incomplete (no last chunk)."""
+        self._log_access(self._status, self._body_length, now)
+        self._begin_close(now, linger=False)
+
+    def _drop_stream(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            self._stream = None
+            self._piece = _NO_PIECE
+            self._emit(Run(lambda: _close_stream(stream)))
+
+    # --- Sessions: an app task that runs concurrently ---------------------------------
+
+    def _start_session(self, session: Session, now: float) -> None:
+        if self._wake is None:
+            error_log.error("this transport cannot run %r (no wake)", session)
+            self._fail(500, now)
+            return
+        channel = Channel(self._wake)
+        if self._stopping:
+            channel.stopping = True
+        self._session = _SessionState(channel)
+        self._phase = _APP
+        self._emit(Spawn(lambda: session.run(channel)))
+
+    def _serve_session(self, now: float) -> None:
+        """Take what the task posted, feed it the body it wants, send; else wait for it."""
+        state = self._session
+        assert state is not None
+        channel = state.channel
+        if state.sending:  # the Send handed out last has completed
+            state.sending = False
+            if state.in_flight:
+                channel.mark_delivered(state.in_flight)
+                state.in_flight = 0
+            if state.complete:
+                self._finish_session(now)
+                return
+        while not state.complete and (message := channel.next_message()) is not None:
+            if not self._take_message(state, message, now):
+                return  # it ended the connection
+        if self._file is not None:  # a file as the last piece: sent as any file body
+            self._phase = _RESPONDING
+            return
+        reading = not state.body_done and (channel.wants_body or channel.buffered() < _READ_AHEAD)
+        if reading and not self._feed_session(state, now):
+            return
+        if self._out:
+            state.sending = True
+            state.in_flight = state.pieces
+            state.pieces = 0
+            self._queue.append(Send(b"".join(self._out), now + self._config.send_timeout))
+            self._out.clear()
+            return
+        if state.pieces:  # pieces that send nothing (HEAD, 204, 304) have "left" at once
+            channel.mark_delivered(state.pieces)
+            state.pieces = 0
+        if state.complete:
+            self._finish_session(now)
+            return
+        if not channel.will_wait():
+            return  # the task posted meanwhile: look again
+        if not state.body_done and (channel.wants_body or channel.buffered() < _READ_AHEAD):
+            deadline = now + self._config.body_timeout if channel.wants_body else None
+            self._emit(Receive(deadline))
+        else:
+            self._emit(Wait(None))
+
+    def _take_message(self, state: _SessionState, message: Message, now: float) -> bool:
+        """Act on one message of the task; False if that ended the connection."""
+        h = self._h11
+        kind = type(message)
+        if kind is Piece:
+            piece = cast(Piece, message)
+            if not state.started:
+                error_log.error("app sent a body before the response head for %r", self._request)
+                self._fail(500, now)
+                return False
+            if state.ended:
+                return True  # after the last piece: ignored
+            data = piece.data
+            if isinstance(data, FileBody):
+                if piece.more or state.silent:
+                    data.file.close()
+                    if piece.more:
+                        error_log.error("app sent a file that is not its response's last piece")
+                        self._cut(now)
+                        return False
+                elif self._stream_left >= 0 and data.length != self._stream_left:
+                    data.file.close()
+                    error_log.error("app sent a file that does not match its Content-Length")
+                    self._cut(now)
+                    return False
+                else:
+                    state.ended = state.complete = True
+                    state.pieces += 1
+                    self._body_length += data.length
+                    self._file = data
+                    self._file_remaining = data.length
+                    return True
+            elif state.silent:
+                pass
+            elif not self._send_piece(data, now):
+                return False
+            state.pieces += 1
+            if not piece.more:
+                state.ended = True
+                if self._stream_left > 0 and not state.silent:
+                    error_log.error(
+                        "response body for %r ended %d bytes short of its Content-Length",
+                        self._request,
+                        self._stream_left,
+                    )
+                    self._cut(now)
+                    return False
+                if not state.trailers:
+                    self._out += h.send_with_data_passthrough(_END_OF_MESSAGE) or ()
+                    state.complete = True
+            return True
+        if kind is Start:
+            start = cast(Start, message)
+            if state.started:
+                error_log.error("app started the response twice for %r", self._request)
+                self._cut(now)
+                return False
+            response = start.response
+            if h.they_are_waiting_for_100_continue:  # its body would come as a next request
+                self._close_after_response = True
+            if not self._send_head(response.status, response.headers, None, now):
+                return False
+            state.started = True
+            self._status = response.status
+            self._body_length = 0
+            state.silent = self._head or response.status in _NO_BODY_STATUSES
+            self._stream_left = -1 if state.silent else _declared_length(response.headers)
+            state.trailers = start.trailers
+            return True
+        if kind is Trailers:
+            if state.ended and state.trailers and not state.complete:
+                request = self._request
+                wanted = (
+                    request is not None
+                    and self._stream_left < 0
+                    and not state.silent
+                    and request.http_version == b"1.1"
+                    and _asks_for_trailers(request.headers)
+                )
+                try:
+                    fields = cast(Trailers, message).headers if wanted else []
+                    end = h11.EndOfMessage(headers=list(fields))
+                    self._out += h.send_with_data_passthrough(end) or ()
+                except (h11.LocalProtocolError, TypeError, ValueError):
+                    error_log.exception("app gave invalid trailers for %r", request)
+                    self._cut(now)
+                    return False
+                state.complete = True
+            return True
+        # Finish: the task is over; the response must be complete by now.
+        if not state.started:
+            error_log.error("app returned without a response for %r", self._request)
+            self._fail(500, now)
+        else:
+            error_log.error("app returned with its response for %r incomplete", self._request)
+            self._cut(now)
+        return False
+
+    def _feed_session(self, state: _SessionState, now: float) -> bool:
+        """Read the request body into the channel while wanted; False if that ended the connection."""
+        h = self._h11
+        channel = state.channel
+        if h.they_are_waiting_for_100_continue:
+            if not channel.wants_body or state.started:
+                return True  # the client holds its body back until asked
+            self._out.append(h.send(_CONTINUE) or b"")
+        limit = self._config.max_body_size
+        fed = False
+        while channel.wants_body or channel.buffered() < _READ_AHEAD:
+            try:
+                event = h.next_event()
+            except h11.RemoteProtocolError as exc:
+                if self._eof:  # the client left mid-body
+                    self._gone(now)
+                else:
+                    self._fail(exc.error_status_hint, now)
+                return False
+            if type(event) is h11.Data:
+                data = event.data
+                self._body_size += len(data)
+                if self._body_size > limit:
+                    self._fail(413, now)
+                    return False
+                channel.put_body(data, False)
+                fed = True
+            elif type(event) is h11.EndOfMessage:
+                if len(event.headers) > self._config.max_header_count:
+                    self._fail(431, now)
+                    return False
+                channel.put_body(b"", True)
+                state.body_done = fed = True
+                break
+            else:  # NEED_DATA
+                if self._feed_slice():
+                    continue
+                if self._eof:
+                    self._gone(now)
+                    return False
+                if self._chunk_past_limit():
+                    self._fail(413, now)
+                    return False
+                if self._bare_lf_waiting():
+                    self._fail(400, now)
+                    return False
+                break
+        if fed:
+            channel.notify()
+        return True
+
+    def _gone(self, now: float) -> None:
+        """The client left while the task ran: it learns so from its channel; nothing more is sent."""
+        if self._session is not None and self._session.started:
+            self._log_access(self._status, self._body_length, now)
+        self._begin_close(now, linger=False)
+
+    def _finish_session(self, now: float) -> None:
+        """The task's response is out: it may run on (say, a background job); the connection goes on."""
+        state = self._session
+        assert state is not None
+        self._session = None
+        if state.pieces:
+            state.channel.mark_delivered(state.pieces)
+        state.channel.mark_done()
+        self._finish_response(now)
+
+    def _drop_session(self) -> None:
+        """The connection stops serving the task: the client is gone for it, whatever it posted is dropped."""
+        state = self._session
+        if state is None:
+            return
+        self._session = None
+        channel = state.channel
+        channel.mark_gone()
+        for message in channel.drop_outbox():
+            if type(message) is Piece and isinstance(message.data, FileBody):
+                message.data.file.close()
+
     def _send_file_piece(self, now: float) -> None:
         body = self._file
         assert body is not None
@@ -591,7 +975,10 @@ class ServerConnection:
         if not remaining:
             self._drop_file()
             self._out += self._h11.send_with_data_passthrough(_END_OF_MESSAGE) or ()
-            self._finish_response(now)
+            if self._session is not None:
+                self._finish_session(now)
+            else:
+                self._finish_response(now)
             return
         count = min(remaining, self._config.send_chunk_size)
         offset = body.offset + body.length - remaining
@@ -624,7 +1011,7 @@ class ServerConnection:
             request = self._request
             access_log.info(
                 '%s - "%s %s HTTP/%s" %d %d %.1fms',
-                self._peer,
+                _format_client(request.client if request else self._client),
                 request.method.decode("latin-1") if request else "-",
                 request.target.decode("latin-1") if request else "-",
                 request.http_version.decode("latin-1") if request else "-",
@@ -722,6 +1109,8 @@ class ServerConnection:
     def _begin_close(self, now: float, *, linger: bool) -> None:
         self._drop_exchange()
         self._drop_file()
+        self._drop_stream()
+        self._drop_session()
         if linger and not self._eof and self._unread_input():
             # Closing with unread input makes the kernel send RST, which can destroy
             # the response before the client reads it: shut output, drain, then close.
@@ -765,6 +1154,66 @@ class ServerConnection:
         if self._file is not None:
             self._file.file.close()
             self._file = None
+
+
+class _SessionState:
+    """Where a Session's response stands (the connection's side of its Channel)."""
+
+    __slots__ = (
+        "body_done",
+        "channel",
+        "complete",
+        "ended",
+        "in_flight",
+        "pieces",
+        "sending",
+        "silent",
+        "started",
+        "trailers",
+    )
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.started = False  # the head is out
+        self.silent = False  # no body goes out (HEAD, 204, 304): pieces are only counted
+        self.trailers = False  # trailer fields were promised: they end the response
+        self.ended = False  # the last piece came
+        self.complete = False  # the response is complete (gathered or sending)
+        self.body_done = False  # the whole request body is in the channel
+        self.pieces = 0  # pieces gathered, not yet counted as delivered
+        self.in_flight = 0  # pieces in the Send handed out
+        self.sending = False  # a Send of the task's is out with the transport
+
+
+def _close_stream(stream: Stream) -> None:
+    try:
+        stream.close()
+    except Exception:
+        error_log.exception("closing %r failed", stream)
+
+
+def _declared_length(headers: Headers) -> int:
+    """A handler's Content-Length (h11 checked it when the head went out), or -1."""
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == b"content-length":
+            return int(value.split(b",")[0])
+    return -1
+
+
+def _asks_for_trailers(headers: Headers) -> bool:
+    """Whether the request's TE field lists `trailers` (RFC 9110 §10.1.4)."""
+    for name, value in headers:
+        if name == b"te" and any(item.strip().lower() == b"trailers" for item in value.split(b",")):
+            return True
+    return False
+
+
+def _format_client(address: tuple[str, int] | None) -> str:
+    """host:port ([host]:port for IPv6) for the access log; "-" when unknown."""
+    if address is None:
+        return "-"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _abort(exchange: Exchange) -> None:

@@ -10,10 +10,10 @@ must be valid HTTP/1.1 framing.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Generic, TypeVar, cast
+from typing import Any, BinaryIO, Generic, TypeVar, cast
 
 import h11
 
@@ -32,6 +32,8 @@ from protocol import (
     Send,
     SendFile,
     ServerConnection,
+    Spawn,
+    Wait,
 )
 
 FRAGMENT_SIZES = (1, 2, 3, 7, 64, 1 << 20)
@@ -202,12 +204,14 @@ class Driver(Generic[AppT]):
         *,
         now: float = 0.0,
         run_steps: bool = True,
-        peer: str = "-",
+        client: tuple[str, int] | None = None,
     ) -> None:
         self.app = app
         self.config = config or Config(access_log=False)
         self.now = now
-        self.conn = ServerConnection(app, self.config, now=now, peer=peer)
+        self.woken = False
+        self.tasks: list[Coroutine[Any, Any, None]] = []
+        self.conn = ServerConnection(app, self.config, now=now, client=client, wake=self._wake)
         self.run_steps = run_steps
         self.actions: list[Action] = []
         self.output = bytearray()
@@ -242,13 +246,35 @@ class Driver(Generic[AppT]):
             elif isinstance(action, HalfClose):
                 assert not self.half_closed
                 self.half_closed = True
-            elif isinstance(action, Receive):
+            elif isinstance(action, Spawn):
+                task = action.task()
+                assert isinstance(task, Coroutine)
+                self.tasks.append(task)
+                self.run_tasks()
+            elif isinstance(action, (Receive, Wait)):
+                # As a transport's wait: given up at once when woken (a task posted).
+                if self.run_tasks() or self.woken:
+                    self.woken = False
+                    continue
                 return action
             else:
                 assert isinstance(action, Close)
                 assert self.conn.next_action(self.now) == Close(), "Close is the last action"
                 self.closed = True
                 return action
+
+    def _wake(self) -> None:
+        self.woken = True
+
+    def run_tasks(self) -> bool:
+        """Let every spawned task run until it pauses; whether any of them woke the core."""
+        self.woken = False
+        for task in list(self.tasks):
+            try:
+                task.send(None)
+            except StopIteration:
+                self.tasks.remove(task)
+        return self.woken
 
     def feed(self, data: bytes, size: int = 1 << 20, *, eof: bool = False) -> None:
         """Give `data` to the core in pieces of `size` whenever it asks for input."""
@@ -273,7 +299,7 @@ class Driver(Generic[AppT]):
     @property
     def deadline(self) -> float | None:
         waiting = self.waiting
-        return None if isinstance(waiting, (Run, HalfClose, Close)) else waiting.deadline
+        return None if isinstance(waiting, (Run, Spawn, HalfClose, Close)) else waiting.deadline
 
     def expire(self) -> None:
         """Let the deadline of the action waited on pass."""

@@ -155,7 +155,7 @@ def test_handler_headers_are_kept_in_order() -> None:
 
 
 def test_one_access_log_record_per_response(caplog: pytest.LogCaptureFixture) -> None:
-    d = Driver(App(), Config(access_log=True), peer="10.0.0.1:5000")
+    d = Driver(App(), Config(access_log=True), client=("10.0.0.1", 5000))
     with caplog.at_level(logging.INFO, "httpserver.access"):
         d.now = 1.0
         d.feed(get(b"/echo/abc"))
