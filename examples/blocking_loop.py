@@ -23,7 +23,9 @@ from protocol import App, Close, Config, HalfClose, Receive, Run, Send, SendFile
 
 def serve_connection(sock: socket.socket, app: App, config: Config) -> None:
     """Drive one connection until the core says Close."""
-    conn = ServerConnection(app, config, now=time.monotonic())
+    tcp = sock.family in (socket.AF_INET, socket.AF_INET6)  # else no client address (a Unix socket)
+    client, server = (sock.getpeername()[:2], sock.getsockname()[:2]) if tcp else (None, None)
+    conn = ServerConnection(app, config, now=time.monotonic(), client=client, server=server)
     while True:
         action = conn.next_action(time.monotonic())
         try:

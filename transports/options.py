@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # ssl and asyncio cost start-up time; only the paths that use
     import asyncio
     import ssl
 
+__all__ = ["Lifespan", "ServerOptions", "hooks"]
+
 Lifespan = Callable[[], AbstractAsyncContextManager[object]]
 """Makes an async context manager that a server enters before it accepts its first
 connection and exits once it has drained (see `ServerOptions.lifespan`)."""

@@ -470,14 +470,20 @@ async def serve(
     Cancelling `serve` cuts every connection and app task at once.
     """
     sockets = bind(options) if sockets is None else sockets
+    failure: Exception | None = None
     try:
         server = TrioServer(app, config, options, ports(sockets))
         async with trio.open_nursery() as signals:
             if options.handle_signals:  # until the very end: a second signal cuts the grace period
                 signals.start_soon(server._watch_signals)
-            async with options.lifespan() if options.lifespan else contextlib.nullcontext():
-                await server._serve(sockets, task_status)
+            try:
+                async with options.lifespan() if options.lifespan else contextlib.nullcontext():
+                    await server._serve(sockets, task_status)
+            except Exception as exc:  # raised as it is, not in the nursery's ExceptionGroup
+                failure = exc
             signals.cancel_scope.cancel()
     finally:
         for sock in sockets:
             sock.close()
+    if failure is not None:
+        raise failure

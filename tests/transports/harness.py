@@ -41,10 +41,14 @@ class Running:
 def _target(
     transport: str, app: App, config: Config, options: ServerOptions, ready: queue.Queue[object]
 ) -> None:
+    serving = False
+
     def started(
         server: trio_server.TrioServer | asyncio_server.AsyncioServer | thread_server.ThreadServer,
         stop: Callable[[], None],
     ) -> None:
+        nonlocal serving
+        serving = True
         ready.put((server.ports[0], stop))
 
     try:
@@ -75,8 +79,11 @@ def _target(
         else:
             thread_server.serve(app, config, options, started=lambda server: started(server, server.shutdown))
     except BaseException as exc:
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]  # trio's nurseries wrap what serve raised
         ready.put(exc)
-        raise
+        if serving:  # else `running` raises it
+            raise
 
 
 @contextlib.contextmanager
