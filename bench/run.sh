@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark: ./bench/run.sh [--quick] [--rounds N] [--duration S] [--servers a,b]
+# The WSGI benchmark: ./bench/run.sh wsgi [--quick] [--rounds N] ... (bench/wsgi.py)
 # Installs wrk (Debian's package) when missing and the peers (hypercorn, uvicorn, matplotlib)
 # in bench/.venv-peers, never in the project's .venv; then runs bench/run.py.
 set -euo pipefail
@@ -24,4 +25,9 @@ if [ ! -f "$peers/.installed" ] || [ "$(cat "$peers/.installed")" != "$want" ]; 
 fi
 
 cd "$root"
-exec "$peers/bin/python" -m bench.run "$@"
+module=bench.run
+if [ "${1:-}" = wsgi ]; then
+    module=bench.wsgi
+    shift
+fi
+exec "$peers/bin/python" -m "$module" "$@"

@@ -1,0 +1,256 @@
+"""The WSGI benchmark: our three transports serving a WSGI app, against waitress, gunicorn and hypercorn.
+
+Run it with `./bench/run.sh wsgi [--quick]` (which installs wrk and the peers first). Every
+server serves `bench/peers/wsgi_app.py` (a 3-byte body with Content-Length; `/stream` for a
+1 GiB response), pinned to core 0, the client on core 1, round-robin over rounds as in
+`bench.run`, whose helpers this reuses. Only 127.0.0.1 is contacted; every server is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import sys
+import time
+from pathlib import Path
+
+from bench.run import (
+    OURS_PY,
+    PEERS_PY,
+    RESULTS,
+    WORK,
+    Results,
+    Sample,
+    Scenario,
+    Server,
+    _cpu_ticks,
+    fmt,
+    free_port,
+    machine_info,
+    measure,
+    median,
+    ratio,
+    running,
+    wait_ready,
+    wrk,
+)
+
+APP = "bench.peers.wsgi_app:app"
+STREAM_SIZE = 1 << 30
+KEEP_ALIVE = Scenario("keep-alive", "keep-alive GET / (3-byte body)", "/")
+WAITRESS, GUNICORN, HYPERCORN = "waitress", "gunicorn-gthread", "hypercorn-wsgi-asyncio"
+
+
+def _ours(transport: str) -> Server:
+    def argv(port: int, directory: Path) -> list[str]:
+        return [
+            OURS_PY,
+            "-m",
+            "transports",
+            APP,
+            "--transport",
+            transport,
+            "--port",
+            str(port),
+            "--no-access-log",
+        ]
+
+    return Server(f"ours-{transport}", transport, True, argv)
+
+
+def _waitress(port: int, directory: Path) -> list[str]:
+    return [PEERS_PY, "-m", "waitress", "--host=127.0.0.1", f"--port={port}", APP]
+
+
+def _gunicorn(port: int, directory: Path) -> list[str]:
+    flags = ["-k", "gthread", "-w", "1", "--threads", "16", "-b", f"127.0.0.1:{port}"]
+    return [PEERS_PY, "-m", "gunicorn", *flags, APP]
+
+
+def _hypercorn(port: int, directory: Path) -> list[str]:
+    return [PEERS_PY, "-m", "hypercorn", "-k", "asyncio", "-b", f"127.0.0.1:{port}", APP]
+
+
+SERVERS = [
+    _ours("asyncio"),
+    _ours("trio"),
+    _ours("threads"),
+    Server(WAITRESS, "threads", False, _waitress),
+    Server(GUNICORN, "threads", False, _gunicorn),
+    Server(HYPERCORN, "asyncio", False, _hypercorn),
+]
+STREAMERS = {"ours-asyncio", "ours-trio", "ours-threads", WAITRESS, GUNICORN}
+"""hypercorn's WSGI wrapper holds a whole response in memory (16 MiB at most): no 1 GiB stream."""
+
+
+def stream(port: int, size: int) -> float:
+    """Seconds to receive a `size`-byte response (Content-Length) on one connection."""
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        started = time.monotonic()
+        sock.sendall(f"GET /stream?size={size} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            count = sock.recv_into(buffer)
+            if not count:
+                raise ConnectionError("closed before the head")
+            head += bytes(view[:count])
+        header, _, rest = head.partition(b"\r\n\r\n")
+        if b" 200 " not in header.split(b"\r\n")[0]:
+            raise RuntimeError(f"unexpected head {header[:200]!r}")
+        received = len(rest)
+        while received < size:
+            count = sock.recv_into(buffer)
+            if not count:
+                raise ConnectionError(f"closed after {received} bytes")
+            received += count
+        return time.monotonic() - started
+
+
+def bench_server(
+    server: Server, args: argparse.Namespace, results: Results, streams: dict[str, list[float]]
+) -> None:
+    port = free_port()
+    print(f"  {server.name} on port {port}", flush=True)
+    with running(server, port, WORK) as proc:
+        if not wait_ready(proc, port):
+            results.problems.append(f"{server.name} did not start (see bench/results/tmp/{server.name}.log)")
+            results.add(server.name, KEEP_ALIVE.name, None)
+            return
+        try:
+            wrk(port, KEEP_ALIVE, args.warmup)
+            sample: Sample | None = measure(proc.pid, port, KEEP_ALIVE, args.duration)
+        except (OSError, RuntimeError, ValueError) as exc:
+            results.problems.append(f"{server.name} keep-alive: {str(exc)[:300]}")
+            sample = None
+        if sample and sample.errors:
+            results.problems.append(f"{server.name} keep-alive: wrk errors: {sample.errors}")
+        results.add(server.name, KEEP_ALIVE.name, sample)
+        if server.name in STREAMERS and args.stream:
+            try:
+                seconds = stream(port, args.stream_size)
+                streams.setdefault(server.name, []).append(args.stream_size / seconds / 1e9)
+            except (OSError, RuntimeError) as exc:
+                results.problems.append(f"{server.name} stream: {exc!r}")
+        time.sleep(0.3)
+
+
+def report(results: Results, args: argparse.Namespace, streams: dict[str, list[float]]) -> str:
+    lines = [
+        "# WSGI benchmark results",
+        "",
+        machine_info(results),
+        f"- Rounds: {args.rounds}, {args.duration} s per run after a {args.warmup} s warm-up; medians over "
+        "rounds; ratios are of req/s measured in the same round",
+        "- Peers: waitress 3.0 (its defaults: 4 threads), gunicorn 27 gthread (1 worker, 16 threads), "
+        "hypercorn 0.18's WSGI on asyncio; ours: `python -m transports bench.peers.wsgi_app:app` "
+        "(defaults: 16 threads on the threads transport), access logs off everywhere",
+        "",
+        f"## {KEEP_ALIVE.title}",
+        "",
+        f"| server | req/s | vs {WAITRESS} | vs {GUNICORN} | vs {HYPERCORN} | p50 ms | p99 ms | CPU µs/req "
+        f"| {args.stream_size >> 30} GiB stream GB/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for server in SERVERS:
+        samples = [s for s in results.runs.get((server.name, KEEP_ALIVE.name), []) if s]
+        if not samples:
+            continue
+        cells = [
+            f"**{server.name}**" if server.ours else server.name,
+            fmt(median([s.rps for s in samples]), ".0f"),
+            fmt(ratio(results, server.name, WAITRESS, KEEP_ALIVE.name)),
+            fmt(ratio(results, server.name, GUNICORN, KEEP_ALIVE.name)),
+            fmt(ratio(results, server.name, HYPERCORN, KEEP_ALIVE.name)),
+            fmt(median([s.p50_ms for s in samples])),
+            fmt(median([s.p99_ms for s in samples])),
+            fmt(median([s.cpu_us for s in samples]), ".0f"),
+            fmt(median(streams.get(server.name, []))),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Targets (issue 9)", ""]
+
+    def check(label: str, value: float | None, want: float) -> None:
+        mark = "✓" if value is not None and value >= want else "✗"
+        lines.append(f"- {mark} {label}: {fmt(value)} (want ≥ {want:g})")
+
+    check(f"ours-threads vs {WAITRESS}", ratio(results, "ours-threads", WAITRESS, KEEP_ALIVE.name), 1.0)
+    check(f"ours-threads vs {GUNICORN}", ratio(results, "ours-threads", GUNICORN, KEEP_ALIVE.name), 1.5)
+    for name in ("ours-trio", "ours-asyncio"):
+        check(f"{name} vs {HYPERCORN}", ratio(results, name, HYPERCORN, KEEP_ALIVE.name), 2.0)
+    for name in ("ours-asyncio", "ours-trio", "ours-threads"):
+        check(f"{name} {args.stream_size >> 30} GiB stream, GB/s", median(streams.get(name, [])), 1.0)
+    if results.problems:
+        lines += ["", "## Problems", "", *(f"- {p}" for p in results.problems)]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: Results, streams: dict[str, list[float]], path: Path) -> None:
+    import matplotlib  # type: ignore[import-not-found,unused-ignore]
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
+
+    names = [s.name for s in SERVERS if any(results.runs.get((s.name, KEEP_ALIVE.name), []))]
+    rps = [median([x.rps for x in results.runs[(n, KEEP_ALIVE.name)] if x]) or 0.0 for n in names]
+    colors = ["#1f77b4" if n.startswith("ours") else "#d62728" for n in names]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    drawn = left.barh(names, rps, color=colors, edgecolor="black", linewidth=0.4)
+    left.bar_label(drawn, labels=[f"{v:.0f}" for v in rps], fontsize=8, padding=2)
+    left.invert_yaxis()
+    left.set_xlabel("req/s, keep-alive, 3-byte body (server on one core)")
+    left.set_title("Minimal WSGI app (higher is better)")
+    streamed = [n for n in names if streams.get(n)]
+    rates = [median(streams[n]) or 0.0 for n in streamed]
+    drawn = right.barh(
+        streamed, rates, color=["#1f77b4" if n.startswith("ours") else "#d62728" for n in streamed]
+    )
+    right.bar_label(drawn, labels=[f"{v:.2f}" for v in rates], fontsize=8, padding=2)
+    right.invert_yaxis()
+    right.set_xlabel("GB/s")
+    right.set_title("1 GiB streamed response, one connection")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 round of short runs (about 2 minutes)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--duration", type=int, default=4, help="seconds per measured run (default 4)")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per run (default 1)")
+    parser.add_argument("--servers", default="", help="comma-separated server names (default: all)")
+    parser.add_argument("--no-stream", dest="stream", action="store_false", help="skip the 1 GiB stream")
+    parser.add_argument("--stream-size", type=int, default=STREAM_SIZE, help="bytes of the streamed response")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 1, 2, 1
+    servers = [s for s in SERVERS if not args.servers or s.name in args.servers.split(",")]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    os.sched_setaffinity(0, {1})  # the stream client stays off the server's core
+    WORK.mkdir(parents=True, exist_ok=True)
+    results, streams = Results(), {}
+    before = _cpu_ticks()
+    for round_ in range(args.rounds):
+        print(f"round {round_ + 1}/{args.rounds}", flush=True)
+        shift = round_ % len(servers)
+        for server in servers[shift:] + servers[:shift]:
+            bench_server(server, args, results, streams)
+    after = _cpu_ticks()
+    total = sum(after) - sum(before)
+    results.steal = (after[7] - before[7]) / total if total and len(after) > 7 else None
+    text = report(results, args, streams)
+    where = WORK / "wsgi-partial" if args.servers else RESULTS / "wsgi-latest"
+    where.with_suffix(".md").write_text(text)
+    chart(results, streams, where.with_suffix(".png"))
+    print(text)
+    print(f"Written: {where}.md and {where}.png", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
