@@ -18,8 +18,9 @@ The rules, each with the reason where it is a choice (docs/asgi.md has the long 
   client sent `TE: trailers` (trailers would be dropped otherwise, so an app can tell).
 - receive(): the body as the core hands it over (it reads on only as fast as the app
   asks; the first ask sends `100 Continue`), then `http.disconnect` once the response is
-  complete, the client left, or the server is shutting down. A body cut short by the
-  client ends with `http.disconnect`, never with `more_body: False`.
+  complete (at once, even if the body was never read, as the spec and uvicorn say), the
+  client left, or the server is shutting down. A body cut short by the client ends with
+  `http.disconnect`, never with `more_body: False`.
 - send(): `http.response.start` is held until the first body message (an error before
   then is still a clean 500). Body pieces go to the channel; send returns at once while
   less than `HIGH_WATER` bytes are waiting to leave, else once enough left: a slow client
@@ -223,6 +224,8 @@ class _Cycle:
 
     async def receive(self) -> Message:
         channel = self._channel
+        if channel.done:  # the response is out: disconnect, even if the body was not read (ASGI)
+            self._body_over = True
         if not self._body_over:
             got = channel.receive()
             if got is None:
