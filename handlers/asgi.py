@@ -160,6 +160,11 @@ class _Cycle:
             error = None  # the event stream was ended at shutdown, cleanly
         elif isinstance(error, Exception):
             self._log(f"ASGI app failed on {self._what()}", error)
+        if channel.gone or state == _COMPLETE:
+            # The core reads no more: a Finish holding the exception would keep its traceback,
+            # and every frame in it (a framework's response and its generator), alive in a
+            # reference cycle through this channel, delaying the app's cleanup until a GC.
+            error = None
         channel.finish(error)
 
     def _what(self) -> str:
@@ -224,7 +229,7 @@ class _Cycle:
 
     async def receive(self) -> Message:
         channel = self._channel
-        if channel.done:  # the response is out: disconnect, even if the body was not read (ASGI)
+        if self._state == _COMPLETE:  # the response is out: disconnect, read or not (ASGI, uvicorn)
             self._body_over = True
         if not self._body_over:
             got = channel.receive()
