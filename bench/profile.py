@@ -1,6 +1,7 @@
 """Where a server spends its CPU under load: py-spy samples it while wrk runs keep-alive echo.
 
     bench/.venv-peers/bin/python -m bench.profile ours-trio [--seconds 8] [--path /echo/abc]
+    bench/.venv-peers/bin/python -m bench.profile asgi-ours-trio --path /    # the ASGI benchmark's servers
 
 (after `./bench/run.sh` has installed wrk and py-spy). Prints each layer's share of the
 samples (h11, our core, handlers, transports, the runtime, the rest) and the functions
@@ -40,12 +41,15 @@ def layer(frame: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("server", choices=[s.name for s in SERVERS])
+    from bench import asgi
+
+    servers = {s.name: s for s in SERVERS} | {f"asgi-{s.name}": s for s in asgi.SERVERS}
+    parser.add_argument("server", choices=sorted(servers))
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--path", default="/echo/abc")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
-    server = next(s for s in SERVERS if s.name == args.server)
+    server = servers[args.server]
     WORK.mkdir(parents=True, exist_ok=True)
     port = free_port()
     raw = Path(tempfile.mkstemp(suffix=".txt", dir=WORK)[1])

@@ -44,6 +44,13 @@ def parser() -> argparse.ArgumentParser:
         help="serve this WSGI or ASGI app, 'module:attribute' (e.g. main:app); default: the built-in routes",
     )
     p.add_argument("--transport", choices=tuple(_MODULES), default="trio", help="the I/O runtime")
+    p.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop of the asyncio transport, and of the threads transport's app loop "
+        "(uvloop: install it first, `pip install uvloop`)",
+    )
     p.add_argument("--host", default=options.host, help="address to listen on (0.0.0.0 for all)")
     p.add_argument("--port", type=_port, default=options.port, help="TCP port; 0 picks a free one")
     p.add_argument(
@@ -284,6 +291,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" (transport {args.transport}, {serving})",
         flush=True,
     )
+    if args.loop == "uvloop":
+        if args.transport == "trio":
+            p.error("--loop uvloop is for --transport asyncio or threads")
+        try:
+            import uvloop
+        except ImportError:
+            p.error("--loop uvloop: uvloop is not installed (pip install uvloop)")
+        options = dataclasses.replace(options, loop_factory=uvloop.new_event_loop)
     status = 0
     try:
         if options.workers > 1:
@@ -396,7 +411,8 @@ def run(
 
         from . import asyncio_server
 
-        asyncio.run(asyncio_server.serve(app, config, options, sockets=sockets))
+        with asyncio.Runner(loop_factory=options.loop_factory) as runner:
+            runner.run(asyncio_server.serve(app, config, options, sockets=sockets))
     else:
         from . import thread_server
 
