@@ -51,8 +51,8 @@ def _ours(transport: str) -> Server:
 
 def _uvicorn(http: str, loop: str) -> Server:
     def argv(port: int, directory: Path) -> list[str]:
-        flags = ["--http", http, "--loop", loop, "--no-access-log", "--host", "127.0.0.1", "--port", str(port)]
-        return [PEERS_PY, "-m", "uvicorn", APP, *flags]
+        flags = ["--http", http, "--loop", loop, "--no-access-log"]
+        return [PEERS_PY, "-m", "uvicorn", APP, *flags, "--host", "127.0.0.1", "--port", str(port)]
 
     return Server(UVICORN if http == "h11" else UVICORN_FAST, "asyncio", False, argv)
 
@@ -133,7 +133,8 @@ def report(results: Results, args: argparse.Namespace) -> str:
 
     def check(label: str, value: float | None, want: float, at_most: bool = False) -> None:
         ok = value is not None and (value <= want if at_most else value >= want)
-        lines.append(f"- {'✓' if ok else '✗'} {label}: {fmt(value)} (want {'≤' if at_most else '≥'} {want:g})")
+        sign = "≤" if at_most else "≥"
+        lines.append(f"- {'✓' if ok else '✗'} {label}: {fmt(value)} (want {sign} {want:g})")
 
     check(f"ours-asyncio vs {UVICORN}", ratio(results, "ours-asyncio", UVICORN, KEEP_ALIVE.name), 1.25)
     check(f"ours-trio vs {UVICORN}", ratio(results, "ours-trio", UVICORN, KEEP_ALIVE.name), 1.1)

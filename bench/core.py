@@ -21,6 +21,7 @@ take the difference):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import pstats
 import time
@@ -56,10 +57,8 @@ def asgi_cycles(n: int) -> None:
         conn.receive_data(REQUEST, 0.0)
         action = conn.next_action(0.0)
         assert type(action) is Spawn
-        try:
+        with contextlib.suppress(StopIteration):
             action.task().send(None)  # type: ignore[attr-defined]
-        except StopIteration:
-            pass
         action = conn.next_action(0.0)
         assert type(action) is Send, action
 
