@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark: ./bench/run.sh [wsgi|asgi] [--quick] [--rounds N] [--duration S] [--servers a,b]
+# The benchmark: ./bench/run.sh [--quick] [--rounds N] [--duration S] [--servers a,b]
 # The WSGI and ASGI benchmarks: ./bench/run.sh wsgi|asgi [--quick] [--rounds N] ... (bench/wsgi.py, bench/asgi.py)
 # Installs wrk (Debian's package) when missing and the peers (hypercorn, uvicorn, matplotlib)
 # in bench/.venv-peers, never in the project's .venv; then runs bench/run.py.

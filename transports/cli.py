@@ -41,7 +41,9 @@ def parser() -> argparse.ArgumentParser:
         "app",
         nargs="?",
         metavar="APP",
-        help="serve this WSGI or ASGI app, 'module:attribute' (e.g. main:app); default: the built-in routes",
+        # "%(default).0s" prints nothing, and keeps the formatter from adding "(default: None)".
+        help="serve this WSGI or ASGI app, 'module:attribute' (e.g. main:app); else the built-in routes"
+        "%(default).0s",
     )
     p.add_argument("--transport", choices=tuple(_MODULES), default="trio", help="the I/O runtime")
     p.add_argument(
@@ -61,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
     apps.add_argument(
         "--app-dir",
         metavar="DIR",
-        help="import APP's module from here (first on sys.path); default: the current directory",
+        help="import APP's module from here (first on sys.path); default: the current directory%(default).0s",
     )
     apps.add_argument("--factory", action="store_true", help="APP is a factory: call it to get the app")
     apps.add_argument(
@@ -75,7 +77,8 @@ def parser() -> argparse.ArgumentParser:
         metavar="PATH",
         default="",
         type=_root_path,
-        help="the app is mounted at PATH (SCRIPT_NAME / root_path); stripped from paths that start with it",
+        help="the app is mounted at PATH (SCRIPT_NAME / root_path); stripped from paths that start with it"
+        "%(default).0s",
     )
     apps.add_argument(
         "--lifespan",
