@@ -374,18 +374,25 @@ class _Cycle:
 
 
 def _head(message: Message) -> tuple[int, list[tuple[bytes, bytes]], bool]:
-    """(status, headers, is an event stream) from http.response.start, checked."""
+    """(status, headers, is an event stream) from http.response.start, checked in one pass."""
     status = message["status"]
     if type(status) is not int or not 200 <= status <= 599:
         raise ValueError(f"http.response.start's status must be an int from 200 to 599, not {status!r}")
-    headers = _headers(message.get("headers", ()))
+    headers = []
     stream = framing = False
-    for name, value in headers:
-        lower = name.lower()
-        if lower == b"content-type":
-            stream = value.lower().startswith(b"text/event-stream")
-        elif lower == b"transfer-encoding":
-            framing = True
+    try:
+        for name, value in message.get("headers", ()):
+            if not (isinstance(name, bytes) and isinstance(value, bytes)):
+                raise TypeError(f"header names and values must be bytes, not {name!r}: {value!r}")
+            headers.append((name, value))
+            if name[:1] in b"cCtT":  # the two names looked at, in any case, cheaply
+                lower = name.lower()
+                if lower == b"content-type":
+                    stream = value.lower().startswith(b"text/event-stream")
+                elif lower == b"transfer-encoding":
+                    framing = True
+    except ValueError:
+        raise TypeError("headers must be an iterable of [name, value] pairs") from None
     if framing:  # ASGI: the server must ignore it (the core frames the body)
         headers = [item for item in headers if item[0].lower() != b"transfer-encoding"]
     return status, headers, stream
