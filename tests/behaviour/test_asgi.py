@@ -324,6 +324,21 @@ def test_a_client_that_leaves_is_noticed_within_a_second_or_two(app: Server, rou
     assert record["ended"] == expected[route]
 
 
+def test_clients_that_leave_while_the_app_answers_do_not_disturb_the_server(app: Server) -> None:
+    """Wake-ups and the clients' FINs arriving together (the threads transport once unparked a
+    connection twice in one batch and died)."""
+    data = request("GET", "/slow?delay=0.02")
+    for round_ in range(12):
+        sockets = [socket.create_connection((app.host, app.port), timeout=5) for _ in range(40)]
+        for sock in sockets:
+            sock.sendall(data)
+        time.sleep(0.015 + 0.001 * round_)  # around the moment the app answers
+        for sock in sockets:
+            sock.close()
+        assert get_json(app, "/scope/y")["path"] == "/scope/y"
+    assert app.process.poll() is None
+
+
 # --- bounded memory ---------------------------------------------------------------------
 
 GROWTH_LIMIT_KIB = 40 * 1024
