@@ -2,6 +2,7 @@
 
     bench/.venv-peers/bin/python -m bench.profile ours-trio [--seconds 8] [--path /echo/abc]
     bench/.venv-peers/bin/python -m bench.profile --wsgi ours-trio --path /     # bench/wsgi.py's servers
+    bench/.venv-peers/bin/python -m bench.profile --asgi ours-trio --path /     # bench/asgi.py's servers
 
 (after `./bench/run.sh` has installed wrk and py-spy). Prints each layer's share of the
 samples (h11, our core, handlers, transports, the runtime, the rest) and the functions
@@ -47,11 +48,16 @@ def main() -> None:
     parser.add_argument("--path", default="/echo/abc")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--wsgi", action="store_true", help="the WSGI benchmark's servers (bench/wsgi.py)")
+    parser.add_argument("--asgi", action="store_true", help="the ASGI benchmark's servers (bench/asgi.py)")
     args = parser.parse_args()
     if args.wsgi:
         from bench.wsgi import SERVERS as WSGI_SERVERS
 
         servers = WSGI_SERVERS
+    elif args.asgi:
+        from bench.asgi import SERVERS as ASGI_SERVERS
+
+        servers = ASGI_SERVERS
     else:
         servers = SERVERS
     names = [s.name for s in servers]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark: ./bench/run.sh [--quick] [--rounds N] [--duration S] [--servers a,b]
-# The WSGI benchmark: ./bench/run.sh wsgi [--quick] [--rounds N] ... (bench/wsgi.py)
+# The WSGI and ASGI benchmarks: ./bench/run.sh wsgi|asgi [--quick] [--rounds N] ... (bench/wsgi.py, bench/asgi.py)
 # Installs wrk (Debian's package) when missing and the peers (hypercorn, uvicorn with httptools
 # and uvloop, matplotlib) in bench/.venv-peers, never in the project's .venv, which gets our own
 # speed extras (requirements-fast.txt) for the "-fast" rows; then runs bench/run.py.
@@ -28,8 +28,8 @@ fi
 
 cd "$root"
 module=bench.run
-if [ "${1:-}" = wsgi ]; then
-    module=bench.wsgi
+if [ "${1:-}" = wsgi ] || [ "${1:-}" = asgi ]; then
+    module="bench.$1"
     shift
 fi
 exec "$peers/bin/python" -m "$module" "$@"

@@ -25,12 +25,13 @@ _BODY_SHOWN = 64
 """Bytes of a body a Response's repr shows (a log line is no place for a whole file)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class Request:
     """A request head. The body, if any, goes to the `Exchange` a handler returns.
 
     Read-only by contract, but not frozen: the core builds one per request, and a frozen
     dataclass costs twice as much to build. The core never reads it back for a decision.
+    Its repr, which error logs print, redacts credentials (Authorization, Cookie...).
     """
 
     method: bytes

@@ -29,7 +29,7 @@ from . import logs
 from .common import bind, url
 from .listeners import UDS_MODE, Listeners, bind_unix, inherited_all, systemd_fds
 from .loops import LOOP_TRANSPORTS, LOOPS, LoopUnavailable, new_loop_factory
-from .options import ServerOptions
+from .options import Lifespan, ServerOptions, hooks
 
 if TYPE_CHECKING:
     import ssl
@@ -91,6 +91,27 @@ def parser() -> argparse.ArgumentParser:
         type=_root_path,
         help="the app is mounted at PATH (SCRIPT_NAME / root_path); stripped from paths that start with it"
         "%(default).0s",
+    )
+    apps.add_argument(
+        "--lifespan",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ASGI lifespan (startup/shutdown): auto: used if the app speaks it; on: required "
+        "(a failed startup exits with status 3); off: never",
+    )
+    apps.add_argument(
+        "--lifespan-startup-timeout",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=60.0,
+        help="ASGI lifespan: the app's startup must complete within this (else: exit status 3)",
+    )
+    apps.add_argument(
+        "--lifespan-shutdown-timeout",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=30.0,
+        help="ASGI lifespan: the app's shutdown gets this long (then it is cancelled)",
     )
 
     speed = p.add_argument_group("speed (optional extras: pip install '.[fast]')")
@@ -419,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("--factory", args.factory),
             ("--interface", args.interface != "auto"),
             ("--root-path", bool(args.root_path)),
+            ("--lifespan", args.lifespan != "auto"),
         ):
             if given:
                 p.error(f"{flag} needs APP (module:attribute)")
@@ -451,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     importlib.import_module(f"transports.{_MODULES[args.transport]}")  # before announcing readiness
     if not supervised and app is None:
         app = make_app()
+    with_lifespan = functools.partial(_with_lifespan, args)
     try:
         listeners = listen(args, options)
     except OSError as exc:
@@ -466,19 +489,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" (transport {args.transport}, {serving}, parser {args.parser}{loop})",
         flush=True,
     )
+    status = 0
     try:
         if supervised:
             from .workers import supervise
 
-            work = functools.partial(_work, args.transport, make_app, config, options, sockets, certificates)
-            return supervise(options.workers, work, sockets)
-        assert app is not None
-        run(args.transport, app, config, options, sockets)
+            work = functools.partial(
+                _work, args.transport, make_app, with_lifespan, config, options, sockets, certificates
+            )
+            status = supervise(options.workers, work, sockets)
+        else:
+            assert app is not None
+            status = serve_status(args.transport, app, config, with_lifespan(options, app), sockets)
     except KeyboardInterrupt:  # only before the signal handlers are in place
         pass
     finally:
         listeners.close()  # and remove the --uds socket file
-    return 0
+    return status
 
 
 def _build_app(directory: Path | None, mime_types: bool) -> App:
@@ -550,12 +577,69 @@ def serving_app(interface: str, target: Any, args: argparse.Namespace) -> App:
         from handlers.wsgi import WSGIApp
 
         return WSGIApp(target, root_path=args.root_path, multiprocess=(args.workers or 1) > 1)
-    raise LoadError("it is an ASGI app, and ASGI apps are not served yet (--interface wsgi if it is WSGI)")
+    from handlers.asgi import ASGIApp
+
+    return ASGIApp(target, root_path=args.root_path)
+
+
+def asgi_lifespan(args: argparse.Namespace, app: App) -> Lifespan | None:
+    """The transport's lifespan hook for an ASGI app (None: WSGI, or --lifespan off): the app's
+    startup before the server accepts, its shutdown once drained, on the loop its requests use."""
+    from handlers.asgi import ASGIApp
+
+    if not isinstance(app, ASGIApp) or args.lifespan == "off":
+        return None
+    from handlers.lifespan import Lifespan as AppLifespan
+
+    lifespan = AppLifespan(
+        app.app,
+        args.lifespan,
+        startup_timeout=args.lifespan_startup_timeout,
+        shutdown_timeout=args.lifespan_shutdown_timeout,
+        state=app.state,
+    )
+    return hooks(lifespan.startup, lifespan.shutdown)
+
+
+STARTUP_FAILED = 3
+"""The exit status when the app's startup failed (ASGI lifespan), as uvicorn's."""
+
+
+def serve_status(
+    transport: str,
+    app: App,
+    config: Config,
+    options: ServerOptions,
+    sockets: Sequence[socket.socket],
+    started: Callable[[], None] | None = None,
+) -> int:
+    """`run` with the app's lifespan, as an exit status: 0, or STARTUP_FAILED when the app's
+    startup failed (logged)."""
+    try:
+        run(transport, app, config, options, sockets, started=started)
+    except BaseException as exc:
+        if options.lifespan is None:
+            raise
+        from handlers.lifespan import LifespanFailed
+
+        if isinstance(exc, LifespanFailed) or (
+            isinstance(exc, BaseExceptionGroup) and exc.subgroup(LifespanFailed) is not None
+        ):
+            logging.getLogger("httpserver.error").error("the app's startup failed: not serving")
+            return STARTUP_FAILED
+        raise
+    return 0
+
+
+def _with_lifespan(args: argparse.Namespace, options: ServerOptions, app: App) -> ServerOptions:
+    """`options` with the lifespan of `app` (an ASGI app's startup and shutdown), if any."""
+    return dataclasses.replace(options, lifespan=asgi_lifespan(args, app))
 
 
 def _work(
     transport: str,
     make_app: Callable[[], App],
+    with_lifespan: Callable[[ServerOptions, App], ServerOptions],
     config: Config,
     options: ServerOptions,
     sockets: Sequence[socket.socket],
@@ -565,7 +649,10 @@ def _work(
     """A worker (after the fork): build the app and TLS context afresh, as a reload wants, and serve."""
     if certificates is not None:
         options = dataclasses.replace(options, ssl_context=tls_context(*certificates))
-    run(transport, make_app(), config, options, sockets, started=ready)
+    app = make_app()
+    status = serve_status(transport, app, config, with_lifespan(options, app), sockets, started=ready)
+    if status:
+        raise SystemExit(status)
 
 
 def _ignore_hangup(signum: int, frame: FrameType | None) -> None:

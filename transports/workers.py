@@ -201,7 +201,7 @@ class _Supervisor:
         elif not worker.ready and not self._booted and os.WIFEXITED(status) and os.WEXITSTATUS(status):
             # It failed by itself (a signal, say the OOM killer's, is no reason to stop).
             log.error("worker %d exited (%s) before it served; stopping", pid, _describe(status))
-            self._status = 1
+            self._status = os.WEXITSTATUS(status)  # 1, or 3 when its app's startup failed
             self._stop("a worker that could not start")
         else:
             log.warning("worker %d exited (%s); replacing it", pid, _describe(status))
