@@ -29,13 +29,37 @@ VARIANTS: dict[str, list[str]] = {
     "trio": ["--transport", "trio"],
     "asyncio": ["--transport", "asyncio"],
     "threads": ["--transport", "threads"],
-    # The accelerated set-ups the benchmark measures (the speed extras): the whole suite,
-    # the hostile tests included, with the compiled parser, and asyncio on uvloop.
+    # The accelerated set-ups the benchmark measures (the speed extras), for the modules in
+    # ACCELERATED_MODULES: the hostile tests, the challenge's stages and the apps, with the
+    # compiled parser, and asyncio on uvloop. (The core's own tests run on both parsers.)
     "asyncio-fast": ["--transport", "asyncio", "--loop", "uvloop", "--parser", "h11-mypyc"],
     "trio-mypyc": ["--transport", "trio", "--parser", "h11-mypyc"],
 }
 """Each transport id the suite runs against, and the options that start it."""
 TRANSPORTS = list(VARIANTS)
+ACCELERATED: dict[str, frozenset[str]] = {
+    "asyncio-fast": frozenset({"test_hostile", "test_stages", "test_asgi", "test_wsgi"}),
+    "trio-mypyc": frozenset({"test_hostile", "test_stages"}),
+}
+"""The modules each accelerated set-up runs (all of them would double CI's time)."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the accelerated set-ups' runs of modules outside ACCELERATED."""
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        transport = callspec.params.get("transport") if callspec is not None else None
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+        if transport in ACCELERATED and module not in ACCELERATED[transport]:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 SERVER_MODULE = os.environ.get("BEHAVIOUR_SERVER_MODULE", "transports")
 """`python -m SERVER_MODULE` is the server under test; override to try another build."""
 START_TIMEOUT = 15.0
