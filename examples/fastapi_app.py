@@ -138,7 +138,7 @@ async def event_status(track: str) -> dict[str, str | None]:
     return {"status": STREAMS.get(track)}
 
 
-@app.get("/download")
+@app.api_route("/download", methods=["GET", "HEAD"])
 async def download() -> FileResponse:
     return FileResponse(DOWNLOAD, media_type="text/plain", filename=DOWNLOAD.name)
 

@@ -18,8 +18,9 @@ The rules, each with the reason where it is a choice (docs/asgi.md has the long 
   client sent `TE: trailers` (trailers would be dropped otherwise, so an app can tell).
 - receive(): the body as the core hands it over (it reads on only as fast as the app
   asks; the first ask sends `100 Continue`), then `http.disconnect` once the response is
-  complete, the client left, or the server is shutting down. A body cut short by the
-  client ends with `http.disconnect`, never with `more_body: False`.
+  complete (at once, even if the body was never read, as the spec and uvicorn say), the
+  client left, or the server is shutting down. A body cut short by the client ends with
+  `http.disconnect`, never with `more_body: False`.
 - send(): `http.response.start` is held until the first body message (an error before
   then is still a clean 500). Body pieces go to the channel; send returns at once while
   less than `HIGH_WATER` bytes are waiting to leave, else once enough left: a slow client
@@ -159,6 +160,11 @@ class _Cycle:
             error = None  # the event stream was ended at shutdown, cleanly
         elif isinstance(error, Exception):
             self._log(f"ASGI app failed on {self._what()}", error)
+        if channel.gone or state == _COMPLETE:
+            # The core reads no more: a Finish holding the exception would keep its traceback,
+            # and every frame in it (a framework's response and its generator), alive in a
+            # reference cycle through this channel, delaying the app's cleanup until a GC.
+            error = None
         channel.finish(error)
 
     def _what(self) -> str:
@@ -223,6 +229,8 @@ class _Cycle:
 
     async def receive(self) -> Message:
         channel = self._channel
+        if self._state == _COMPLETE:  # the response is out: disconnect, read or not (ASGI, uvicorn)
+            self._body_over = True
         if not self._body_over:
             got = channel.receive()
             if got is None:

@@ -20,12 +20,14 @@ if TYPE_CHECKING:
 Headers = Sequence[tuple[bytes, bytes]]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class Request:
     """A request head. The body, if any, goes to the `Exchange` a handler returns.
 
     Read-only by contract, but not frozen: the core builds one per request, and a frozen
     dataclass costs twice as much to build. The core never reads it back for a decision.
+    Its repr, which error logs print, names the request line and the client only: header
+    values (Authorization, Cookie) must never reach a log.
     """
 
     method: bytes
@@ -41,6 +43,11 @@ class Request:
     websocket: bool = False
     """A valid WebSocket handshake (with `Config.websocket` only): a `Session` answering it
     may accept it through its Channel; any other answer is an ordinary HTTP response."""
+
+    def __repr__(self) -> str:
+        line = b"%s %s HTTP/%s" % (self.method, self.target, self.http_version)
+        client = "" if self.client is None else f" from {self.client[0]}:{self.client[1]}"
+        return f"<Request {line.decode('latin-1')!r}{client}>"
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower-case), or None."""

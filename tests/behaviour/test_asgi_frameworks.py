@@ -97,7 +97,9 @@ def test_form(conn: http.client.HTTPConnection) -> None:
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_multipart_upload(conn: http.client.HTTPConnection, chunked: bool) -> None:
+def test_multipart_upload(site: tuple[str, Server], conn: http.client.HTTPConnection, chunked: bool) -> None:
+    if chunked and site[0] == "django":
+        pytest.skip("Django's ASGI handler parses a form only with a Content-Length, under any server")
     small = b"small file\n"
     large = bytes(range(256)) * 12000  # ~3 MiB
     body, content_type = multipart({"note": "hi"}, {"one": ("one.txt", small), "two": ("two.bin", large)})
@@ -159,6 +161,7 @@ def test_unhandled_error_is_a_500_and_the_server_goes_on(
 
 def test_an_event_stream_ends_when_its_client_leaves(site: tuple[str, Server]) -> None:
     server = site[1]
+    before = len(server.stderr())
     track = uuid.uuid4().hex[:12]
     with socket.create_connection((server.host, server.port), timeout=5) as sock:
         sock.sendall(f"GET /events?track={track} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -174,7 +177,8 @@ def test_an_event_stream_ends_when_its_client_leaves(site: tuple[str, Server]) -
         time.sleep(0.05)
     assert status.startswith("ended"), status
     assert time.monotonic() - left < 2.5
-    assert "Traceback" not in server.stderr().split(track)[-1]  # a client leaving is no error
+    after = server.stderr()[before:]
+    assert "Traceback" not in after, after  # a client leaving is no error
 
 
 # --- FastAPI's own --------------------------------------------------------------------
