@@ -57,7 +57,7 @@ from h11._headers import Headers as _H11Headers  # private, but h11 is pinned: s
 
 from . import websocket as _ws
 from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile, Spawn, Wait
-from .channel import Accept, Channel, Closing, Message, Outgoing, Piece, Start, Trailers
+from .channel import Accept, Channel, Closing, Finish, Message, Outgoing, Piece, Start, Trailers
 from .config import Config
 from .messages import App, Exchange, FileBody, Headers, Request, Response, Session, Stream
 
@@ -415,7 +415,8 @@ class ServerConnection:
         if status:
             self._fail(status, now)
             return
-        if self._config.websocket and _ws.wants_websocket(request):
+        websocket = self._config.websocket and _ws.wants_websocket(request)
+        if websocket:
             refusal = _ws.refusal(request, self._body_expected)
             if refusal is not None:
                 self._close_after_response = True
@@ -438,7 +439,7 @@ class ServerConnection:
             return
         if not hasattr(reply, "respond"):
             if hasattr(reply, "run"):
-                if request.websocket:
+                if websocket:
                     self._start_websocket(reply, now)
                 else:
                     self._start_session(reply, now)
@@ -1094,13 +1095,16 @@ class ServerConnection:
             self._drop_websocket()
             self._fail(403, now)
             return
-        if kind is Outgoing:
-            error_log.error("app sent a WebSocket message before accepting (%s)", _target(request))
+        if kind is Outgoing or kind is Finish:
+            if kind is Outgoing:
+                error_log.error("app sent a WebSocket message before accepting (%s)", _target(request))
+            elif cast(Finish, message).error is None:  # (a task that raised logged it)
+                error_log.error("app returned without accepting the WebSocket (%s)", _target(request))
             self._drop_websocket()
             self._fail(500, now)
             return
-        # An HTTP response instead (the ASGI websocket.http.response extension), or the task's
-        # end: served as any Session's, on a connection that closes after it.
+        # An HTTP response instead (the ASGI websocket.http.response extension): served as any
+        # Session's, on a connection that closes after it.
         self._websocket = None
         state = self._session = _SessionState(channel)
         state.body_done = True

@@ -92,6 +92,42 @@ def parser() -> argparse.ArgumentParser:
         help="ASGI lifespan: the app's shutdown gets this long (then it is cancelled)",
     )
 
+    websockets = p.add_argument_group("WebSockets (ASGI apps; RFC 6455 with permessage-deflate, on wsproto)")
+    websockets.add_argument(
+        "--ws",
+        choices=("auto", "wsproto", "none"),
+        default="auto",
+        help="auto or wsproto: serve WebSocket handshakes to an ASGI app; none: they are ordinary requests",
+    )
+    websockets.add_argument(
+        "--ws-max-size",
+        metavar="BYTES",
+        type=_positive_int,
+        default=config.ws_max_size,
+        help="a larger message closes the WebSocket with 1009",
+    )
+    websockets.add_argument(
+        "--ws-ping-interval",
+        metavar="SECONDS",
+        type=_non_negative_float,
+        default=config.ws_ping_interval,
+        help="ping a peer that sent nothing for this long (0: never)",
+    )
+    websockets.add_argument(
+        "--ws-ping-timeout",
+        metavar="SECONDS",
+        type=_non_negative_float,
+        default=config.ws_ping_timeout,
+        help="a pinged peer must answer within this, else it is closed with 1011 (0: no limit)",
+    )
+    websockets.add_argument(
+        "--ws-per-message-deflate",
+        metavar="BOOL",
+        type=_boolean,
+        default=config.ws_per_message_deflate,
+        help="accept the permessage-deflate extension when a client offers it (true or false)",
+    )
+
     limits = p.add_argument_group("limits and timeouts of the HTTP core (sizes in bytes, times in seconds)")
     for field, kind, text in _LIMITS:
         flag = "--" + field.replace("_", "-")
@@ -181,6 +217,15 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+def _boolean(value: str) -> bool:
+    lower = value.lower()
+    if lower in ("true", "1", "yes", "on"):
+        return True
+    if lower in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not true or false")
+
+
 def _port(value: str) -> int:
     port = int(value)
     if not 0 <= port <= 65535:
@@ -233,6 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         date_header=args.date_header,
         server_header=args.server_header or b"",
         access_log=not args.no_access_log,
+        ws_max_size=args.ws_max_size,
+        ws_ping_interval=args.ws_ping_interval or None,
+        ws_ping_timeout=args.ws_ping_timeout or None,
+        ws_per_message_deflate=args.ws_per_message_deflate,
     )
     try:
         context = None if args.certfile is None else tls_context(args.certfile, args.keyfile)
@@ -256,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("--interface", args.interface != "auto"),
             ("--root-path", bool(args.root_path)),
             ("--lifespan", args.lifespan != "auto"),
+            ("--ws", args.ws != "auto"),
         ):
             if given:
                 p.error(f"{flag} needs APP (module:attribute)")
@@ -273,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         app, interface = loaded
         serving = f"{interface} app {args.app}"
         options = dataclasses.replace(options, lifespan=asgi_lifespan(app, args))
+        if interface == "asgi" and args.ws != "none":
+            config = dataclasses.replace(config, websocket=True)
     importlib.import_module(f"transports.{_MODULES[args.transport]}")  # before announcing readiness
     try:
         sockets = bind(options)
