@@ -13,6 +13,7 @@ _SPECIAL = {
     "date_header": "--date-header",
     "server_header": "--server-header",
     "access_log": "--no-access-log",
+    "websocket": "--ws",  # on for ASGI apps unless --ws none
 }
 
 
@@ -42,6 +43,10 @@ def test_defaults_are_the_config_defaults() -> None:
         ["--server-header", "a\r\nb"],
         ["--directory", "/no/such/directory"],
         ["--transport", "gevent"],
+        ["--ws", "websockets"],
+        ["--ws-max-size", "0"],
+        ["--ws-ping-interval", "-1"],
+        ["--ws-per-message-deflate", "maybe"],
     ],
 )
 def test_bad_values_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
