@@ -371,6 +371,13 @@ _LEFT: Final = "left"
 async def _wait(sock: socket.socket, deadline: float | None, connection: _Connection) -> str:
     """Until `wake` (`_WOKEN`) or `deadline` (`_TIMED_OUT`), watching the socket: `_LEFT` as
     soon as the peer leaves. Once bytes wait to be read (a pipelined request), only waits."""
+    # Yield first: an app task spawned just now runs, and if it posts at once (a quick
+    # response) its wake comes before the wait begins, sparing a cancel scope, an epoll
+    # registration and a Cancelled unwinding (most of a Session's cost on trio). Twice:
+    # trio runs a batch of tasks in either order, and the task was started in this one.
+    await trio.lowlevel.checkpoint()
+    if not connection.woken:
+        await trio.lowlevel.checkpoint()
     if not connection.woken:
         with trio.CancelScope(deadline=_at(deadline)) as scope:
             connection.scope = scope

@@ -16,6 +16,7 @@ import trio
 
 from protocol import Action, Close, Phase, Receive, Run, Send, Spawn, Wait
 from transports import asyncio_server, thread_server, trio_server
+from transports.options import ServerOptions, hooks
 
 from .harness import TRANSPORTS, Running, read_until_close, running
 
@@ -79,8 +80,6 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ScriptedCore]]:
 
 
 def _serve(transport: str, script: Script, **options: Any) -> Any:
-    from transports.options import ServerOptions
-
     return running(transport, script, options=ServerOptions(port=0, **options))  # type: ignore[arg-type]
 
 
@@ -310,14 +309,17 @@ def test_shutdown_waits_for_spawned_tasks_then_cancels_them_and_lets_them_clean_
         yield Spawn(finishes)
         yield Spawn(endless)
 
-    with _serve(transport, script, shutdown_grace=1.0) as server:
+    async def shutdown_hook() -> None:
+        events.append("shutdown hook")
+
+    with _serve(transport, script, shutdown_grace=1.0, lifespan=hooks(None, shutdown_hook)) as server:
         with _connect(server):
             _until(lambda: scripted)
         time.sleep(0.1)
         started = time.monotonic()
         server.stop(within=8)
         took = time.monotonic() - started
-    assert events == ["short task over", "endless task cleaned up"]
+    assert events == ["short task over", "endless task cleaned up", "shutdown hook"]
     assert 0.8 < took < 4
 
 
