@@ -40,7 +40,7 @@ class Config:
     a valid one is flagged `Request.websocket`, an invalid one gets 400 or 426. Off, an
     upgrade request is an ordinary request (the built-in routes)."""
     ws_max_size: int = 16 * 1024 * 1024
-    """A WebSocket message larger than this (bytes; characters for text) closes with 1009."""
+    """A WebSocket message larger than this (in bytes; UTF-8 bytes for text) closes with 1009."""
     ws_ping_interval: float | None = 20.0
     """Ping a WebSocket peer that sent nothing for this long (None or 0: never)."""
     ws_ping_timeout: float | None = 20.0

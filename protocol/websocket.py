@@ -333,7 +333,8 @@ class WebSocket:
                     continue  # no one reads it, or we are closing: discarded (RFC 6455 §1.4)
                 assert isinstance(event, (TextMessage, BytesMessage))
                 data = event.data
-                self._size += len(data)
+                # A byte budget: text counts in UTF-8 bytes (isascii() is O(1) on a str).
+                self._size += len(data) if type(data) is not str or data.isascii() else len(data.encode())
                 if self._size > self._max_size:
                     self._fail(out, 1009, "message too big")
                     break

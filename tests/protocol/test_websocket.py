@@ -415,6 +415,12 @@ def test_a_message_over_the_limit_closes_with_1009() -> None:
     assert any(isinstance(a, HalfClose) for a in peer.driver.actions)
 
 
+def test_the_limit_counts_text_in_utf8_bytes() -> None:
+    peer = Peer(echo(), config(ws_max_size=10))
+    assert messages(peer.send(TextMessage("ééééé"))) == ["ééééé"]  # 10 bytes
+    assert close_of(peer.send(TextMessage("éééééé"))).code == 1009  # 12 bytes, 6 characters
+
+
 def test_a_fragmented_message_over_the_limit_closes_with_1009_before_it_ends() -> None:
     peer = Peer(echo(), config(ws_max_size=100))
     events = peer.raw(frame(0x2, b"x" * 60, fin=False) + frame(0x0, b"x" * 60, fin=False))
