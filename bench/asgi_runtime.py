@@ -172,7 +172,9 @@ def main() -> None:
         ]
         print(f"| {runtime} | " + " | ".join(f"{value:.2f}" for value in row) + " |")
     print()
-    print(f"import handlers.notify: {import_ms('handlers.notify'):.1f} ms; anyio: {import_ms('anyio'):.1f} ms")
+    print(
+        f"import handlers.notify: {import_ms('handlers.notify'):.1f} ms; anyio: {import_ms('anyio'):.1f} ms"
+    )
 
 
 if __name__ == "__main__":

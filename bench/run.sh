@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark: ./bench/run.sh [--quick] [--rounds N] [--duration S] [--servers a,b]
 # The WSGI benchmark: ./bench/run.sh wsgi [--quick] [--rounds N] ... (bench/wsgi.py)
+# The WebSocket benchmark: ./bench/run.sh ws [--quick] [--rounds N] ... (bench/ws.py)
 # Installs wrk (Debian's package) when missing and the peers (hypercorn, uvicorn, matplotlib)
 # in bench/.venv-peers, never in the project's .venv; then runs bench/run.py.
 set -euo pipefail
@@ -28,6 +29,9 @@ cd "$root"
 module=bench.run
 if [ "${1:-}" = wsgi ]; then
     module=bench.wsgi
+    shift
+elif [ "${1:-}" = ws ]; then
+    module=bench.ws
     shift
 fi
 exec "$peers/bin/python" -m "$module" "$@"

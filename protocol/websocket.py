@@ -13,6 +13,12 @@ own (`ServerConnection` drives it and turns what it gathers into actions):
   at most about 1032:1, and wsproto inflates without a limit);
 - a bounded read-ahead: input is read only while the messages the task has not taken
   count for less than `READ_AHEAD`;
+- a fast path for the common frames: without an extension, a whole unfragmented text or
+  binary frame (and a binary one that spans reads) is unmasked and decoded here, and the
+  task's messages are framed here; every other frame (control frames, fragments, anything
+  invalid, a text frame still arriving) goes to wsproto whole, byte for byte as it comes,
+  so that it stays the one authority on the protocol's rules. wsproto spends ~15 µs on a
+  16-byte message and copies a large one about eight times; this path ~2 µs and three.
 - the close handshake both ways (RFC 6455 §7), failures with wsproto's codes (1002 for a
   protocol error, 1007 for invalid UTF-8 or deflate data), and keepalive pings: a peer that
   sent nothing for `ws_ping_interval` is pinged and must answer within `ws_ping_timeout`,
@@ -24,11 +30,13 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import struct
 from typing import Any, Final
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.utilities import generate_accept_token
 
 from .channel import Accept, Channel, Closing, Finish, Message, Outgoing
@@ -66,6 +74,73 @@ _DEFLATE_PARAMETERS: Final = frozenset(
         "client_max_window_bits",
     }
 )
+
+
+_SMALL: Final = 512
+"""Payloads up to this are unmasked with one big-int XOR; longer ones with four translates."""
+_XOR_TABLES: list[bytes | None] = [None] * 256
+"""bytes.translate tables: byte -> byte ^ key, made on first use of each key byte."""
+
+
+def _xor_table(key: int) -> bytes:
+    table = _XOR_TABLES[key]
+    if table is None:
+        table = _XOR_TABLES[key] = bytes(byte ^ key for byte in range(256))
+    return table
+
+
+def unmask(
+    data: bytes | bytearray | memoryview, start: int, length: int, key: bytes | bytearray | memoryview
+) -> bytes:
+    """`length` bytes of `data` from `start`, unmasked with the 4-byte `key` (RFC 6455 §5.3)."""
+    if length <= _SMALL:
+        mask = (bytes(key) * ((length >> 2) + 1))[:length]
+        value = int.from_bytes(data[start : start + length], "little") ^ int.from_bytes(mask, "little")
+        return value.to_bytes(length, "little")
+    payload = bytearray(data[start : start + length])
+    for offset in range(4):
+        payload[offset::4] = payload[offset::4].translate(_xor_table(key[offset]))
+    return bytes(payload)
+
+
+def frame(opcode: int, payload: bytes) -> list[bytes]:
+    """A server frame (unmasked, final) as its head and payload, to be joined with other output."""
+    length = len(payload)
+    if length < 126:
+        return [bytes((0x80 | opcode, length)) + payload]
+    if length < 1 << 16:
+        return [struct.pack("!BBH", 0x80 | opcode, 126, length), payload]
+    return [struct.pack("!BBQ", 0x80 | opcode, 127, length), payload]
+
+
+class Deflate(PerMessageDeflate):
+    """wsproto's permessage-deflate, but a control frame between the fragments of a compressed
+    message leaves that message compressed (RFC 6455 §5.4 allows ping, pong and close there).
+
+    wsproto 1.3.2 resets its per-message state on every control frame, so the continuation
+    after a ping is read as uncompressed: a false 1007 for text, garbage for bytes (its open
+    pull request #205). Here control frames do not touch that state at all.
+    """
+
+    _control = False
+
+    def frame_inbound_header(
+        self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits, payload_length: int
+    ) -> CloseReason | RsvBits:
+        self._control = opcode.iscontrol()
+        if self._control:
+            return CloseReason.PROTOCOL_ERROR if rsv.rsv1 else RsvBits(True, False, False)
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
+    def frame_inbound_payload_data(
+        self, proto: FrameDecoder | FrameProtocol, data: bytes
+    ) -> bytes | CloseReason:
+        return data if self._control else super().frame_inbound_payload_data(proto, data)
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | CloseReason | None:
+        return None if self._control else super().frame_inbound_complete(proto, fin)
 
 
 class Ending(enum.Enum):
@@ -174,7 +249,7 @@ def negotiate_deflate(headers: Headers) -> tuple[PerMessageDeflate, bytes] | Non
             cleaned = _deflate_parameters(parameters)
             if cleaned is None:
                 continue
-            extension = PerMessageDeflate()
+            extension = Deflate()
             try:
                 agreed = extension.accept("; ".join(["permessage-deflate", *cleaned]))
             except ValueError:
@@ -228,10 +303,13 @@ class WebSocket:
 
     __slots__ = (
         "_close_due",
+        "_fast",
+        "_fragmented",
         "_input",
         "_interval",
         "_max_size",
         "_parts",
+        "_pending",
         "_ping_due",
         "_ping_timeout",
         "_pings",
@@ -239,6 +317,7 @@ class WebSocket:
         "_size",
         "_slice",
         "_stop_sent",
+        "_to_wsproto",
         "channel",
         "ending",
         "eof",
@@ -263,8 +342,12 @@ class WebSocket:
         self._max_size = config.ws_max_size
         self._interval = config.ws_ping_interval or None
         self._ping_timeout = config.ws_ping_timeout or None
-        self._input: bytes | memoryview = b""  # received, not yet given to wsproto
+        self._input: bytes | memoryview = b""  # received, not yet looked at
         self._slice = 1 << 62
+        self._fast = False  # no extension: the fast path frames and unframes (see the module docstring)
+        self._pending = bytearray()  # the fast path: the start of a frame still arriving
+        self._to_wsproto = 0  # the fast path: bytes of the current frame still due to wsproto
+        self._fragmented = False  # wsproto is inside a fragmented message
         self._parts: list[Any] = []  # the message being assembled: all str or all bytes
         self._size = 0
         self._ping_due: float | None = None
@@ -279,6 +362,8 @@ class WebSocket:
         if extension is not None:
             # Deflate inflates at most ~1032:1: a slice cannot become much more than ws_max_size.
             self._slice = min(64 * 1024, max(1024, self._max_size // 1024))
+        else:
+            self._fast = True
         self._input = data
         self.eof = eof
         if self._interval is not None:
@@ -302,11 +387,14 @@ class WebSocket:
         return self.finished or self.channel.messages_buffered() < READ_AHEAD
 
     def read(self, out: list[bytes], now: float) -> None:
-        """Give wsproto the input held, slice by slice, while the task's unread messages allow."""
+        """Process the input held (to wsproto slice by slice, or on the fast path) while the
+        task's unread messages allow."""
         ws = self.ws
         assert ws is not None
         channel = self.channel
-        while self._input and self.ending is None:
+        if self._fast and self._input and self.ending is None:
+            self._read_fast(ws, out, now)
+        while self._input and self.ending is None and not self._fast:
             if not self.finished and channel.messages_buffered() >= READ_AHEAD:
                 return
             data = self._input
@@ -318,10 +406,104 @@ class WebSocket:
                 self._input = b""
             ws.receive_data(bytes(data))
             self._events(ws, out, now)
-        self._input = b""
+        if self.ending is not None:
+            self._input = b""
+            self._pending.clear()
+        elif self._input:
+            return  # the read-ahead is full
         if self.eof and self.ending is None:  # the peer left without the close handshake
             channel.mark_closed(1006)
             self.ending = Ending.CLOSE
+
+    def _read_fast(self, ws: Connection, out: list[bytes], now: float) -> None:
+        """Frames from the input: the common ones decoded here, the others fed to wsproto whole
+        (from the header on, as they arrive). What remains is the start of a frame (kept in
+        `_pending`), or, if the task's messages fill the read-ahead, left in `_input`."""
+        data: bytes | bytearray | memoryview = self._input
+        self._input = b""
+        pending = self._pending
+        if pending:
+            pending += data
+            data = pending
+        channel = self.channel
+        end = len(data)
+        pos = 0
+        put = False
+        while self.ending is None:
+            if self._to_wsproto:  # a frame on its way to wsproto
+                count = min(self._to_wsproto, end - pos)
+                if not count:
+                    break
+                self._to_wsproto -= count
+                ws.receive_data(bytes(data[pos : pos + count]))
+                pos += count
+                self._events(ws, out, now)
+                continue
+            if not self.finished and channel.messages_buffered() >= READ_AHEAD:
+                self._input = bytes(data[pos:])  # read on once the task took some
+                pos = end
+                break
+            available = end - pos
+            if available < 2:
+                break
+            first = data[pos]
+            second = data[pos + 1]
+            length = second & 0x7F
+            head = 2
+            minimal = True
+            if length == 126:
+                if available < 4:
+                    break
+                length = data[pos + 2] << 8 | data[pos + 3]
+                head = 4
+                minimal = length > 125
+            elif length == 127:
+                if available < 10:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                head = 10
+                minimal = 0xFFFF < length < 1 << 63
+            opcode = first & 0x0F
+            masked = second & 0x80
+            total = head + 4 + length if masked else head + length
+            if (
+                (first & 0xF0) == 0x80  # final, no reserved bit
+                and (opcode == 1 or opcode == 2)
+                and masked
+                and minimal
+                and not self._fragmented
+                and (available >= total or opcode == 2)  # text arriving in pieces: wsproto fails it fast
+            ):
+                if length > self._max_size:
+                    self._fail(out, 1009, "message too big")
+                    break
+                if available < total:
+                    break  # the rest of a binary frame is on its way
+                start = pos + head + 4
+                payload = unmask(data, start, length, data[start - 4 : start])
+                pos += total
+                if opcode == 2:
+                    channel.put_message(payload)
+                else:
+                    try:
+                        channel.put_message(payload.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        self._fail(out, 1007, "invalid UTF-8")
+                        break
+                put = True
+            else:
+                self._to_wsproto = total
+        if put:
+            channel.notify()
+        if pos < end:
+            if self._input or self.ending is not None:
+                pass
+            elif data is pending:
+                del pending[:pos]
+            else:
+                pending += data[pos:]
+        elif pending:
+            pending.clear()
 
     def _events(self, ws: Connection, out: list[bytes], now: float) -> None:
         channel = self.channel
@@ -341,7 +523,9 @@ class WebSocket:
                 parts = self._parts
                 if not event.message_finished:
                     parts.append(data)
+                    self._fragmented = True
                     continue
+                self._fragmented = False
                 if parts:
                     parts.append(data)
                     data = "".join(parts) if kind is TextMessage else b"".join(parts)
@@ -393,7 +577,14 @@ class WebSocket:
             self.pieces += 1
             if ws.state is _OPEN and self.ending is None:  # else dropped: the WebSocket is closing
                 data = message.data
-                out.append(ws.send(TextMessage(data) if type(data) is str else BytesMessage(data)))  # type: ignore[arg-type]
+                if not self._fast:
+                    out.append(ws.send(TextMessage(data) if type(data) is str else BytesMessage(data)))  # type: ignore[arg-type]
+                elif type(data) is str:
+                    out += frame(1, data.encode("utf-8"))
+                elif isinstance(data, (bytes, bytearray, memoryview)):
+                    out += frame(2, bytes(data))
+                else:
+                    raise TypeError(f"a WebSocket message is a str or bytes, not {type(data).__name__}")
             return None
         if kind is Closing:
             assert isinstance(message, Closing)

@@ -421,6 +421,32 @@ def test_the_limit_counts_text_in_utf8_bytes() -> None:
     assert close_of(peer.send(TextMessage("éééééé"))).code == 1009  # 12 bytes, 6 characters
 
 
+def test_a_frame_announced_over_the_limit_closes_with_1009_at_its_header() -> None:
+    peer = Peer(echo(), config(ws_max_size=1000))
+    head = frame(0x2, b"x" * 1001)[:8]  # the length and the mask key, no payload yet
+    assert close_of(peer.raw(head)).code == 1009
+
+
+@pytest.mark.parametrize("deflate", [False, True])
+@pytest.mark.parametrize("size", [1, 5, 1 << 20])
+def test_both_paths_agree_on_a_mixed_stream(deflate: bool, size: int) -> None:
+    """The fast path (no extension) and wsproto's (deflate) give the same messages for the
+    same stream: whole frames, fragments, control frames between, big and small."""
+    peer = Peer(echo(), deflate=deflate, size=size)
+    big = bytes(range(256)) * 1000
+    events = peer.send(
+        TextMessage("a"),
+        BytesMessage(big),
+        TextMessage("frag", message_finished=False),
+        Ping(b"p"),
+        TextMessage("ment€", message_finished=True),
+        BytesMessage(b""),
+        TextMessage("z" * 70_000),
+    )
+    assert messages(events) == ["a", big, "fragment€", b"", "z" * 70_000]
+    assert [e.payload for e in events if isinstance(e, Pong)] == [b"p"]
+
+
 def test_a_fragmented_message_over_the_limit_closes_with_1009_before_it_ends() -> None:
     peer = Peer(echo(), config(ws_max_size=100))
     events = peer.raw(frame(0x2, b"x" * 60, fin=False) + frame(0x0, b"x" * 60, fin=False))
@@ -473,8 +499,9 @@ def test_a_protocol_error_closes_with_1002(data: bytes) -> None:
         pytest.param(frame(0x8, struct.pack("!H", 1000) + b"\xff"), id="close reason (Autobahn 7.5.1)"),
     ],
 )
-def test_invalid_utf8_closes_with_1007(data: bytes) -> None:
-    peer = Peer(echo(), size=1)
+@pytest.mark.parametrize("size", [1, 1 << 20])  # in pieces (wsproto's way), whole (the fast path)
+def test_invalid_utf8_closes_with_1007(data: bytes, size: int) -> None:
+    peer = Peer(echo(), size=size)
     events = peer.raw(data)
     assert close_of(events).code == 1007
     assert peer.app.channel.close_code == 1007
@@ -789,6 +816,19 @@ def test_a_deflate_bomb_is_stopped_near_the_size_limit() -> None:
     assert len(bomb) < 100_000
     events = peer.raw(frame(0x2, bomb, rsv=4))
     assert close_of(events).code == 1009
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(frame(0x9, b"x", rsv=4), id="compressed ping"),
+        pytest.param(frame(0x1, b"x", fin=False) + frame(0x0, b"y", rsv=4), id="compressed continuation"),
+    ],
+)
+def test_rsv1_where_deflate_forbids_it_closes_with_1002(data: bytes) -> None:
+    """RFC 7692 §6.1: RSV1 only on a data message's first frame."""
+    peer = Peer(echo(), deflate=True)
+    assert close_of(peer.raw(data)).code == 1002
 
 
 def test_invalid_deflate_data_closes_with_1007() -> None:
