@@ -97,7 +97,11 @@ def unmask(
         mask = (bytes(key) * ((length >> 2) + 1))[:length]
         value = int.from_bytes(data[start : start + length], "little") ^ int.from_bytes(mask, "little")
         return value.to_bytes(length, "little")
-    payload = bytearray(data[start : start + length])
+    payload = (
+        data[start : start + length]
+        if type(data) is bytearray
+        else bytearray(memoryview(data)[start : start + length])
+    )
     for offset in range(4):
         payload[offset::4] = payload[offset::4].translate(_xor_table(key[offset]))
     return bytes(payload)
