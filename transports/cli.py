@@ -325,6 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = dataclasses.replace(options, lifespan=asgi_lifespan(app, args))
         if interface == "asgi" and args.ws != "none":
             config = dataclasses.replace(config, websocket=True)
+            from handlers.asgi_ws import accelerate
+
+            accelerate()  # compiled unmasking when the `websockets` package is installed
     importlib.import_module(f"transports.{_MODULES[args.transport]}")  # before announcing readiness
     try:
         sockets = bind(options)

@@ -850,6 +850,25 @@ def test_the_tasks_invalid_message_closes_with_1011(caplog: pytest.LogCaptureFix
     assert "invalid WebSocket message" in caplog.text
 
 
+@pytest.mark.parametrize("length", [0, 1, 3, 4, 5, 511, 512, 513, 4096, 65537])
+def test_unmask_pure_and_compiled_agree(length: int) -> None:
+    from websockets.speedups import apply_mask
+
+    from protocol import websocket
+
+    data = os.urandom(length + 7)
+    key = os.urandom(4)
+    expected = bytes(b ^ key[i % 4] for i, b in enumerate(data[7:]))
+    try:
+        websocket.use_mask_function(None)
+        assert websocket.unmask(data, 7, length, key) == expected
+        assert websocket.unmask(bytearray(data), 7, length, bytearray(key)) == expected
+        websocket.use_mask_function(apply_mask)
+        assert websocket.unmask(data, 7, length, key) == expected
+    finally:
+        websocket.use_mask_function(None)
+
+
 def test_access_log_has_the_101(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", "httpserver.access")
     Peer(echo(), config(access_log=True))
