@@ -492,6 +492,8 @@ class WebSocket:
                 and masked
                 and minimal
                 and not self._fragmented
+                and ws.state is _OPEN  # closing: wsproto's path discards data
+                and not self.finished
                 and (available >= total or opcode == 2)  # text arriving in pieces: wsproto fails it fast
             ):
                 if length > self._max_size:

@@ -554,6 +554,7 @@ def test_the_tasks_close_waits_for_the_peers_reply() -> None:
     assert not d.closed and isinstance(d.waiting, Receive)
     assert d.waiting.deadline == d.now + CLOSE_TIMEOUT
     assert peer.raw(frame(0x1, b"ignored now")) == []  # after our close, data is discarded
+    assert peer.app.channel.messages_buffered() == 0
     peer.send(CloseConnection(4000, "done"))  # wsproto's client replies as the RFC says
     assert d.closed
 
