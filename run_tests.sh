@@ -7,7 +7,7 @@ source "$root/scripts/venv.sh"
 venv_ensure requirements-dev.txt
 cd "$root"
 py="$root/.venv/bin/python"
-"$py" -m ruff check protocol handlers transports examples tests bench
-"$py" -m ruff format --check protocol handlers transports examples tests bench
+"$py" -m ruff check protocol handlers transports examples tests bench scripts
+"$py" -m ruff format --check protocol handlers transports examples tests bench scripts
 "$py" -m mypy protocol handlers transports examples
 exec "$py" -m pytest "$@"

@@ -1,6 +1,6 @@
 """The core's cost per request in-process, next to bare h11's: no sockets, no event loop.
 
-    .venv/bin/python -m bench.core [--requests 20000] [--profile] [--calls]
+    .venv/bin/python -m bench.core [--requests 20000] [--profile] [--calls] [--asgi]
 
 Drives `protocol.ServerConnection` with the real app (`handlers.build_app`) through
 keep-alive `GET /echo/abc` cycles exactly as a transport would (Receive, receive_data,
@@ -8,6 +8,9 @@ Send, ...), and the bare loops' h11 code through the same bytes. The difference 
 the core and handlers add on top of h11. Best of several repeats, so other load on the
 machine hardly moves it. `--profile` prints cProfile's top functions of the core's run;
 `--calls` prints Python function calls per request of both, which load does not move at all.
+`--asgi` measures the ASGI path instead of the built-in routes: the ASGI benchmark's minimal
+app (bench/peers/asgi_min.py) behind `handlers.asgi.ASGIApp`, its task run inline (it never
+waits), so the figure is the core's and the adapter's cost without an event loop's.
 On a busy machine, instructions per request are the steadiest measure (run N and 5N cycles,
 take the difference):
 
@@ -18,6 +21,7 @@ take the difference):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import pstats
 import time
@@ -39,6 +43,28 @@ def core_cycles(n: int) -> None:
         conn.receive_data(REQUEST, 0.0)
         action = conn.next_action(0.0)
         assert type(action) is Send
+
+
+def asgi_cycles(n: int) -> None:
+    from bench.peers.asgi_min import app
+    from handlers.asgi import ASGIApp
+    from protocol import Spawn
+
+    conn = ServerConnection(ASGIApp(app), Config(access_log=False), now=0.0, wake=_nothing)
+    for _ in range(n):
+        action = conn.next_action(0.0)
+        assert type(action) is Receive
+        conn.receive_data(REQUEST, 0.0)
+        action = conn.next_action(0.0)
+        assert type(action) is Spawn
+        with contextlib.suppress(StopIteration):
+            action.task().send(None)  # type: ignore[attr-defined]
+        action = conn.next_action(0.0)
+        assert type(action) is Send, action
+
+
+def _nothing() -> None:
+    pass
 
 
 def bare_cycles(n: int) -> None:
@@ -64,20 +90,22 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--calls", action="store_true")
+    parser.add_argument("--asgi", action="store_true", help="the ASGI adapter instead of the built-in routes")
     args = parser.parse_args()
+    ours = asgi_cycles if args.asgi else core_cycles
     if args.calls:
-        for name, run in (("core + handlers", core_cycles), ("bare h11 loop", bare_cycles)):
+        for name, run in (("core + handlers", ours), ("bare h11 loop", bare_cycles)):
             counter = cProfile.Profile()
             counter.runcall(run, 1000)
             calls = sum(value[1] for value in pstats.Stats(counter).stats.values())  # type: ignore[attr-defined]
             print(f"{name}: {calls / 1000:.0f} Python calls per request")
-    core, bare = best(core_cycles, args.requests), best(bare_cycles, args.requests)
+    core, bare = best(ours, args.requests), best(bare_cycles, args.requests)
     print(f"core + handlers: {core:.1f} µs per request")
     print(f"bare h11 loop:   {bare:.1f} µs per request")
     print(f"added by us:     {core - bare:.1f} µs ({core / bare:.2f}x bare)")
     if args.profile:
         profiler = cProfile.Profile()
-        profiler.runcall(core_cycles, args.requests)
+        profiler.runcall(ours, args.requests)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 

@@ -1,6 +1,8 @@
 """Where a server spends its CPU under load: py-spy samples it while wrk runs keep-alive echo.
 
     bench/.venv-peers/bin/python -m bench.profile ours-trio [--seconds 8] [--path /echo/abc]
+    bench/.venv-peers/bin/python -m bench.profile --wsgi ours-trio --path /     # bench/wsgi.py's servers
+    bench/.venv-peers/bin/python -m bench.profile --asgi ours-trio --path /     # bench/asgi.py's servers
 
 (after `./bench/run.sh` has installed wrk and py-spy). Prints each layer's share of the
 samples (h11, our core, handlers, transports, the runtime, the rest) and the functions
@@ -40,12 +42,27 @@ def layer(frame: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("server", choices=[s.name for s in SERVERS])
+    parser.add_argument("server")
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--path", default="/echo/abc")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--wsgi", action="store_true", help="the WSGI benchmark's servers (bench/wsgi.py)")
+    parser.add_argument("--asgi", action="store_true", help="the ASGI benchmark's servers (bench/asgi.py)")
     args = parser.parse_args()
-    server = next(s for s in SERVERS if s.name == args.server)
+    if args.wsgi:
+        from bench.wsgi import SERVERS as WSGI_SERVERS
+
+        servers = WSGI_SERVERS
+    elif args.asgi:
+        from bench.asgi import SERVERS as ASGI_SERVERS
+
+        servers = ASGI_SERVERS
+    else:
+        servers = SERVERS
+    names = [s.name for s in servers]
+    if args.server not in names:
+        parser.error(f"server must be one of {', '.join(names)}")
+    server = next(s for s in servers if s.name == args.server)
     WORK.mkdir(parents=True, exist_ok=True)
     port = free_port()
     raw = Path(tempfile.mkstemp(suffix=".txt", dir=WORK)[1])

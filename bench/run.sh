@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark: ./bench/run.sh [--quick] [--rounds N] [--duration S] [--servers a,b]
-# The WSGI benchmark: ./bench/run.sh wsgi [--quick] [--rounds N] ... (bench/wsgi.py)
+# The WSGI and ASGI benchmarks: ./bench/run.sh wsgi|asgi [--quick] [--rounds N] ... (bench/wsgi.py, bench/asgi.py)
 # The WebSocket benchmark: ./bench/run.sh ws [--quick] [--rounds N] ... (bench/ws.py)
 # Installs wrk (Debian's package) when missing and the peers (hypercorn, uvicorn, matplotlib)
 # in bench/.venv-peers, never in the project's .venv; then runs bench/run.py.
@@ -27,8 +27,8 @@ fi
 
 cd "$root"
 module=bench.run
-if [ "${1:-}" = wsgi ]; then
-    module=bench.wsgi
+if [ "${1:-}" = wsgi ] || [ "${1:-}" = asgi ]; then
+    module="bench.$1"
     shift
 elif [ "${1:-}" = ws ]; then
     module=bench.ws

@@ -42,6 +42,7 @@ before `start_response`, a piece that is not bytes, headers that are not latin-1
 
 from __future__ import annotations
 
+import contextvars
 import io
 import logging
 import os
@@ -326,6 +327,13 @@ class _Exchange:
             self._body = None
 
     def respond(self) -> Response:
+        # The app, its iterable's pieces (pulled in later steps, maybe in other threads) and
+        # close() all run in this one Context: what the app sets in a context variable while
+        # a generator is suspended (Flask's stream_with_context) is still there when it resumes.
+        context = contextvars.copy_context()
+        return context.run(self._respond, context)
+
+    def _respond(self, context: contextvars.Context) -> Response:
         request = self._request
         spool = self._body
         if spool is None:
@@ -335,7 +343,7 @@ class _Exchange:
             body = spool.reader()
             size = spool.size if request.header(b"transfer-encoding") is not None else None
         adapter = self._adapter
-        call = _Call(request, body)
+        call = _Call(request, body, context)
         try:
             environ = adapter.environ(request, body, size)
             result = adapter.app(environ, call.start_response)
@@ -349,14 +357,28 @@ class _Exchange:
 class _Call:
     """One call of the app: start_response, write, and turning its result into a Response."""
 
-    __slots__ = ("_input", "_request", "_spool", "content_length", "headers", "late", "sent", "status")
+    __slots__ = (
+        "_input",
+        "_request",
+        "_spool",
+        "_without",
+        "content_length",
+        "context",
+        "headers",
+        "late",
+        "sent",
+        "status",
+    )
 
-    def __init__(self, request: Request, body: BinaryIO) -> None:
+    def __init__(self, request: Request, body: BinaryIO, context: contextvars.Context) -> None:
+        self.context = context
         self._request = request
         self._input = body
         self.status = 0
         self.headers: tuple[tuple[bytes, bytes], ...] = ()
         self.content_length: int | None = None
+        self._without: tuple[tuple[bytes, bytes], ...] = ()
+        """The headers without Content-Length (the core adds its own for a whole body)."""
         self.sent = False
         """The head is out (or as good as: a first non-empty piece, or bytes given to write())."""
         self._spool: _Spool | None = None
@@ -375,24 +397,17 @@ class _Call:
                 exc_info = None  # no reference cycle through the traceback
         elif self.status:
             raise RuntimeError("start_response called a second time without exc_info")
-        if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
-            raise ValueError(f"WSGI status must be a str like '200 OK', not {status!r}")
-        converted = []
-        length: int | None = None
-        for name, value in headers:
-            if type(name) is not str or type(value) is not str:
-                raise TypeError(f"WSGI header fields must be native strings, not {(name, value)!r}")
-            lower = name.lower()
-            if lower in _HOP_BY_HOP or lower.startswith("proxy-"):
-                raise ValueError(f"hop-by-hop header {name!r} from a WSGI app (PEP 3333 forbids it)")
-            if lower == "content-length":
-                if length is not None or not value.strip().isdigit():
-                    raise ValueError(f"invalid or repeated Content-Length {value!r} from a WSGI app")
-                length = int(value)
-            converted.append((name.encode("latin-1"), value.encode("latin-1")))
-        self.status = int(status[:3])
-        self.headers = tuple(converted)
-        self.content_length = length
+        code = _STATUSES.get(status) if type(status) is str else None
+        if code is None:
+            code = _status_code(status)
+        try:
+            converted = _CONVERTED.get(tuple(headers))
+        except TypeError:  # unhashable (a list as a header): _convert says what is wrong
+            converted = None
+        if converted is None:
+            converted = _convert(headers)
+        self.status = code
+        self.headers, self.content_length, self._without = converted
         return self.write
 
     def write(self, data: bytes) -> None:
@@ -493,7 +508,7 @@ class _Call:
         return Response(self.status, self.headers, _Stream(self, iter((body,)), None, b""))
 
     def _without_length(self) -> tuple[tuple[bytes, bytes], ...]:
-        return tuple(field for field in self.headers if field[0].lower() != b"content-length")
+        return self._without
 
     def take_written(self) -> BinaryIO | None:
         spool = self._spool
@@ -504,6 +519,49 @@ class _Call:
 
     def close_input(self) -> None:
         self._input.close()
+
+
+Converted = tuple[tuple[tuple[bytes, bytes], ...], int | None, tuple[tuple[bytes, bytes], ...]]
+_CONVERTED: dict[tuple[tuple[str, str], ...], Converted] = {}
+"""An app's header lists, checked and converted once (apps send the same few again and again)."""
+_STATUSES: dict[str, int] = {}
+
+
+def _status_code(status: object) -> int:
+    if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+        raise ValueError(f"WSGI status must be a str like '200 OK', not {status!r}")
+    code = int(status[:3])
+    if len(_STATUSES) < _CACHE_MAX:
+        _STATUSES[status] = code
+    return code
+
+
+def _convert(headers: Iterable[tuple[str, str]]) -> Converted:
+    """(the headers as bytes, the app's Content-Length, the headers without it), or an error
+    for what PEP 3333 forbids."""
+    converted = []
+    length: int | None = None
+    for name, value in headers:
+        if type(name) is not str or type(value) is not str:
+            raise TypeError(f"WSGI header fields must be native strings, not {(name, value)!r}")
+        lower = name.lower()
+        if lower in _HOP_BY_HOP or lower.startswith("proxy-"):
+            raise ValueError(f"hop-by-hop header {name!r} from a WSGI app (PEP 3333 forbids it)")
+        if lower == "content-length":
+            if length is not None or not value.strip().isdigit():
+                raise ValueError(f"invalid or repeated Content-Length {value!r} from a WSGI app")
+            length = int(value)
+        converted.append((name.encode("latin-1"), value.encode("latin-1")))
+    fields = tuple(converted)
+    result = (fields, length, tuple(field for field in fields if field[0].lower() != b"content-length"))
+    try:
+        key = tuple(headers)
+        if len(_CONVERTED) >= _CACHE_MAX:
+            _CONVERTED.clear()
+        _CONVERTED[key] = result
+    except TypeError:
+        pass
+    return result
 
 
 class _Stream:
@@ -538,13 +596,10 @@ class _Stream:
         if iterator is None:
             return None
         try:
-            piece = next(iterator)
+            piece = self._call.context.run(next, iterator)
         except StopIteration:
             self._iterator = None
             return late.pop(0) if late else None
-        except Exception:
-            self._call.log_failure()
-            raise
         if type(piece) is not bytes:
             piece = _as_bytes(piece)
         if late:  # write() ran while the piece was made: it comes first
@@ -561,7 +616,7 @@ class _Stream:
         close, self._close = self._close, None
         if close is not None:
             try:
-                close()
+                self._call.context.run(close)
             except Exception:
                 self._call.log_failure()
 

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final
+from typing import Any, BinaryIO, Final, cast
 
 from protocol import (
     Action,
@@ -46,11 +46,14 @@ from .common import (
     bind,
     error_log,
     ports,
+    read_at,
     run_task,
 )
 from .options import ServerOptions
 
 _MAX_STEP_THREADS: Final = 64
+_FALLBACK_PIECE: Final = 256 * 1024
+"""Piece size of a file body where the loop cannot sendfile (uvloop)."""
 
 
 class _HttpProtocol(asyncio.Protocol):
@@ -70,6 +73,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._pending = bytearray()  # bytes that arrived while the core was busy
         self._eof = False
         self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None  # resolved by resume_writing (file fallback)
         self._busy = False  # a Run step or a sendfile is in flight
         self._left = False  # the peer closed its side during a watched Run step
         self._wake_scheduled = False
@@ -80,8 +84,8 @@ class _HttpProtocol(asyncio.Protocol):
     # --- asyncio's callbacks ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # cast, not isinstance: uvloop's transports (--loop uvloop) are not asyncio.Transport subclasses
+        self._transport = transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         client, server = address_pair(
             -1 if sock is None else sock.family,
@@ -133,6 +137,11 @@ class _HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        drained = self._drained
+        if drained is not None:
+            self._drained = None
+            if not drained.done():
+                drained.set_result(None)
         if type(self._action) is Send:
             self._action = None
             self._pump()
@@ -209,7 +218,7 @@ class _HttpProtocol(asyncio.Protocol):
                 self._wait(action, action.deadline)
                 self._pause_reading()
                 self._busy = True
-                task = loop.create_task(loop.sendfile(transport, action.file, action.offset, action.count))
+                task = loop.create_task(self._send_file(action.file, action.offset, action.count))
                 self._sending_file = task
                 task.add_done_callback(functools.partial(self._sent_file, count=action.count))
                 return
@@ -297,6 +306,29 @@ class _HttpProtocol(asyncio.Protocol):
             self._conn.timeout(self._loop.time())
             self._pump()
 
+    async def _send_file(self, file: BinaryIO, offset: int, count: int) -> int:
+        """`loop.sendfile`; where the loop has none (uvloop raises NotImplementedError), the
+        file read in pieces in a worker thread and written under the transport's flow control."""
+        loop = self._loop
+        server = self._server
+        if server.sendfile_works:
+            try:
+                return await loop.sendfile(self._transport, file, offset, count)
+            except NotImplementedError:
+                server.sendfile_works = False
+        sent = 0
+        while sent < count:
+            size = min(count - sent, _FALLBACK_PIECE)
+            data = await loop.run_in_executor(server.executor, read_at, file, offset + sent, size)
+            if not data:
+                break
+            self._transport.write(data)
+            sent += len(data)
+            while self._write_paused:
+                self._drained = loop.create_future()
+                await self._drained
+        return sent
+
     def _sent_file(self, task: asyncio.Task[int], count: int) -> None:
         self._busy = False
         self._sending_file = None
@@ -383,6 +415,8 @@ class AsyncioServer:
         self.thread = threading.get_ident()
         self.ssl_context = options.ssl_context
         self.ports = ports(sockets)
+        self.sendfile_works = True
+        """False once the loop said it has no sendfile (uvloop): files go out in pieces."""
         self.executor = ThreadPoolExecutor(
             max_workers=min(_MAX_STEP_THREADS, options.max_connections), thread_name_prefix="http-step"
         )

@@ -41,9 +41,18 @@ def parser() -> argparse.ArgumentParser:
         "app",
         nargs="?",
         metavar="APP",
-        help="serve this WSGI or ASGI app, 'module:attribute' (e.g. main:app); default: the built-in routes",
+        # "%(default).0s" prints nothing, and keeps the formatter from adding "(default: None)".
+        help="serve this WSGI or ASGI app, 'module:attribute' (e.g. main:app); else the built-in routes"
+        "%(default).0s",
     )
     p.add_argument("--transport", choices=tuple(_MODULES), default="trio", help="the I/O runtime")
+    p.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop of the asyncio transport, and of the threads transport's app loop "
+        "(uvloop: install it first, `pip install uvloop`)",
+    )
     p.add_argument("--host", default=options.host, help="address to listen on (0.0.0.0 for all)")
     p.add_argument("--port", type=_port, default=options.port, help="TCP port; 0 picks a free one")
     p.add_argument(
@@ -54,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
     apps.add_argument(
         "--app-dir",
         metavar="DIR",
-        help="import APP's module from here (first on sys.path); default: the current directory",
+        help="import APP's module from here (first on sys.path); default: the current directory%(default).0s",
     )
     apps.add_argument("--factory", action="store_true", help="APP is a factory: call it to get the app")
     apps.add_argument(
@@ -68,7 +77,8 @@ def parser() -> argparse.ArgumentParser:
         metavar="PATH",
         default="",
         type=_root_path,
-        help="the app is mounted at PATH (SCRIPT_NAME / root_path); stripped from paths that start with it",
+        help="the app is mounted at PATH (SCRIPT_NAME / root_path); stripped from paths that start with it"
+        "%(default).0s",
     )
     apps.add_argument(
         "--lifespan",
@@ -339,6 +349,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" (transport {args.transport}, {serving})",
         flush=True,
     )
+    if args.loop == "uvloop":
+        if args.transport == "trio":
+            p.error("--loop uvloop is for --transport asyncio or threads")
+        try:
+            import uvloop
+        except ImportError:
+            p.error("--loop uvloop: uvloop is not installed (pip install uvloop)")
+        options = dataclasses.replace(options, loop_factory=uvloop.new_event_loop)
     status = 0
     try:
         if options.workers > 1:
@@ -451,7 +469,8 @@ def run(
 
         from . import asyncio_server
 
-        asyncio.run(asyncio_server.serve(app, config, options, sockets=sockets))
+        with asyncio.Runner(loop_factory=options.loop_factory) as runner:
+            runner.run(asyncio_server.serve(app, config, options, sockets=sockets))
     else:
         from . import thread_server
 

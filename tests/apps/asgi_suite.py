@@ -109,6 +109,10 @@ async def scope_route(scope: Scope, receive: Receive, send: Send, query: Query) 
     data["state"] = sorted(scope.get("state", {}))
     data["extensions"] = sorted(scope.get("extensions", {}))
     data["runtime"] = sniffio.current_async_library()
+    if data["runtime"] == "asyncio":
+        import asyncio
+
+        data["loop"] = type(asyncio.get_running_loop()).__module__
     await respond_json(send, data)
 
 

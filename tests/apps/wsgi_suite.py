@@ -69,11 +69,13 @@ def json_response(start_response: StartResponse, data: object, status: str = "20
 
 
 class Tracked:
-    """An iterable whose close() is recorded under `name` (for /closed)."""
+    """An iterable whose close() is recorded under `name` (for /closed), and appended to the
+    file `record` names if given (for a test whose server is gone by then)."""
 
-    def __init__(self, pieces: Iterator[bytes], name: str) -> None:
+    def __init__(self, pieces: Iterator[bytes], name: str, record: str = "") -> None:
         self.pieces = pieces
         self.name = name
+        self.record = record
 
     def __iter__(self) -> Iterator[bytes]:
         return self.pieces
@@ -81,6 +83,9 @@ class Tracked:
     def close(self) -> None:
         with _lock:
             CLOSED[self.name] = time.time()
+        if self.record:
+            with open(self.record, "a") as record:
+                record.write(f"closed {self.name}\n")
 
 
 @route("/environ")
@@ -160,7 +165,7 @@ def endless(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
             yield piece
             time.sleep(delay)
 
-    return Tracked(pieces(), q["track"])
+    return Tracked(pieces(), q["track"], q.get("record", ""))
 
 
 @route("/closed")

@@ -467,6 +467,24 @@ def test_an_app_without_lifespan_runs_without_it_in_auto_and_fails_with_on(
     assert result.returncode == 3 and "unsupported scope type" in result.stderr
 
 
+def test_uvloop(start_server: StartServer, transport: str, tmp_path: Path) -> None:
+    if transport == "trio":
+        result = run_to_exit(transport, SUITE, "--loop", "uvloop")
+        assert result.returncode == 2 and "--loop uvloop is for" in result.stderr
+        return
+    server = start_server(*app_args(SUITE, "--loop", "uvloop"), directory=False)
+    scope = get_json(server, "/scope")
+    assert (scope["runtime"], scope["loop"], scope["state"]) == (
+        "asyncio",
+        "uvloop",
+        ["counter", "pid", "ready"],
+    )
+    target = tmp_path / "big.bin"
+    data = bytes(range(256)) * 12000  # uvloop has no loop.sendfile: the transport's fallback
+    target.write_bytes(data)
+    assert server.get(f"/pathsend?path={target}").body == data
+
+
 def test_lifespan_off_never_calls_the_app_for_it(start_server: StartServer) -> None:
     server = start_server(*app_args(SUITE, "--lifespan", "off"), directory=False)
     assert get_json(server, "/scope")["state"] == []

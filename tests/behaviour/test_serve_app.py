@@ -168,3 +168,11 @@ def test_active_venv_with_the_runtime_runs_the_server(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text(APP.format(extra="import userdep"))
     _, stderr = serve(tmp_path, "main:app", env=environment(VIRTUAL_ENV=str(venv)))
     assert f"PREFIX {venv}" in stderr  # the user's own Python: sys.executable is theirs
+
+
+def test_help_documents_the_app_options(tmp_path: Path) -> None:
+    result = subprocess.run([PROGRAM, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for word in ("APP", "--app-dir", "--factory", "--interface", "--root-path"):
+        assert word in result.stdout, word
+    assert "else the built-in routes\n" in result.stdout  # no "(default: None)" after it

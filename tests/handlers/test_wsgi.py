@@ -679,3 +679,41 @@ def test_validator_raises_nothing() -> None:
             response = call(validator(app), request, [b"body"])
             assert (response.status, body_of(response)) == (200, b"validated")
         assert body_of(call(validator(written))) == b"wx"
+
+
+def test_the_iterable_runs_in_one_context_whatever_thread_pulls_it() -> None:
+    """Flask's stream_with_context sets a context variable before its first piece and resets it
+    after its last: the pieces come in later steps, maybe other threads, each in its own context."""
+    import contextvars
+    import threading
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("request")
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        token = var.set("mine")
+        try:
+            for index in range(3):
+                yield f"{var.get()}{index}".encode()
+        finally:
+            var.reset(token)  # ValueError if resumed in another Context
+
+    response = contextvars.copy_context().run(call, app)
+    stream = response.body
+    assert not isinstance(stream, (bytes, FileBody))
+    pieces: list[bytes | Exception | None] = []
+
+    def step() -> None:
+        try:
+            pieces.append(contextvars.copy_context().run(stream.next_piece))
+        except Exception as exc:
+            pieces.append(exc)
+
+    for _ in range(4):
+        thread = threading.Thread(target=step)
+        thread.start()
+        thread.join()
+    thread = threading.Thread(target=stream.close)
+    thread.start()
+    thread.join()
+    assert pieces == [b"mine0", b"mine1", b"mine2", None]
