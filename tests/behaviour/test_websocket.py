@@ -512,10 +512,10 @@ def test_wss(start_server: StartServer, tmp_path: Path) -> None:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     uri = f"wss://localhost:{server.port}/scope/caf%C3%A9"
-    with connect(uri, ssl=context, open_timeout=5, close_timeout=5) as client:
+    with connect(uri, ssl=context, open_timeout=10, close_timeout=5) as client:
         scope = json.loads(client.recv(timeout=5))
     assert scope["scheme"] == "wss"
-    with connect(f"wss://localhost:{server.port}/echo", ssl=context, open_timeout=5) as client:
+    with connect(f"wss://localhost:{server.port}/echo", ssl=context, open_timeout=10) as client:
         client.send(b"z" * 300_000)
         assert client.recv(timeout=5) == b"z" * 300_000
     # Plain HTTP still works beside it.
