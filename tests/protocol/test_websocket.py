@@ -17,7 +17,10 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import h11
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -880,3 +883,94 @@ def test_close_is_the_last_action() -> None:
     peer = Peer(echo())
     peer.send(CloseConnection(1000))
     assert isinstance(peer.driver.actions[-1], Close)
+
+
+# --- properties -------------------------------------------------------------------------------
+
+MESSAGE = st.one_of(
+    st.text(max_size=300),
+    st.binary(max_size=300),
+    st.binary(min_size=600, max_size=3000),
+    st.text(alphabet="ab€😀", min_size=100, max_size=1000),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    plan=st.lists(st.tuples(MESSAGE, st.integers(1, 4), st.booleans()), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(1, 700), min_size=1, max_size=20),
+    deflate=st.booleans(),
+)
+def test_any_stream_cut_anywhere_gives_the_task_its_messages(
+    plan: list[tuple[str | bytes, int, bool]], cuts: list[int], deflate: bool
+) -> None:
+    """Messages sent whole or in 1-4 fragments, a ping after some, the bytes cut at random
+    places, deflate or not: the task gets exactly the messages, each ping its pong."""
+    received: list[str | bytes] = []
+
+    async def keep(channel: Channel) -> None:
+        channel.accept()
+        while (message := await receive(channel)) is not None:
+            received.append(message)
+        channel.finish()
+
+    peer = Peer(keep, deflate=deflate)
+    data = bytearray()
+    pings = 0
+    for message, parts, ping in plan:
+        size = max(1, -(-len(message) // parts))
+        pieces = [message[i : i + size] for i in range(0, len(message), size)] or [message]
+        kind = TextMessage if isinstance(message, str) else BytesMessage
+        for index, piece in enumerate(pieces):
+            data += peer.client.send(kind(piece, message_finished=index == len(pieces) - 1))  # type: ignore[arg-type]
+            if ping and index == 0:
+                data += peer.client.send(Ping(b"%d" % pings))
+                pings += 1
+    position = 0
+    d = peer.driver
+    for cut in cuts * (len(data) // sum(cuts) + 1):
+        if position >= len(data):
+            break
+        d.feed(bytes(data[position : position + cut]))
+        position += cut
+    d.run_tasks()
+    assert received == [message for message, _, _ in plan]
+    pongs = [e.payload for e in peer.events() if isinstance(e, Pong)]
+    assert pongs == [b"%d" % i for i in range(pings)]
+    assert not d.closed
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    garbage=st.lists(
+        st.one_of(
+            st.binary(max_size=40),
+            st.sampled_from(
+                [frame(0x1, b"ok"), frame(0x9, b"p"), frame(0x1, b"a", fin=False), frame(0x0, b"b")]
+            ),
+            st.builds(
+                lambda op, rsv, fin, payload: frame(op, payload, fin=fin, rsv=rsv),
+                st.integers(0, 15),
+                st.integers(0, 7),
+                st.booleans(),
+                st.binary(max_size=130),
+            ),
+        ),
+        max_size=12,
+    ),
+    cut=st.integers(1, 50),
+    deflate=st.booleans(),
+)
+def test_garbage_after_the_handshake_never_raises(garbage: list[bytes], cut: int, deflate: bool) -> None:
+    """Whatever frames or bytes come, the core answers with valid frames only, and if it
+    fails the WebSocket it says why with a close code the RFC allows."""
+    peer = Peer(echo(), config(ws_max_size=100), deflate=deflate)
+    peer.driver.feed(b"".join(garbage), cut)
+    peer.driver.run_tasks()
+    events = peer.events()  # wsproto's client parses all the server sent (it would fail on bad frames)
+    closes = [e for e in events if isinstance(e, CloseConnection)]
+    assert len(closes) <= 1
+    if closes:
+        assert closes[0].code in (1000, 1002, 1007, 1009)
+        # a close frame the server sent, not the client's own parse failure (which leaves it open)
+        assert peer.client.state is ConnectionState.REMOTE_CLOSING
