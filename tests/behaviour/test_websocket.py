@@ -527,3 +527,17 @@ def test_wss(start_server: StartServer, tmp_path: Path) -> None:
 def test_http_requests_still_work_beside_websockets(app: Server) -> None:
     with urllib.request.urlopen(f"http://{app.host}:{app.port}/", timeout=5) as response:
         assert response.read() == b"plain http"
+
+
+def test_the_chat_example(start_server: StartServer) -> None:
+    server = start_server("examples.websocket_chat:app", directory=False)
+    with ws(server, "/rooms/lobby?name=ann") as ann:
+        assert ann.recv(timeout=5) == "ann joined"
+        with ws(server, "/rooms/lobby?name=bob") as bob:
+            assert bob.recv(timeout=5) == "bob joined"
+            assert ann.recv(timeout=5) == "bob joined"
+            bob.send("hello")
+            assert ann.recv(timeout=5) == "bob: hello"
+            assert bob.recv(timeout=5) == "bob: hello"
+        assert ann.recv(timeout=5) == "bob left"
+    assert b"<title>chat</title>" in server.get("/").body
