@@ -66,6 +66,12 @@ when a task running concurrently (an async app) serves the request through a `Ch
 (see `messages` and `channel`). A Response's body may be a `Stream`, made piece by piece
 by a producer that may block (a WSGI iterable): the core asks for each piece in a
 watched `Run` step once the one before it went out.
+
+WebSockets (RFC 6455 with permessage-deflate; `protocol.websocket`, on wsproto): with
+`Config.websocket`, a valid handshake reaches the app flagged `Request.websocket`; a
+`Session` answering it accepts, refuses or answers in HTTP through its `Channel`, then
+exchanges messages there. The transport sees only the same actions (time is data: a
+ping that is due is a `Receive` deadline).
 """
 
 from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile, Spawn, Wait

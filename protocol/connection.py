@@ -39,6 +39,12 @@ Invariants (each pinned by tests in tests/protocol):
   its response is complete (the client left, a limit or timeout, a cut), else `done`.
 - Limits hold however the input is split into reads: the head's exactly; a chunk
   extension or trailer line within twice max_head_size (h11 is fed in slices).
+- WebSockets (the WEBSOCKET phase, `protocol.websocket`): only a valid handshake answered
+  by a `Session` becomes one; its task's messages count as delivered only once their
+  `Send` completed; input is read only while the task's unread messages stay under the
+  read-ahead; the connection closes only after the close handshake, a failure (then after
+  a linger), a timeout or a cut; the task's `close_code` is set before its channel is
+  `gone`.
 """
 
 from __future__ import annotations
