@@ -56,16 +56,18 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import h11
 from h11._headers import Headers as _H11Headers  # private, but h11 is pinned: see _validated_fields
 
-from . import websocket as _ws
 from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile, Spawn, Wait
 from .channel import Accept, Channel, Closing, Finish, Message, Outgoing, Piece, Start, Trailers
 from .config import Config
 from .messages import App, Exchange, FileBody, Headers, Request, Response, Session, Stream
+
+if TYPE_CHECKING:
+    from . import websocket as _ws  # imported when first needed: wsproto only with Config.websocket
 
 access_log: Final = logging.getLogger("httpserver.access")
 error_log: Final = logging.getLogger("httpserver.error")
@@ -421,7 +423,11 @@ class ServerConnection:
         if status:
             self._fail(status, now)
             return
-        websocket = self._config.websocket and _ws.wants_websocket(request)
+        websocket = False
+        if self._config.websocket:
+            from . import websocket as _ws
+
+            websocket = _ws.wants_websocket(request)
         if websocket:
             refusal = _ws.refusal(request, self._body_expected)
             if refusal is not None:
@@ -988,6 +994,8 @@ class ServerConnection:
         if type(end) is not h11.EndOfMessage:
             self._fail(400, now)
             return
+        from . import websocket as _ws
+
         channel = Channel(self._wake)
         if self._stopping:
             channel.stopping = True
@@ -1055,14 +1063,12 @@ class ServerConnection:
             channel.mark_delivered(socket.pieces)
             socket.pieces = 0
         if socket.ending is not None:
-            self._end_websocket(socket.ending, now)
+            self._end_websocket(socket.lingers(), now)
         elif socket.reading():
             if channel.will_wait():
                 self._emit(Receive(socket.deadline()))
-        else:  # the task's unread messages fill the read-ahead: wait until it takes some
-            socket.pause()
-            if channel.pause_reading(_ws.READ_AHEAD // 2):
-                self._emit(Wait(socket.deadline()))
+        elif socket.pause():  # the task's unread messages fill the read-ahead: wait until it takes some
+            self._emit(Wait(socket.deadline()))
 
     def _websocket_handshake(self, socket: _ws.WebSocket, message: Message, now: float) -> None:
         """The task's first message: accept (101), refuse (403), or an HTTP response of its own."""
@@ -1071,6 +1077,8 @@ class ServerConnection:
         assert request is not None
         kind = type(message)
         if kind is Accept:
+            from . import websocket as _ws
+
             try:
                 fields, extension = _ws.accept_fields(request, cast(Accept, message), self._config)
                 if self._config.date_header:
@@ -1119,9 +1127,9 @@ class ServerConnection:
         self._phase = _APP
         self._take_message(state, message, now)
 
-    def _end_websocket(self, ending: _ws.Ending, now: float) -> None:
+    def _end_websocket(self, linger: bool, now: float) -> None:
         self._drop_websocket()
-        if ending is _ws.Ending.LINGER and not self._eof:
+        if linger and not self._eof:
             # A failure: the close frame must reach the peer before a reset could destroy it.
             self._emit(HalfClose())
             self._phase = _LINGER

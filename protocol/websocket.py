@@ -673,10 +673,16 @@ class WebSocket:
             if self._ping_timeout is not None:
                 self._pong_due = now + self._ping_timeout
 
-    def pause(self) -> None:
-        """Reading stops for the task: the peer is clearly alive; no ping is due meanwhile."""
+    def pause(self) -> bool:
+        """Reading stops for the task: the peer is clearly alive; no ping is due meanwhile.
+        False if the task took enough messages meanwhile (read on: see `Channel.pause_reading`)."""
         self.paused = True
         self._ping_due = self._pong_due = None
+        return self.channel.pause_reading(READ_AHEAD // 2)
+
+    def lingers(self) -> bool:
+        """The connection ends after a failure: the close frame must get through (`Ending.LINGER`)."""
+        return self.ending is Ending.LINGER
 
     def resume(self, now: float) -> None:
         self.paused = False
