@@ -12,16 +12,11 @@ Three figures per runtime (trio, asyncio), in µs, best of 5 runs:
   anyio has no non-blocking way to call into the loop from a foreign thread:
   `anyio.from_thread.run_sync` blocks the calling thread (the core's worker) until the
   loop ran the call, so its figure includes that wait.
-- `import`: what each costs at start-up, in a fresh interpreter, ms (handlers.notify adds
-  only sniffio, which trio imports anyway).
 """
 
 from __future__ import annotations
 
 import asyncio
-import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -154,12 +149,6 @@ def run(runtime: str, bench: Callable[[int], Awaitable[float]], count: int) -> f
     return min(results)
 
 
-def import_ms(module: str) -> float:
-    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
-    runs = [float(subprocess.check_output([sys.executable, "-c", code])) * 1000 for _ in range(5)]
-    return statistics.median(runs)
-
-
 def main() -> None:
     print("| runtime | request | wake (loop): ours | anyio | wake (thread): ours | anyio |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -172,9 +161,6 @@ def main() -> None:
             run(runtime, anyio_thread, WAKES // 4),
         ]
         print(f"| {runtime} | " + " | ".join(f"{value:.2f}" for value in row) + " |")
-    print()
-    ours, theirs = import_ms("sniffio"), import_ms("anyio")
-    print(f"import: sniffio (what handlers.notify adds) {ours:.1f} ms; anyio {theirs:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ The rules, each with the reason where it is a choice (docs/asgi.md has the long 
   `http.disconnect`, never with `more_body: False`.
 - send(): `http.response.start` is held until the first body message (an error before
   then is still a clean 500). Body pieces go to the channel; send returns at once while
-  less than `HIGH_WATER` bytes are waiting to leave, else once enough left: a slow client
-  costs the app's task one wait per piece, and memory stays bounded.
+  less than `HIGH_WATER` bytes (and `HIGH_WATER_PIECES` pieces) wait to leave, else once
+  enough left: a slow client costs the app's task one wait per piece, and memory stays
+  bounded.
 - After the client left, send raises `ClientDisconnected` (an `OSError`), ASGI 2.4's
   behaviour: Starlette >= 0.38 relies on it to stop a streaming response (it no longer
   listens for `http.disconnect` when the server says 2.4 or newer). It is not logged as an
@@ -65,6 +66,8 @@ error_log: Final = logging.getLogger("httpserver.error")
 SPEC_VERSION: Final = "2.5"
 HIGH_WATER: Final = 64 * 1024
 """Response bytes posted but not yet handed to the transport before send() waits."""
+HIGH_WATER_PIECES: Final = 256
+"""... or pieces (tiny pieces sent in a tight loop cost their bookkeeping, not their bytes)."""
 
 _METHODS: Final = {m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS")}
 _VERSIONS: Final = {b"1.1": "1.1", b"1.0": "1.0"}
@@ -336,6 +339,10 @@ class _Cycle:
                 pending = self._pending
                 if pending is None:
                     pending = self._pending = deque()
+                else:  # forget what left already: a long stream of small pieces stays a short deque
+                    delivered = self._channel.delivered
+                    while pending and pending[0][0] <= delivered:
+                        self._pending_bytes -= pending.popleft()[1]
                 pending.append((ticket, len(body)))
                 self._pending_bytes += len(body)
         elif self._wants_trailers:
@@ -353,8 +360,11 @@ class _Cycle:
             self._state = _COMPLETE
 
     async def _drain(self) -> None:
-        """Return once the bytes waiting to leave are at most HIGH_WATER (or the client left)."""
-        if self._pending_bytes <= HIGH_WATER:
+        """Return once the bytes (pieces) waiting to leave are at most HIGH_WATER
+        (HIGH_WATER_PIECES), or the client left."""
+        if self._pending_bytes <= HIGH_WATER and (
+            self._pending is None or len(self._pending) <= HIGH_WATER_PIECES
+        ):
             return
         channel = self._channel
         pending = self._pending
@@ -365,24 +375,31 @@ class _Cycle:
             delivered = channel.delivered
             while pending and pending[0][0] <= delivered:
                 self._pending_bytes -= pending.popleft()[1]
-            if self._pending_bytes <= HIGH_WATER or channel.gone:
+            if (self._pending_bytes <= HIGH_WATER and len(pending) <= HIGH_WATER_PIECES) or channel.gone:
                 return
             await waiter.wait(since)
 
 
 def _head(message: Message) -> tuple[int, list[tuple[bytes, bytes]], bool]:
-    """(status, headers, is an event stream) from http.response.start, checked."""
+    """(status, headers, is an event stream) from http.response.start, checked in one pass."""
     status = message["status"]
     if type(status) is not int or not 200 <= status <= 599:
         raise ValueError(f"http.response.start's status must be an int from 200 to 599, not {status!r}")
-    headers = _headers(message.get("headers", ()))
+    headers = []
     stream = framing = False
-    for name, value in headers:
-        lower = name.lower()
-        if lower == b"content-type":
-            stream = value.lower().startswith(b"text/event-stream")
-        elif lower == b"transfer-encoding":
-            framing = True
+    try:
+        for name, value in message.get("headers", ()):
+            if not (isinstance(name, bytes) and isinstance(value, bytes)):
+                raise TypeError(f"header names and values must be bytes, not {name!r}: {value!r}")
+            headers.append((name, value))
+            if name[:1] in b"cCtT":  # the two names looked at, in any case, cheaply
+                lower = name.lower()
+                if lower == b"content-type":
+                    stream = value.lower().startswith(b"text/event-stream")
+                elif lower == b"transfer-encoding":
+                    framing = True
+    except ValueError:
+        raise TypeError("headers must be an iterable of [name, value] pairs") from None
     if framing:  # ASGI: the server must ignore it (the core frames the body)
         headers = [item for item in headers if item[0].lower() != b"transfer-encoding"]
     return status, headers, stream

@@ -9,9 +9,11 @@ the connections drained and waits for that answer. Modes, with uvicorn's meaning
 - `on`: the app must speak lifespan. `lifespan.startup.failed`, an exception, or no
   answer within the startup timeout: logged, and `startup()` raises `LifespanFailed`
   (the server exits with status 3, as uvicorn does, without serving).
-- `auto` (default): the same, except that an app that raises before it answered anything
-  is taken not to support lifespan (most apps without it raise on an unknown scope
-  type): logged once at info level, and the server runs without it.
+- `auto` (default): the same, except that an app that raises before it even read the
+  `lifespan.startup` message is taken not to support lifespan (apps without it raise on
+  the unknown scope type first): logged once at info level, and the server runs without
+  it. One that raises after reading it failed its startup. (uvicorn's auto takes any
+  exception before the answer for "unsupported", so a startup that crashes is served.)
 - `off`: no lifespan scope at all.
 
 `state` is the dict passed as the lifespan scope's `state`; every request gets a shallow
@@ -100,7 +102,7 @@ class Lifespan:
             if self.mode == "on":
                 error_log.warning("the ASGI app returned from the lifespan scope without starting up")
             return
-        if self.mode == "auto" and not self._answers:
+        if self.mode == "auto" and self._asked == 0:  # raised before it read lifespan.startup
             error_log.info(
                 "the ASGI app does not support lifespan (it raised %s: %s); serving without it",
                 type(error).__name__,

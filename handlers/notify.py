@@ -126,9 +126,12 @@ class TrioNotifier:
     __slots__ = ("_scheduled", "_thread", "_token", "_waiters", "generation")
 
     def __init__(self) -> None:
-        import trio
+        global _lowlevel
+        if _lowlevel is None:  # imported here, so that the asyncio transports never import trio
+            import trio
 
-        self._token = trio.lowlevel.current_trio_token()
+            _lowlevel = trio.lowlevel
+        self._token = _lowlevel.current_trio_token()
         self._thread = threading.get_ident()
         self._waiters: list[Any] = []  # trio.lowlevel.Task
         self._scheduled = False
@@ -145,32 +148,38 @@ class TrioNotifier:
             self._token.run_sync_soon(self._wake)
 
     def _wake(self) -> None:
-        import trio
-
         self._scheduled = False
         waiters, self._waiters = self._waiters, []
+        reschedule = _lowlevel.reschedule
         for task in waiters:
-            trio.lowlevel.reschedule(task)
+            reschedule(task)
 
     async def wait(self, since: int, timeout: float | None = None) -> None:
-        import trio
-
+        lowlevel = _lowlevel
+        assert lowlevel is not None
         if timeout is not None:
+            import trio
+
             with trio.move_on_after(timeout):
                 await self.wait(since)
             return
-        task = trio.lowlevel.current_task()
-        self._waiters.append(task)
+        task = lowlevel.current_task()
+        waiters = self._waiters
+        waiters.append(task)
         if self.generation != since:
-            self._waiters.remove(task)
+            waiters.remove(task)
             return
 
-        def abort(raise_cancel: object) -> trio.lowlevel.Abort:
+        def abort(raise_cancel: object) -> Any:
             if task in self._waiters:
                 self._waiters.remove(task)
-            return trio.lowlevel.Abort.SUCCEEDED
+            return lowlevel.Abort.SUCCEEDED
 
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        await lowlevel.wait_task_rescheduled(abort)
+
+
+_lowlevel: Any = None
+"""trio.lowlevel, once a TrioNotifier was made."""
 
 
 class _TrioHandle:

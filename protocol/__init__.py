@@ -79,6 +79,7 @@ from .channel import Channel
 from .config import Config
 from .connection import Phase, ServerConnection
 from .messages import App, Exchange, FileBody, Headers, Request, Response, Session, Stream
+from .proxy import TrustedProxies
 
 __all__ = [
     "Action",
@@ -101,5 +102,6 @@ __all__ = [
     "Session",
     "Spawn",
     "Stream",
+    "TrustedProxies",
     "Wait",
 ]

@@ -184,7 +184,8 @@ class Channel:
         return None
 
     def start(self, response: Response, *, trailers: bool = False) -> None:
-        """Post the response head; it leaves with the first piece of the body."""
+        """Post the response head. It leaves with the first piece of the body when that is
+        posted before the core looks (the usual case), else on its own."""
         self._post(Start(response, trailers))
 
     def send(self, data: bytes | FileBody, *, more: bool) -> int:
@@ -287,8 +288,9 @@ class Channel:
         self.notify()
 
     def mark_stopping(self) -> None:
-        self.stopping = True
-        self.notify()
+        if not self.stopping:
+            self.stopping = True
+            self.notify()
 
     # WebSockets (the core's side)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .proxy import LOOPBACK, TrustedProxies
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -35,6 +37,12 @@ class Config:
     """When not empty, the value of a Server header added to every response."""
     access_log: bool = True
     """Log one line per response to the `httpserver.access` logger."""
+    proxy_headers: bool = False
+    """Believe `X-Forwarded-For` / `X-Forwarded-Proto` and `Forwarded` from the peers in
+    `forwarded_allow_ips`: they name the real client and scheme (see `protocol.proxy`)."""
+    forwarded_allow_ips: TrustedProxies = LOOPBACK
+    """The peers whose proxy headers are believed (`TrustedProxies.parse("10.0.0.0/8,::1")`);
+    by default the loopback addresses. Unix-socket peers always are."""
     websocket: bool = False
     """Serve WebSocket handshakes (RFC 6455) to apps that answer them with a `Session`:
     a valid one is flagged `Request.websocket`, an invalid one gets 400 or 426. Off, an

@@ -65,6 +65,7 @@ from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile, Spa
 from .channel import Accept, Channel, Closing, Finish, Message, Outgoing, Piece, Start, Trailers
 from .config import Config
 from .messages import App, Exchange, FileBody, Headers, Request, Response, Session, Stream
+from .proxy import forwarded
 
 if TYPE_CHECKING:
     from . import websocket as _ws  # imported when first needed: wsproto only with Config.websocket
@@ -412,8 +413,11 @@ class ServerConnection:
         # h11's Headers iterates in slow Python, item by item; its list of (raw name,
         # lower-case name, value) gives the core and the handlers a plain list at C speed.
         headers = [(name, value) for _, name, value in event.headers._full_items]
+        client, scheme = self._client, self._scheme
+        if self._config.proxy_headers:  # as a trusted proxy names them (see `proxy`)
+            client, scheme = forwarded(headers, client, scheme, self._config.forwarded_allow_ips)
         request = Request(
-            event.method, event.target, headers, event.http_version, self._client, self._server, self._scheme
+            event.method, event.target, headers, event.http_version, client, self._server, scheme
         )
         self._request = request
         self._head = event.method == b"HEAD"

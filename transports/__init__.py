@@ -15,5 +15,6 @@ within `shutdown_grace`, then cuts the rest, whose cleanup (an upload's temporar
 file...) still runs. The server handle (`task_status.started` / `started`) has the
 bound `ports`. `options.ServerOptions` holds the server-level settings; the HTTP
 limits and timeouts are `protocol.Config`. `cli` is `python -m transports`; `workers`
-forks `--workers N` processes on shared listening sockets.
+forks `--workers N` processes on shared listening sockets; `listeners` makes the
+sockets that are not bound from `--host`/`--port` (`--uds`, `--fd`, systemd's).
 """

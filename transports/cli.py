@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import importlib
 import logging
+import os
 import socket
 import sys
 import traceback
@@ -19,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from handlers.loading import INTERFACES, LoadError, load_app, use_active_venv
 from protocol import App, Config
+from protocol.proxy import DEFAULT_ALLOW, TrustedProxies
 
 from .common import bind, url
+from .listeners import UDS_MODE, Listeners, bind_unix, inherited_all, systemd_fds
 from .options import Lifespan, ServerOptions, hooks
 
 if TYPE_CHECKING:
@@ -58,6 +61,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--directory", type=_directory, help="serve and store /files/ here (built-in routes; not with APP)"
     )
+    _add_listening_options(p)
 
     apps = p.add_argument_group("serving your app (APP)")
     apps.add_argument(
@@ -190,6 +194,86 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_listening_options(p: argparse.ArgumentParser) -> None:
+    """Where to listen besides --host/--port, and whom to believe behind a proxy."""
+    listening = p.add_argument_group(
+        "listening elsewhere (instead of --host/--port; systemd's sockets, LISTEN_FDS, replace all)"
+    )
+    where = listening.add_mutually_exclusive_group()
+    where.add_argument("--uds", metavar="PATH", help="listen on this Unix socket (a stale one is replaced)")
+    where.add_argument("--fd", metavar="N", type=_fd, help="serve on this inherited listening socket")
+    listening.add_argument(
+        "--uds-mode",
+        metavar="MODE",
+        type=_octal_mode,
+        default=f"{UDS_MODE:o}",
+        help="permissions of the --uds socket file, in octal",
+    )
+    proxy = p.add_argument_group("behind a proxy")
+    proxy.add_argument(
+        "--proxy-headers",
+        action="store_true",
+        help="believe X-Forwarded-For/-Proto and Forwarded from --forwarded-allow-ips: "
+        "the real client and scheme (the access log shows the client)",
+    )
+    proxy.add_argument(
+        "--forwarded-allow-ips",
+        metavar="LIST",
+        type=_trusted_proxies,
+        default=os.environ.get("FORWARDED_ALLOW_IPS", DEFAULT_ALLOW),
+        help="comma-separated addresses and networks (10.0.0.0/8) of trusted proxies, or *; "
+        "Unix-socket peers always are (default from $FORWARDED_ALLOW_IPS if set)",
+    )
+
+
+def _fd(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a file descriptor")
+    return number
+
+
+def _octal_mode(value: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an octal mode like 660") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an octal mode like 660")
+    return mode
+
+
+def _trusted_proxies(value: str) -> TrustedProxies:
+    try:
+        return TrustedProxies.parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def listen(args: argparse.Namespace, options: ServerOptions) -> Listeners:
+    """The listening sockets the command line asks for: systemd's when it passed some,
+    else --fd, else --uds, else --host/--port. Raises OSError saying which failed."""
+    fds = systemd_fds()
+    if fds:
+        where = f"the sockets systemd passed (fds {fds[0]}-{fds[-1]})"
+    elif args.fd is not None:
+        where = f"fd {args.fd}"
+    elif args.uds is not None:
+        where = f"unix:{args.uds}"
+    else:
+        where = f"{args.host}:{args.port}"
+    try:
+        if fds:
+            return inherited_all(fds, "systemd")
+        if args.fd is not None:
+            return inherited_all([args.fd])
+        if args.uds is not None:
+            return bind_unix(args.uds, mode=args.uds_mode, backlog=options.backlog)
+        return Listeners(bind(options))
+    except OSError as exc:
+        raise OSError(f"cannot listen on {where}: {exc}") from exc
+
+
 def _directory(value: str) -> Path:
     path = Path(value).resolve()
     if not path.is_dir():
@@ -288,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         date_header=args.date_header,
         server_header=args.server_header or b"",
         access_log=not args.no_access_log,
+        proxy_headers=args.proxy_headers,
+        forwarded_allow_ips=args.forwarded_allow_ips,
         ws_max_size=args.ws_max_size,
         ws_ping_interval=args.ws_ping_interval or None,
         ws_ping_timeout=args.ws_ping_timeout or None,
@@ -340,10 +426,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             accelerate()  # compiled unmasking when the `websockets` package is installed
     importlib.import_module(f"transports.{_MODULES[args.transport]}")  # before announcing readiness
     try:
-        sockets = bind(options)
+        listeners = listen(args, options)
     except OSError as exc:
-        logging.getLogger("httpserver.error").error("cannot listen on %s:%s: %s", args.host, args.port, exc)
+        logging.getLogger("httpserver.error").error("%s", exc)
         return 1
+    sockets = listeners.sockets
     print(
         f"Listening on {url(sockets, tls=options.ssl_context is not None)}"
         f" (transport {args.transport}, {serving})",
@@ -371,8 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # only before the signal handlers are in place
         pass
     finally:
-        for sock in sockets:
-            sock.close()
+        listeners.close()  # and remove the --uds socket file
     return status
 
 

@@ -11,6 +11,7 @@ from typing import BinaryIO, Final
 
 from protocol import Close, Phase, Run, ServerConnection
 
+from .listeners import describe
 from .options import ServerOptions
 
 error_log: Final = logging.getLogger("httpserver.error")
@@ -44,11 +45,16 @@ def accept_error(exc: OSError) -> float:
 def bind(options: ServerOptions) -> list[socket.socket]:
     """Listening sockets for every address of `options.host`, all on one port.
 
-    With port 0 the first socket picks a free port and the others reuse it.
+    With port 0 the first socket picks a free port and the others reuse it. An IPv6
+    socket is dual-stack (IPv4 clients come as `::ffff:a.b.c.d`) unless the host also
+    resolved to an IPv4 address, which then gets its own socket: `::` alone accepts
+    both, as nginx's `[::]:80 ipv6only=off`; `""` (every address) binds `0.0.0.0` and
+    `::` apart.
     """
     infos = socket.getaddrinfo(
         options.host or None, options.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
+    v6_only = any(info[0] == socket.AF_INET for info in infos)
     sockets: list[socket.socket] = []
     port = options.port
     seen: set[object] = set()
@@ -62,7 +68,7 @@ def bind(options: ServerOptions) -> list[socket.socket]:
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6_only))
             sock.bind((address[0], port, *address[2:]))
             port = sock.getsockname()[1]
             sock.listen(options.backlog)
@@ -74,17 +80,18 @@ def bind(options: ServerOptions) -> list[socket.socket]:
     return sockets
 
 
+_INET: Final = (socket.AF_INET, socket.AF_INET6)
+
+
 def ports(sockets: Sequence[socket.socket]) -> list[int]:
-    """The distinct ports the sockets listen on."""
-    return sorted({sock.getsockname()[1] for sock in sockets})
+    """The distinct TCP ports the sockets listen on (none for Unix sockets)."""
+    return sorted({sock.getsockname()[1] for sock in sockets if sock.family in _INET})
 
 
 def url(sockets: Sequence[socket.socket], *, tls: bool) -> str:
-    """The first socket's address as a URL, e.g. http://127.0.0.1:4221."""
-    host, port = sockets[0].getsockname()[:2]
-    if sockets[0].family == socket.AF_INET6:
-        host = f"[{host}]"
-    return f"{'https' if tls else 'http'}://{host}:{port}"
+    """Where the sockets listen, e.g. `http://127.0.0.1:4221`, `unix:/run/app.sock`
+    (comma-separated when there are several)."""
+    return ", ".join(dict.fromkeys(describe(sock, tls=tls) for sock in sockets))
 
 
 Client = tuple[str, int] | None
@@ -112,24 +119,40 @@ def server_address(sock: socket.socket) -> Server:
 
 def address_pair(family: int, peer: object, local: object) -> tuple[Client, Server]:
     """(client, server) from a socket's family, peer name and own name: (host, port) on TCP
-    (IPv6's flow and scope dropped); on a Unix socket no client and (path, None)."""
+    (IPv6's flow and scope dropped; an IPv4-mapped address, a dual-stack socket's IPv4
+    client, as the IPv4 address it is); on a Unix socket no client and (path, None)."""
     if family == socket.AF_INET or family == socket.AF_INET6:
-        client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
-        server: Server = (local[0], local[1]) if isinstance(local, tuple) else None
+        client: Client = None
+        if isinstance(peer, tuple):
+            host = str(peer[0])
+            if host.startswith("::ffff:") and "." in host:
+                host = host[7:]
+            client = (host, int(peer[1]))
+        server: Server = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
         return client, server
     if family == getattr(socket, "AF_UNIX", None):
-        if isinstance(local, bytes):  # an abstract socket's name
-            local = local.decode("latin-1")
+        if isinstance(local, bytes):  # Linux's abstract namespace: a leading NUL
+            local = "@" + local[1:].decode(errors="replace")
         return None, (local, None) if isinstance(local, str) else None
     return None, None
 
 
-def format_client(client: Client) -> str:
-    """host:port ([host]:port for IPv6), for error logs; "-" when unknown."""
-    if client is None:
-        return "-"
-    host, port = client
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def format_peer(address: object) -> str:
+    """host:port ([host]:port for IPv6) from a socket address; `unix:` for a Unix socket's
+    peer, as nginx's `$remote_addr`. An IPv4-mapped address (a dual-stack socket's IPv4
+    client) is shown as the IPv4 address it is."""
+    if isinstance(address, tuple):
+        host = address[0]
+        if ":" not in host:
+            return f"{host}:{address[1]}"
+        if host.startswith("::ffff:") and "." in host:
+            return f"{host[7:]}:{address[1]}"
+        return f"[{host}]:{address[1]}"
+    if isinstance(address, (str, bytes)):  # AF_UNIX: usually unnamed ("")
+        if isinstance(address, bytes):  # Linux's abstract namespace: a leading NUL
+            address = "@" + address[1:].decode(errors="replace")
+        return "unix:" + address
+    return "-"
 
 
 def abandon(conn: ServerConnection, now: float) -> None:

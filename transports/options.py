@@ -28,7 +28,8 @@ class ServerOptions:
     """Where a server listens and how many connections it carries (the CLI builds one)."""
 
     host: str = "127.0.0.1"
-    """Address to bind; a name that resolves to several addresses binds each."""
+    """Address to bind; a name that resolves to several addresses binds each. `::` alone
+    is dual-stack (IPv4 clients too); `""` binds `0.0.0.0` and `::` apart."""
     port: int = 4221
     """TCP port; 0 picks a free one (see the server's `ports`)."""
     max_connections: int = 1000

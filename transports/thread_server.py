@@ -71,7 +71,7 @@ from .common import (
     bind,
     client_address,
     error_log,
-    format_client,
+    format_peer,
     has_fileno,
     peer_left,
     ports,
@@ -463,7 +463,7 @@ class ThreadServer:
             try:
                 outcome = self._serve(connection)
             except BaseException:  # even SystemExit from a handler: the worker must go on
-                error_log.exception("connection from %s failed", format_client(connection.client))
+                error_log.exception("connection from %s failed", format_peer(connection.client))
                 self._abandon(connection)
                 outcome = _OVER
             if outcome == _YIELD:
@@ -522,7 +522,8 @@ class ThreadServer:
         sock = connection.sock
         try:
             if connection.handshake_deadline is None:  # a new connection
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if sock.family != socket.AF_UNIX:  # no Nagle on TCP (a Unix socket has none)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 connection.client = client_address(sock)
                 connection.handshake_deadline = time.monotonic() + self._config.head_timeout
                 context = self._options.ssl_context
@@ -540,7 +541,7 @@ class ThreadServer:
                 except self._want_write:
                     return self._wait(connection, _WRITE, connection.handshake_deadline)
         except OSError as exc:  # the peer went away, or the TLS handshake failed
-            error_log.debug("connection from %s failed: %r", format_client(connection.client), exc)
+            error_log.debug("connection from %s failed: %r", format_peer(connection.client), exc)
             return _OVER
         return ServerConnection(
             self._app,
@@ -701,7 +702,7 @@ class ThreadServer:
                 abandon(connection.conn, time.monotonic())
             except Exception:
                 error_log.exception(
-                    "cleaning up the connection from %s failed", format_client(connection.client)
+                    "cleaning up the connection from %s failed", format_peer(connection.client)
                 )
 
     def _close(self, connection: _Connection) -> None:

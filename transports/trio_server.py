@@ -41,7 +41,7 @@ from .common import (
     addresses,
     bind,
     error_log,
-    format_client,
+    format_peer,
     has_fileno,
     peer_left,
     ports,
@@ -188,7 +188,7 @@ class TrioServer:
                 # end of a response from a cut (a peer's cut is BrokenResourceError: lost).
                 stream = trio.SSLStream(tcp, context, server_side=True)
             client, server = addresses(sock)
-            peer = format_client(client)
+            peer = format_peer(client)
             connection = _Connection(self._thread, self._token)
             conn = connection.conn = ServerConnection(
                 self._app,

@@ -86,6 +86,17 @@ class RawClient:
         self._buffer = b""
         self._eof = False
 
+    @classmethod
+    def unix(cls, path: str, timeout: float = TIMEOUT) -> RawClient:
+        """One connection to the Unix socket at `path`."""
+        client = cls.__new__(cls)
+        client.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.sock.settimeout(timeout)
+        client.sock.connect(path)
+        client._buffer = b""
+        client._eof = False
+        return client
+
     def __enter__(self) -> RawClient:
         return self
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 
 import h11
 import pytest
+import trustme
 
 from .client import RawClient, Response, chunked, request
 from .conftest import ROOT, Server, SharedApps, StartServer, app_args, stop
@@ -465,6 +467,45 @@ def test_an_app_without_lifespan_runs_without_it_in_auto_and_fails_with_on(
     assert server.stderr().count("does not support lifespan") == 1
     result = run_to_exit(transport, "asgi_suite:raising_lifespan", "--lifespan", "on")
     assert result.returncode == 3 and "unsupported scope type" in result.stderr
+
+
+def test_https_scheme_under_tls(start_server: StartServer, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    for blob in cert.cert_chain_pems[1:]:
+        blob.write_to_path(str(certfile), append=True)
+    cert.private_key_pem.write_to_path(str(keyfile))
+    server = start_server(
+        *app_args(SUITE, "--certfile", str(certfile), "--keyfile", str(keyfile)), directory=False
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with RawClient(server.host, server.port, tls=context) as client:
+        client.send(request("GET", "/scope/x"))
+        assert json.loads(client.read_response().body)["scheme"] == "https"
+        target = tmp_path / "file.bin"  # pathsend through TLS: no sendfile, read in pieces
+        target.write_bytes(bytes(range(256)) * 2000)
+        client.send(request("GET", f"/pathsend?path={target}"))
+        assert client.read_response().body == target.read_bytes()
+
+
+def test_the_raw_example_app(start_server: StartServer) -> None:
+    server = start_server("examples.asgi_app:app", "--app-dir", str(ROOT), directory=False)
+    hello = server.get("/")
+    assert hello.status == 200 and hello.body.startswith(b"Hello, ASGI\n")
+    echoed = server.fetch(
+        request("POST", "/echo", [("Transfer-Encoding", "chunked")], chunked(b"ab", b"cd")), "POST"
+    )
+    assert echoed.body == b"abcd"
+    assert server.get("/visits").body == b"1 visits\n" and server.get("/visits").body == b"2 visits\n"
+    reader = Reader(server, "/clock")
+    try:
+        assert reader.head().status_code == 200
+        assert bytes(reader.next_event().data).startswith(b"data: ")
+    finally:
+        reader.close()
 
 
 def test_uvloop(start_server: StartServer, transport: str, tmp_path: Path) -> None:

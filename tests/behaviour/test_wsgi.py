@@ -423,9 +423,6 @@ def test_tls_app(start_server: StartServer, tmp_path: Path) -> None:
         assert client.read_response().body == whole[5:]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the transports do not pass tls= (nor server=) to ServerConnection yet"
-)
 def test_tls_app_scheme(start_server: StartServer, tmp_path: Path) -> None:
     server, context = tls_server(start_server, tmp_path)
     with RawClient(server.host, server.port, tls=context) as client:

@@ -13,7 +13,16 @@ from typing import Any
 
 import pytest
 
-from handlers.asgi import HIGH_WATER, ASGIApp, ClientDisconnected, Message, Receive, Scope, Send
+from handlers.asgi import (
+    HIGH_WATER,
+    HIGH_WATER_PIECES,
+    ASGIApp,
+    ClientDisconnected,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 from protocol import FileBody
 from protocol.channel import Start
 
@@ -493,3 +502,23 @@ def test_pieces_are_bytes() -> None:
     outcome = Driver().run(app)
     assert [type(p.data) for p in outcome.pieces] == [bytes, bytes]
     assert outcome.body == b"abcdef"
+
+
+def test_a_long_stream_of_small_pieces_keeps_little_bookkeeping() -> None:
+    cycles: list[Any] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200})
+        for _ in range(3000):
+            await send({"type": "http.response.body", "body": b"data: x\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    class Recording(ASGIApp):
+        def __call__(self, request: Any) -> Any:
+            cycle = super().__call__(request)
+            cycles.append(cycle)
+            return cycle
+
+    outcome = Driver().run(Recording(app))
+    assert outcome.body == b"data: x\n\n" * 3000
+    assert len(cycles[0]._pending) <= HIGH_WATER_PIECES + 1  # delivered pieces are forgotten as it goes

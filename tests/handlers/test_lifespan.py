@@ -117,6 +117,21 @@ def test_an_app_without_lifespan_fails_to_start_with_on(
     assert "Traceback" in caplog.text and "unsupported scope" in caplog.text
 
 
+def test_an_exception_after_reading_startup_is_a_failed_startup_in_auto(
+    runtime: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        raise ConnectionRefusedError("the database is down")
+
+    async def main() -> None:
+        with pytest.raises(LifespanFailed):
+            await Lifespan(app, "auto").startup()
+
+    run(runtime, main)
+    assert "the database is down" in caplog.text and "Traceback" in caplog.text
+
+
 def test_an_exception_after_startup_began_is_fatal_in_auto(runtime: str) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await receive()

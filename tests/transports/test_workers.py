@@ -65,3 +65,55 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_all(transport: str, tmp_pat
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+_LIFESPAN_PROGRAM = """
+import contextlib, functools, os, sys
+from handlers import build_app
+from protocol import Config
+from transports.cli import run
+from transports.common import bind, ports
+from transports.options import ServerOptions
+from transports.workers import supervise
+
+transport, log = sys.argv[1], sys.argv[2]
+
+@contextlib.asynccontextmanager
+async def lifespan():
+    with open(log, "a") as file:
+        file.write(f"startup {os.getpid()}\\n")
+    yield
+    with open(log, "a") as file:
+        file.write(f"shutdown {os.getpid()}\\n")
+
+options = ServerOptions(port=0, workers=2, handle_signals=True, lifespan=lifespan)
+sockets = bind(options)
+print(ports(sockets)[0], flush=True)
+supervise(2, functools.partial(run, transport, build_app(None), Config(), options, sockets))
+"""
+
+
+@pytest.mark.parametrize("transport", ["trio", "asyncio", "threads"])
+def test_each_worker_runs_its_own_lifespan(transport: str, tmp_path: Path) -> None:
+    log = tmp_path / "lifespan.txt"
+    command = [sys.executable, "-c", _LIFESPAN_PROGRAM, transport, str(log)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        _wait_for(lambda: log.exists() and log.read_text().count("startup") == 2)
+        assert _echo(port, "up").endswith(b"up")
+        workers = _children(process.pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+    lines = log.read_text().split()
+    assert sorted(lines[0::2]) == ["shutdown", "shutdown", "startup", "startup"]
+    started = {int(pid) for event, pid in zip(lines[0::2], lines[1::2], strict=True) if event == "startup"}
+    stopped = {int(pid) for event, pid in zip(lines[0::2], lines[1::2], strict=True) if event == "shutdown"}
+    assert started == stopped == workers
