@@ -6,6 +6,8 @@
 # runs the server when it holds the server's pinned runtime (h11, trio: say, after
 # `pip install /path/to/checkout`); else .venv's Python runs it and imports the active
 # environment's packages after its own. Nothing is ever installed into the active environment.
+# The optional speed extras (requirements-fast.txt) go into .venv only when an option asks
+# for them (--parser h11-mypyc, --loop uvloop).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$root/scripts/venv.sh"
@@ -16,6 +18,16 @@ if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ] &&
 fi
 if [ -z "$py" ]; then
     venv_ensure requirements.txt
+    previous=""
+    for arg in "$@"; do
+        case "$previous $arg" in
+            "--parser h11-mypyc" | *" --parser=h11-mypyc" | "--loop uvloop" | *" --loop=uvloop")
+                venv_ensure requirements-fast.txt
+                break
+                ;;
+        esac
+        previous="$arg"
+    done
     py="$root/.venv/bin/python"
 fi
 exec "$py" "$root/scripts/serve.py" "$@"

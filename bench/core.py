@@ -1,18 +1,19 @@
 """The core's cost per request in-process, next to bare h11's: no sockets, no event loop.
 
-    .venv/bin/python -m bench.core [--requests 20000] [--profile] [--calls] [--asgi]
+    .venv/bin/python -m bench.core [--requests 20000] [--profile] [--calls] [--parser h11-mypyc] [--asgi]
 
 Drives `protocol.ServerConnection` with the real app (`handlers.build_app`) through
 keep-alive `GET /echo/abc` cycles exactly as a transport would (Receive, receive_data,
 Send, ...), and the bare loops' h11 code through the same bytes. The difference is what
-the core and handlers add on top of h11. Best of several repeats, so other load on the
-machine hardly moves it. `--profile` prints cProfile's top functions of the core's run;
-`--calls` prints Python function calls per request of both, which load does not move at all.
-`--asgi` measures the ASGI path instead of the built-in routes: the ASGI benchmark's minimal
-app (bench/peers/asgi_min.py) behind `handlers.asgi.ASGIApp`, its task run inline (it never
-waits), so the figure is the core's and the adapter's cost without an event loop's.
-On a busy machine, instructions per request are the steadiest measure (run N and 5N cycles,
-take the difference):
+the core and handlers add on top of h11 (`--parser h11-mypyc`: the core's parser is the
+compiled fork, and so is the bare loop's, for the same comparison). Best of several
+repeats, so other load on the machine hardly moves it. `--profile` prints cProfile's top
+functions of the core's run; `--calls` prints Python function calls per request of both,
+which load does not move at all. On a busy machine, instructions per request are the
+steadiest measure (run N and 5N cycles, take the difference). `--asgi` measures the ASGI
+path instead of the built-in routes: the ASGI benchmark's minimal app
+(bench/peers/asgi_min.py) behind `handlers.asgi.ASGIApp`, its task run inline (it never
+waits), so the figure is the core's and the adapter's cost without an event loop's:
 
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         .venv/bin/python -c "from bench.core import core_cycles; core_cycles(1000)"
@@ -30,7 +31,7 @@ import h11
 
 from bench.peers.bare import process
 from handlers import build_app
-from protocol import Config, Receive, Send, ServerConnection
+from protocol import PARSERS, Config, Receive, Send, ServerConnection, select_parser
 
 REQUEST = b"GET /echo/abc HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: bench\r\n\r\n"
 
@@ -68,7 +69,7 @@ def _nothing() -> None:
 
 
 def bare_cycles(n: int) -> None:
-    conn = h11.Connection(h11.SERVER)
+    conn = h11.Connection(h11.SERVER)  # bench.peers.bare's h11 is switched along with the core's
     for _ in range(n):
         out, close = process(conn, REQUEST)
         assert out and not close
@@ -90,9 +91,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--calls", action="store_true")
+    parser.add_argument("--parser", choices=tuple(PARSERS), default="h11", help="the core's h11")
     parser.add_argument("--asgi", action="store_true", help="the ASGI adapter instead of the built-in routes")
     args = parser.parse_args()
     ours = asgi_cycles if args.asgi else core_cycles
+    if args.parser != "h11":
+        select_parser(args.parser)
+        _use_parser_in_bare_loop(PARSERS[args.parser])
     if args.calls:
         for name, run in (("core + handlers", ours), ("bare h11 loop", bare_cycles)):
             counter = cProfile.Profile()
@@ -107,6 +112,17 @@ def main() -> None:
         profiler = cProfile.Profile()
         profiler.runcall(ours, args.requests)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+def _use_parser_in_bare_loop(module: str) -> None:
+    """Point the bare loop (this module and bench.peers.bare) at the same parser module."""
+    import importlib
+
+    from bench.peers import bare
+
+    chosen = importlib.import_module(module)
+    globals()["h11"] = chosen
+    bare.h11 = chosen  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from bench.run import BENCH, CLIENT_CORE, SERVERS, WORK, free_port, running, wai
 
 LAYERS = {
     "h11": "h11",
+    "h11_mypyc": "h11",
     "protocol": "core (protocol/)",
     "handlers": "handlers/",
     "transports": "transports/",

@@ -1,5 +1,8 @@
 """The benchmark: our three transports against hypercorn, uvicorn and bare h11 loops, in one run.
 
+Our asyncio and trio transports run twice: pure (h11) and with the speed extras ("-fast":
+h11-mypyc, and uvloop for asyncio), next to uvicorn with httptools and uvloop.
+
 Run it with `./bench/run.sh [--quick]` (it installs wrk and the peers first). Each server in
 turn runs pinned to core 0 and wrk to core 1; servers are visited round-robin for N rounds
 so that drift (thermal, noisy neighbours) hits every server alike, and the report gives
@@ -40,6 +43,9 @@ IDLE_CONNECTIONS = 1000
 
 # Reference servers for the ratio columns, and the bare loop of each runtime.
 HYPERCORN, UVICORN = "hypercorn-asyncio", "uvicorn-h11"
+UVICORN_FAST = "uvicorn-httptools"
+FAST = {"asyncio": ["--parser", "h11-mypyc", "--loop", "uvloop"], "trio": ["--parser", "h11-mypyc"]}
+"""The options of our accelerated rows (the speed extras, requirements-fast.txt)."""
 BARE = {"asyncio": "bare-asyncio", "trio": "bare-trio", "threads": "bare-threads"}
 
 
@@ -52,13 +58,15 @@ class Server:
     full: bool = True  # serves gzip and files; the bare loops only echo
 
 
-def _ours(transport: str) -> Server:
+def _ours(transport: str, *, fast: bool = False) -> Server:
+    extra = FAST[transport] if fast else []
+
     def argv(port: int, directory: Path) -> list[str]:
-        cmd = [OURS_PY, "-m", "transports", "--transport", transport, "--port", str(port)]
+        cmd = [OURS_PY, "-m", "transports", "--transport", transport, *extra, "--port", str(port)]
         # The peers take targets up to h11's 16 KiB head limit; ours stops at 8 KiB by default.
         return [*cmd, "--no-access-log", "--directory", str(directory), "--max-target-length", "16384"]
 
-    return Server(f"ours-{transport}", transport, True, argv)
+    return Server(f"ours-{transport}{'-fast' if fast else ''}", transport, True, argv)
 
 
 def _hypercorn(worker: str) -> Server:
@@ -69,10 +77,13 @@ def _hypercorn(worker: str) -> Server:
     return Server(f"hypercorn-{worker}", worker, False, argv)
 
 
-def _uvicorn(port: int, directory: Path) -> list[str]:
-    app = "bench.peers.asgi_app:app"
-    flags = ["--http", "h11", "--loop", "asyncio", "--no-access-log", "--lifespan", "off"]
-    return [PEERS_PY, "-m", "uvicorn", app, *flags, "--host", "127.0.0.1", "--port", str(port)]
+def _uvicorn(http: str, loop: str) -> Callable[[int, Path], list[str]]:
+    def argv(port: int, directory: Path) -> list[str]:
+        app = "bench.peers.asgi_app:app"
+        flags = ["--http", http, "--loop", loop, "--no-access-log", "--lifespan", "off"]
+        return [PEERS_PY, "-m", "uvicorn", app, *flags, "--host", "127.0.0.1", "--port", str(port)]
+
+    return argv
 
 
 def _bare(runtime: str) -> Server:
@@ -86,9 +97,12 @@ SERVERS = [
     _ours("asyncio"),
     _ours("trio"),
     _ours("threads"),
+    _ours("asyncio", fast=True),
+    _ours("trio", fast=True),
     _hypercorn("asyncio"),
     _hypercorn("trio"),
-    Server(UVICORN, "asyncio", False, _uvicorn),
+    Server(UVICORN, "asyncio", False, _uvicorn("h11", "asyncio")),
+    Server(UVICORN_FAST, "asyncio", False, _uvicorn("httptools", "uvloop")),
     _bare("asyncio"),
     _bare("trio"),
     _bare("threads"),
@@ -396,9 +410,9 @@ def report(results: Results, args: argparse.Namespace, servers: list[Server]) ->
         lines += [
             f"## {scenario.title}",
             "",
-            "| server | req/s | vs hypercorn-asyncio | vs uvicorn-h11 | vs bare loop | p50 ms | p99 ms "
-            "| CPU µs/req | CPU vs hypercorn-asyncio | MiB/s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| server | req/s | vs hypercorn-asyncio | vs uvicorn-h11 | vs uvicorn-httptools | vs bare loop "
+            "| p50 ms | p99 ms | CPU µs/req | CPU vs hypercorn-asyncio | MiB/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for server in servers:
             samples = [s for s in results.runs.get((server.name, scenario.name), []) if s]
@@ -410,6 +424,7 @@ def report(results: Results, args: argparse.Namespace, servers: list[Server]) ->
                 fmt(median([s.rps for s in samples]), ".0f"),
                 fmt(ratio(results, server.name, HYPERCORN, scenario.name)),
                 fmt(ratio(results, server.name, UVICORN, scenario.name)),
+                fmt(ratio(results, server.name, UVICORN_FAST, scenario.name)),
                 fmt(ratio(results, server.name, bare, scenario.name) if bare else None),
                 fmt(median([s.p50_ms for s in samples])),
                 fmt(median([s.p99_ms for s in samples])),
@@ -439,7 +454,7 @@ def report(results: Results, args: argparse.Namespace, servers: list[Server]) ->
 
 
 def targets(results: Results) -> list[str]:
-    """Issue 4's targets for our transports, checked against this run."""
+    """Issue 4's targets for our transports, and issue 13's for the speed extras, in this run."""
     lines = ["## Targets (issue 4)", ""]
 
     def check(label: str, value: float | None, want: float, above: bool = True) -> None:
@@ -480,6 +495,19 @@ def targets(results: Results) -> list[str]:
             )
         if runtime != "threads":
             check(f"{name} KiB per idle connection", median(results.idle.get(name, [])), 8.0, False)
+    lines += ["", "## Targets (issue 13: the speed extras, built-in echo route)", ""]
+    faster("ours-asyncio-fast", UVICORN_FAST, 0.8)
+    faster("ours-trio-fast", "ours-trio", 1.9)
+    for runtime in FAST:
+        pure, fast = f"ours-{runtime}", f"ours-{runtime}-fast"
+        check(f"{fast} keep-alive p99 ms ({pure}'s is {fmt(p99(pure))})", p99(fast), p99(pure) or 0.0, False)
+        idle = median(results.idle.get(pure, [])) or 0.0
+        check(
+            f"{fast} KiB per idle connection ({pure}'s is {idle:.2f})",
+            median(results.idle.get(fast, [])),
+            idle,
+            False,
+        )
     return lines
 
 
@@ -487,9 +515,12 @@ COLORS = {
     "ours-asyncio": "#1f77b4",
     "ours-trio": "#2ca02c",
     "ours-threads": "#9467bd",
+    "ours-asyncio-fast": "#0b3d66",
+    "ours-trio-fast": "#145214",
     "hypercorn-asyncio": "#d62728",
     "hypercorn-trio": "#ff9896",
     "uvicorn-h11": "#ff7f0e",
+    "uvicorn-httptools": "#8c4a00",
     "bare-asyncio": "#aec7e8",
     "bare-trio": "#98df8a",
     "bare-threads": "#c5b0d5",
@@ -504,7 +535,7 @@ def chart(results: Results, servers: list[Server], scenarios: list[Scenario], pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
 
-    fig, (bars, idle) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 1]})
+    fig, (bars, idle) = plt.subplots(1, 2, figsize=(17, 6), gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / len(servers)
     for i, server in enumerate(servers):
         values = [ratio(results, server.name, HYPERCORN, sc.name) or 0.0 for sc in scenarios]
@@ -526,7 +557,7 @@ def chart(results: Results, servers: list[Server], scenarios: list[Scenario], pa
     bars.set_xticks(range(len(scenarios)), [sc.title for sc in scenarios])
     bars.set_ylabel("req/s relative to hypercorn-asyncio (same round)")
     bars.set_title("Throughput, server on one core (higher is better)")
-    bars.legend(fontsize=8, ncol=3)
+    bars.legend(fontsize=8, ncol=4)
     names = [s.name for s in servers if s.name in results.idle]
     idle.barh(
         names,
@@ -553,7 +584,7 @@ def _cpu_ticks() -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 round of short runs (under 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="1 round of short runs (about 4 minutes)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--duration", type=int, default=4, help="seconds per measured run (default 4)")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per run (default 1)")

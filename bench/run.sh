@@ -2,12 +2,14 @@
 # The benchmark: ./bench/run.sh [--quick] [--rounds N] [--duration S] [--servers a,b]
 # The WSGI and ASGI benchmarks: ./bench/run.sh wsgi|asgi [--quick] [--rounds N] ... (bench/wsgi.py, bench/asgi.py)
 # The WebSocket benchmark: ./bench/run.sh ws [--quick] [--rounds N] ... (bench/ws.py)
-# Installs wrk (Debian's package) when missing and the peers (hypercorn, uvicorn, matplotlib)
-# in bench/.venv-peers, never in the project's .venv; then runs bench/run.py.
+# Installs wrk (Debian's package) when missing and the peers (hypercorn, uvicorn with httptools
+# and uvloop, matplotlib) in bench/.venv-peers, never in the project's .venv, which gets our own
+# speed extras (requirements-fast.txt) for the "-fast" rows; then runs bench/run.py.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/venv.sh"
 venv_ensure requirements.txt  # the project's own venv, which runs our server
+venv_ensure requirements-fast.txt  # h11-mypyc and uvloop, for our "-fast" rows
 
 if ! command -v wrk >/dev/null; then
     echo "Installing wrk..." >&2

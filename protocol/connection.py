@@ -280,8 +280,8 @@ class ServerConnection:
         if not data:
             self._eof = True
         if len(data) > self._slice:
-            view = memoryview(data)  # slices without copying; h11 takes any bytes-like
-            self._h11.receive_data(cast(bytes, view[: self._slice]))
+            view = memoryview(data)  # the rest stays uncopied; each slice goes in as bytes (parser.py)
+            self._h11.receive_data(bytes(view[: self._slice]))
             self._unfed = view[self._slice :]
         else:
             self._h11.receive_data(data)
@@ -386,7 +386,7 @@ class ServerConnection:
         unfed = self._unfed
         if not unfed:
             return False
-        self._h11.receive_data(cast(bytes, unfed[: self._slice]))
+        self._h11.receive_data(bytes(unfed[: self._slice]))
         self._unfed = unfed[self._slice :]
         return True
 

@@ -1,6 +1,7 @@
 """The dependency rule, read from the source with `ast`.
 
 transports -> protocol, handlers;  handlers -> protocol;  protocol -> h11, wsproto + pure stdlib.
+(h11 or h11_mypyc, its compiled fork: `protocol.parser` picks one; no other layer names either.)
 
 wsproto is h11's sans-IO sibling for WebSocket frames (same authors, same shape: bytes in,
 events out); the core drives it after an upgrade as it drives h11 before.
@@ -81,7 +82,7 @@ def test_protocol_imports_only_h11_wsproto_and_the_pure_stdlib() -> None:
     bad = []
     for path, module in imports("protocol"):
         name = top(module)
-        if name in ("protocol", "h11", "wsproto", "__future__"):
+        if name in ("protocol", "h11", "h11_mypyc", "wsproto", "__future__"):
             continue
         if name not in sys.stdlib_module_names:
             bad.append((path, module, "not the stdlib"))
@@ -93,8 +94,8 @@ def test_protocol_imports_only_h11_wsproto_and_the_pure_stdlib() -> None:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("transports", {"h11", "wsproto"}),
-        ("handlers", {"h11", "wsproto", "transports"}),
+        ("transports", {"h11", "h11_mypyc", "wsproto"}),
+        ("handlers", {"h11", "h11_mypyc", "wsproto", "transports"}),
         ("protocol", {"handlers", "transports"}),
     ],
 )

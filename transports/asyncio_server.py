@@ -7,6 +7,12 @@ watched `Run`): then bytes are read and held (up to `HOLD_LIMIT`) to see the pee
 Writes respect the transport's flow control; deadlines are `loop.call_at` timers on
 `loop.time()`; blocking steps go to an executor; app tasks (`Spawn`) are tasks on the
 loop, and `wake` is a `call_soon` (so that what a task posts in one go leaves together).
+
+It runs on asyncio's own loop or on uvloop (`transports.loops`). uvloop's transports
+implement `asyncio.Transport` without subclassing it, and uvloop has no `loop.sendfile`:
+there a file goes out with os.sendfile in the executor while the socket takes it at once
+(a thread never waits for a slow client), the rest in pieces read in the executor and
+written through the transport, each once the previous one drained.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import signal
 import socket
 import threading
@@ -39,12 +46,14 @@ from protocol import (
 
 from .common import (
     CLEANUP_WAIT,
+    FILE_PIECE_SIZE,
     HOLD_LIMIT,
     abandon,
     accept_error,
     address_pair,
     bind,
     error_log,
+    has_fileno,
     ports,
     read_at,
     run_task,
@@ -52,8 +61,19 @@ from .common import (
 from .options import ServerOptions
 
 _MAX_STEP_THREADS: Final = 64
-_FALLBACK_PIECE: Final = 256 * 1024
-"""Piece size of a file body where the loop cannot sendfile (uvloop)."""
+
+
+def _sendfile_some(out_fd: int, in_fd: int, offset: int, count: int) -> int | None:
+    """One os.sendfile on a non-blocking socket: bytes sent (0: end of file), None if full."""
+    try:
+        return os.sendfile(out_fd, in_fd, offset, count)
+    except BlockingIOError:
+        return None
+
+
+def _close_both(out_fd: int, in_fd: int, _: object) -> None:
+    os.close(out_fd)
+    os.close(in_fd)
 
 
 class _HttpProtocol(asyncio.Protocol):
@@ -73,7 +93,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._pending = bytearray()  # bytes that arrived while the core was busy
         self._eof = False
         self._write_paused = False
-        self._drained: asyncio.Future[None] | None = None  # resolved by resume_writing (file fallback)
+        self._drained: asyncio.Future[None] | None = None  # a file piece waits for the buffer to drain
         self._busy = False  # a Run step or a sendfile is in flight
         self._left = False  # the peer closed its side during a watched Run step
         self._wake_scheduled = False
@@ -84,8 +104,7 @@ class _HttpProtocol(asyncio.Protocol):
     # --- asyncio's callbacks ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # cast, not isinstance: uvloop's transports (--loop uvloop) are not asyncio.Transport subclasses
-        self._transport = transport = cast(asyncio.Transport, transport)
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's: the interface, not the class
         sock = transport.get_extra_info("socket")
         client, server = address_pair(
             -1 if sock is None else sock.family,
@@ -138,10 +157,8 @@ class _HttpProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         drained = self._drained
-        if drained is not None:
-            self._drained = None
-            if not drained.done():
-                drained.set_result(None)
+        if drained is not None and not drained.done():
+            drained.set_result(None)
         if type(self._action) is Send:
             self._action = None
             self._pump()
@@ -307,27 +324,53 @@ class _HttpProtocol(asyncio.Protocol):
             self._pump()
 
     async def _send_file(self, file: BinaryIO, offset: int, count: int) -> int:
-        """`loop.sendfile`; where the loop has none (uvloop raises NotImplementedError), the
-        file read in pieces in a worker thread and written under the transport's flow control."""
-        loop = self._loop
-        server = self._server
-        if server.sendfile_works:
-            try:
-                return await loop.sendfile(self._transport, file, offset, count)
-            except NotImplementedError:
-                server.sendfile_works = False
+        """Send `count` bytes of `file` from `offset`; how many went out."""
+        if self._server.loop_sendfile:
+            return await self._loop.sendfile(self._transport, file, offset, count)
+        # uvloop has no loop.sendfile. While the transport holds no bytes of its own,
+        # os.sendfile in the executor sends what the socket takes at once (it never
+        # waits for the client); the rest goes through the transport, read in the executor.
+        native = self._server.ssl_context is None and has_fileno(file)
         sent = 0
         while sent < count:
-            size = min(count - sent, _FALLBACK_PIECE)
-            data = await loop.run_in_executor(server.executor, read_at, file, offset + sent, size)
-            if not data:
+            if native and not self._transport.get_write_buffer_size():
+                more = await self._sendfile_now(file, offset + sent, count - sent)
+                if more is not None:
+                    if not more:
+                        break  # the file is shorter than announced: the caller sees a short count
+                    sent += more
+                    continue
+            size = min(FILE_PIECE_SIZE, count - sent)
+            piece = await self._loop.run_in_executor(
+                self._server.executor, read_at, file, offset + sent, size
+            )
+            if not piece:
                 break
-            self._transport.write(data)
-            sent += len(data)
-            while self._write_paused:
-                self._drained = loop.create_future()
-                await self._drained
+            self._transport.write(piece)
+            sent += len(piece)
+            if self._write_paused:
+                self._drained = self._loop.create_future()
+                try:
+                    await self._drained
+                finally:
+                    self._drained = None
         return sent
+
+    async def _sendfile_now(self, file: BinaryIO, offset: int, count: int) -> int | None:
+        """os.sendfile of what the socket takes now, in the executor: bytes sent (0 at the
+        file's end), None when the socket took nothing. The thread works on duplicates of
+        both descriptors, closed when it returns: a connection closed meanwhile (and its
+        descriptor number reused) can never receive another's bytes, or another file's."""
+        sock = self._transport.get_extra_info("socket")
+        out_fd = os.dup(sock.fileno())
+        try:
+            in_fd = os.dup(file.fileno())
+        except OSError:
+            os.close(out_fd)
+            raise
+        future = self._server.executor.submit(_sendfile_some, out_fd, in_fd, offset, count)
+        future.add_done_callback(functools.partial(_close_both, out_fd, in_fd))
+        return await asyncio.wrap_future(future)
 
     def _sent_file(self, task: asyncio.Task[int], count: int) -> None:
         self._busy = False
@@ -413,10 +456,11 @@ class AsyncioServer:
         self.config = config
         self.loop = loop
         self.thread = threading.get_ident()
+        # asyncio's loops send files natively (or fall back by themselves, as for TLS);
+        # others, uvloop included, have no loop.sendfile: `_send_file` does it.
+        self.loop_sendfile = isinstance(loop, asyncio.BaseEventLoop)
         self.ssl_context = options.ssl_context
         self.ports = ports(sockets)
-        self.sendfile_works = True
-        """False once the loop said it has no sendfile (uvloop): files go out in pieces."""
         self.executor = ThreadPoolExecutor(
             max_workers=min(_MAX_STEP_THREADS, options.max_connections), thread_name_prefix="http-step"
         )

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from handlers.loading import INTERFACES, LoadError, load_app, use_active_venv
-from protocol import App, Config
+from protocol import PARSERS, App, Config, ParserUnavailable, select_parser
 from protocol.proxy import DEFAULT_ALLOW, TrustedProxies
 
 from .common import bind, url
 from .listeners import UDS_MODE, Listeners, bind_unix, inherited_all, systemd_fds
+from .loops import LOOP_TRANSPORTS, LOOPS, LoopUnavailable, new_loop_factory
 from .options import Lifespan, ServerOptions, hooks
 
 if TYPE_CHECKING:
@@ -49,13 +50,6 @@ def parser() -> argparse.ArgumentParser:
         "%(default).0s",
     )
     p.add_argument("--transport", choices=tuple(_MODULES), default="trio", help="the I/O runtime")
-    p.add_argument(
-        "--loop",
-        choices=("asyncio", "uvloop"),
-        default="asyncio",
-        help="the event loop of the asyncio transport, and of the threads transport's app loop "
-        "(uvloop: install it first, `pip install uvloop`)",
-    )
     p.add_argument("--host", default=options.host, help="address to listen on (0.0.0.0 for all)")
     p.add_argument("--port", type=_port, default=options.port, help="TCP port; 0 picks a free one")
     p.add_argument(
@@ -140,6 +134,21 @@ def parser() -> argparse.ArgumentParser:
         type=_boolean,
         default=config.ws_per_message_deflate,
         help="accept the permessage-deflate extension when a client offers it (true or false)",
+    )
+
+    speed = p.add_argument_group("speed (optional extras: pip install '.[fast]')")
+    speed.add_argument(
+        "--parser",
+        choices=tuple(PARSERS),
+        default="h11",
+        help="the HTTP parser: h11, or h11-mypyc (the same h11 compiled with mypyc, ~2x faster)",
+    )
+    speed.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="asyncio",
+        help="the event loop of the asyncio transport, and of the threads transport's ASGI apps:"
+        " asyncio's own, or uvloop",
     )
 
     limits = p.add_argument_group("limits and timeouts of the HTTP core (sizes in bytes, times in seconds)")
@@ -361,6 +370,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (args.certfile is None) != (args.keyfile is None):
         p.error("--certfile and --keyfile go together")
+    if args.loop != "asyncio" and args.transport not in LOOP_TRANSPORTS:
+        p.error(f"--loop {args.loop} needs --transport {' or '.join(sorted(LOOP_TRANSPORTS))}")
+    try:  # an extra that is not installed: one line saying what to install, exit 1
+        select_parser(args.parser)
+        new_loop_factory(args.loop)
+    except (ParserUnavailable, LoopUnavailable) as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 1
     worker = "[%(process)d] " if args.workers > 1 else ""  # which worker logged it
     logging.basicConfig(
         stream=sys.stderr,
@@ -392,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ssl_context=context,
         workers=args.workers,
         threads=args.threads,
+        loop_factory=None if args.loop == "asyncio" else new_loop_factory(args.loop),
         handle_signals=True,
     )
     if args.app is None:
@@ -431,19 +449,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("httpserver.error").error("%s", exc)
         return 1
     sockets = listeners.sockets
+    loop = f", loop {args.loop}" if args.transport in LOOP_TRANSPORTS else ""
     print(
         f"Listening on {url(sockets, tls=options.ssl_context is not None)}"
-        f" (transport {args.transport}, {serving})",
+        f" (transport {args.transport}, {serving}, parser {args.parser}{loop})",
         flush=True,
     )
-    if args.loop == "uvloop":
-        if args.transport == "trio":
-            p.error("--loop uvloop is for --transport asyncio or threads")
-        try:
-            import uvloop
-        except ImportError:
-            p.error("--loop uvloop: uvloop is not installed (pip install uvloop)")
-        options = dataclasses.replace(options, loop_factory=uvloop.new_event_loop)
     status = 0
     try:
         if options.workers > 1:
@@ -551,12 +562,9 @@ def run(
 
         trio.run(functools.partial(trio_server.serve, app, config, options, sockets=sockets))
     elif transport == "asyncio":
-        import asyncio
+        from . import asyncio_server, loops
 
-        from . import asyncio_server
-
-        with asyncio.Runner(loop_factory=options.loop_factory) as runner:
-            runner.run(asyncio_server.serve(app, config, options, sockets=sockets))
+        loops.run(asyncio_server.serve(app, config, options, sockets=sockets), options.loop_factory)
     else:
         from . import thread_server
 

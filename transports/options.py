@@ -60,8 +60,9 @@ class ServerOptions:
     on trio too); `hooks()` makes one from two callbacks."""
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     """The threads transport's app loop (where `Spawn`ed tasks and `lifespan` run): None for
-    `asyncio.new_event_loop`; e.g. `uvloop.new_event_loop`. The command line's `--loop` also
-    runs the asyncio transport on it (`asyncio.Runner(loop_factory=...)`)."""
+    `asyncio.new_event_loop`; e.g. `uvloop.new_event_loop`. The command line (`--loop`) also
+    runs the asyncio transport on a loop from it; `asyncio_server.serve` itself runs on
+    whichever loop is running."""
 
     def __post_init__(self) -> None:
         """Refuse a pool that could serve nobody, at start-up."""

@@ -245,8 +245,11 @@ class ThreadServer:
             for key, _ in self._selector.select(timeout):
                 connection = key.data
                 if connection is not None:
-                    self._unpark(connection)
-                    self._dispatch(connection)
+                    # A wake-up earlier in this batch (`_take_messages`) may have unparked
+                    # it already: unregistering it twice raised KeyError and killed serve().
+                    if connection.parked:
+                        self._unpark(connection)
+                        self._dispatch(connection)
                 elif key.fileobj is self._wake_reader:
                     self._take_messages()
                 else:

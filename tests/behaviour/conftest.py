@@ -25,7 +25,17 @@ import pytest
 from .client import RawClient, Response, fetch, request
 
 ROOT = Path(__file__).resolve().parents[2]
-TRANSPORTS = ["trio", "asyncio", "threads"]
+VARIANTS: dict[str, list[str]] = {
+    "trio": ["--transport", "trio"],
+    "asyncio": ["--transport", "asyncio"],
+    "threads": ["--transport", "threads"],
+    # The accelerated set-ups the benchmark measures (the speed extras): the whole suite,
+    # the hostile tests included, with the compiled parser, and asyncio on uvloop.
+    "asyncio-fast": ["--transport", "asyncio", "--loop", "uvloop", "--parser", "h11-mypyc"],
+    "trio-mypyc": ["--transport", "trio", "--parser", "h11-mypyc"],
+}
+"""Each transport id the suite runs against, and the options that start it."""
+TRANSPORTS = list(VARIANTS)
 SERVER_MODULE = os.environ.get("BEHAVIOUR_SERVER_MODULE", "transports")
 """`python -m SERVER_MODULE` is the server under test; override to try another build."""
 START_TIMEOUT = 15.0
@@ -33,9 +43,11 @@ STOP_TIMEOUT = 5.0
 SECRET = b"top secret, outside the served directory\n"
 LISTENING = re.compile(
     r"Listening on https?://(\[[^\]]+\]|[^\s:/]+):(\d+) "
-    r"\(transport (\w+), (?:directory (.*)|(\w+) app (.*))\)"
+    r"\(transport (\w+), (?:directory (.*?)|(\w+) app (.*?)),"
+    r" parser (?P<parser>[\w-]+)(?:, loop (?P<loop>\w+))?\)"
 )
-"""The start-up line: the built-in routes with their directory, or an app (interface, spec)."""
+"""The start-up line: the built-in routes with their directory, or an app (interface, spec);
+then the parser, and the event loop (asyncio and threads)."""
 APPS = ROOT / "tests" / "apps"
 """Test apps, served with `app_args(SPEC)` (their directory as --app-dir)."""
 
@@ -43,6 +55,25 @@ APPS = ROOT / "tests" / "apps"
 def app_args(spec: str, *args: str) -> list[str]:
     """The command-line arguments serving the test app `spec` (module:attribute in tests/apps)."""
     return [spec, "--app-dir", str(APPS), *args]
+
+
+def variant_args(transport: str) -> list[str]:
+    """The command-line options that start the transport id `transport`."""
+    return list(VARIANTS[transport])
+
+
+def describe(transport: str, serving: str) -> str:
+    """The start-up line's parenthesis for the transport id `transport` serving `serving`
+    (say "directory none")."""
+    kind, parser, loop = _expected(transport)
+    return f"(transport {kind}, {serving}, parser {parser}{'' if loop is None else f', loop {loop}'})"
+
+
+def _expected(transport: str) -> tuple[str, str, str | None]:
+    """(transport, parser, loop) that the start-up line of `transport` must name."""
+    args = dict(zip(VARIANTS[transport][::2], VARIANTS[transport][1::2], strict=True))
+    kind = args["--transport"]
+    return kind, args.get("--parser", "h11"), args.get("--loop", "asyncio") if kind != "trio" else None
 
 
 @dataclass
@@ -126,7 +157,7 @@ def _start(
     (outside / "secret.txt").write_bytes(SECRET)
     stdout_path = base / "stdout.txt"
     stderr_path = base / "stderr.txt"
-    command = [sys.executable, "-m", SERVER_MODULE, "--transport", transport, "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", SERVER_MODULE, *variant_args(transport), "--host", "127.0.0.1"]
     command += ["--port", "0"]
     if directory:
         command += ["--directory", str(served) + ("/" if trailing_slash else "")]
@@ -150,7 +181,7 @@ def _start(
                 _kill(process)
                 pytest.fail(f"unexpected start-up line {line!r}; stderr:\n{stderr_path.read_text()}")
             host, port = match[1].strip("[]"), int(match[2])
-            assert match[3] == transport, line
+            assert (match[3], match["parser"], match["loop"]) == _expected(transport), line
             return Server(transport, host, port, served, outside, process, stderr_path, line)
         if process.poll() is not None or time.monotonic() > deadline:
             _kill(process)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from .client import RawClient, Response, request
-from .conftest import ROOT, SERVER_MODULE, START_TIMEOUT, STOP_TIMEOUT
+from .conftest import ROOT, SERVER_MODULE, START_TIMEOUT, STOP_TIMEOUT, describe, variant_args
 
 
 @pytest.fixture
@@ -114,10 +114,10 @@ def test_unix_socket(transport: str, short_dir: Path) -> None:
     path = str(short_dir / "s.sock")
     served = short_dir / "served"
     served.mkdir()
-    args = ["--transport", transport, "--uds", path, "--uds-mode", "600", "--directory", str(served)]
+    args = [*variant_args(transport), "--uds", path, "--uds-mode", "600", "--directory", str(served)]
     program = launch(short_dir / "run", args)
     try:
-        assert program.line == f"Listening on unix:{path} (transport {transport}, directory {served})"
+        assert program.line == f"Listening on unix:{path} {describe(transport, f'directory {served}')}"
         assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
         check_stages(lambda: RawClient.unix(path), served)
     finally:
@@ -167,11 +167,11 @@ def test_inherited_fd(transport: str, short_dir: Path) -> None:
         port = listener.getsockname()[1]
         fd = _high_fd(listener.fileno())
         try:
-            program = launch(short_dir, ["--transport", transport, "--fd", str(fd)], pass_fds=[fd])
+            program = launch(short_dir, [*variant_args(transport), "--fd", str(fd)], pass_fds=[fd])
         finally:
             os.close(fd)
     try:
-        assert program.line == f"Listening on http://127.0.0.1:{port} (transport {transport}, directory none)"
+        assert program.line == f"Listening on http://127.0.0.1:{port} {describe(transport, 'directory none')}"
         with RawClient("127.0.0.1", port) as client:
             assert exchange(client, "GET", "/echo/fd").body == b"fd"
     finally:
@@ -202,7 +202,7 @@ def test_systemd_socket_activation(transport: str, short_dir: Path) -> None:
         try:
             program = launch(
                 short_dir / "run",
-                ["--transport", transport, "--port", "1"],  # ignored: systemd's sockets replace it
+                [*variant_args(transport), "--port", "1"],  # ignored: systemd's sockets replace it
                 pass_fds=[a, b],
                 wrapper=["bash", "-c", script, "bash"],
             )
@@ -211,7 +211,7 @@ def test_systemd_socket_activation(transport: str, short_dir: Path) -> None:
             os.close(b)
     try:
         expected = (
-            f"Listening on http://127.0.0.1:{port}, unix:{path} (transport {transport}, directory none)"
+            f"Listening on http://127.0.0.1:{port}, unix:{path} {describe(transport, 'directory none')}"
         )
         assert program.line == expected, program.stderr()
         with RawClient("127.0.0.1", port) as client:
@@ -234,10 +234,12 @@ def _ipv6_loopback() -> bool:
 
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_host_double_colon_is_dual_stack(transport: str, short_dir: Path) -> None:
-    program = launch(short_dir, ["--transport", transport, "--host", "::", "--port", "0"])
+    program = launch(short_dir, [*variant_args(transport), "--host", "::", "--port", "0"])
     try:
         match = re.fullmatch(
-            r"Listening on http://\[::\]:(\d+) \(transport \w+, directory none\)", program.line
+            r"Listening on http://\[::\]:(\d+) \(transport \w+, directory none,"
+            r" parser [\w-]+(?:, loop \w+)?\)",
+            program.line,
         )
         assert match, (program.line, program.stderr())
         port = int(match[1])

@@ -15,7 +15,7 @@ import pytest
 import trustme
 
 from .client import RawClient, request
-from .conftest import LISTENING, ROOT, Server, StartServer, stop
+from .conftest import LISTENING, ROOT, Server, StartServer, stop, variant_args
 
 OPTIONS = [
     "--transport",
@@ -39,6 +39,8 @@ OPTIONS = [
     "--certfile",
     "--keyfile",
     "--workers",
+    "--parser",
+    "--loop",
 ]
 
 
@@ -60,14 +62,18 @@ def test_your_program_sh_starts_fast_with_trailing_slash(transport: str, tmp_pat
         str(ROOT / "your_program.sh"),
         "--port",
         "0",
-        "--transport",
-        transport,
+        *variant_args(transport),
         "--directory",
         f"{directory}/",
     ]
-    # Set up first, as the harness's own first run does (pytest may order this before --help's test).
+    # Set up first, as the harness's own first run does (pytest may order this before --help's test);
+    # with the same options, which may ask for the speed extras.
     subprocess.run(
-        [str(ROOT / "your_program.sh"), "--help"], cwd=ROOT, capture_output=True, timeout=120, check=True
+        [str(ROOT / "your_program.sh"), *variant_args(transport), "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        check=True,
     )
     stderr_path = tmp_path / "stderr.txt"
     started = time.monotonic()

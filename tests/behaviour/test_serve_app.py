@@ -87,7 +87,7 @@ def fails(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subproces
 def test_app_is_imported_from_the_directory_it_was_started_in(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text(APP.format(extra=""))
     line, stderr = serve(tmp_path, "main:app")
-    assert line.endswith("(transport threads, wsgi app main:app)")
+    assert line.endswith("(transport threads, wsgi app main:app, parser h11, loop asyncio)")
     assert "IMPORTED main" in stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

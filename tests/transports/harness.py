@@ -14,11 +14,19 @@ from dataclasses import dataclass
 import trio
 
 from protocol import App, Config
-from transports import asyncio_server, thread_server, trio_server
+from transports import asyncio_server, loops, thread_server, trio_server
 from transports.options import ServerOptions
 
-TRANSPORTS = ["trio", "asyncio", "threads"]
+TRANSPORTS = ["trio", "asyncio", "threads", "asyncio-uvloop"]
+"""Transport ids: "asyncio-uvloop" is the asyncio transport on uvloop (an optional extra)."""
 TIMEOUT = 10.0
+
+
+def cli_args(transport: str) -> list[str]:
+    """The command-line options that start the transport id `transport`."""
+    if transport == "asyncio-uvloop":
+        return ["--transport", "asyncio", "--loop", "uvloop"]
+    return ["--transport", transport]
 
 
 @dataclass
@@ -61,7 +69,7 @@ def _target(
                     started(server, lambda: trio.from_thread.run_sync(server.shutdown, trio_token=token))
 
             trio.run(main)
-        elif transport == "asyncio":
+        elif transport.startswith("asyncio"):
             import asyncio
 
             async def amain() -> None:
@@ -75,7 +83,7 @@ def _target(
                     ),
                 )
 
-            asyncio.run(amain())
+            loops.run(amain(), loops.new_loop_factory("uvloop") if transport == "asyncio-uvloop" else None)
         else:
             thread_server.serve(app, config, options, started=lambda server: started(server, server.shutdown))
     except BaseException as exc:

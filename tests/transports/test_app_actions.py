@@ -284,7 +284,7 @@ def test_a_spawned_task_runs_on_the_app_loop_and_its_wake_ends_the_wait(
         "trio": "trio on",
         "asyncio": "asyncio on",
         "threads": "asyncio on http-app-loop",
-    }[transport]
+    }[transport.removesuffix("-uvloop")]
     assert where[0].startswith(expected), where
     if transport == "threads":
         assert not [t for t in threading.enumerate() if t.name == "http-app-loop"], "the app loop stopped"

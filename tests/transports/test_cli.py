@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 
 from protocol import Config
-from transports.cli import parser
+from protocol.parser import current_parser
+from transports.cli import main, parser
 
 _SPECIAL = {
     "date_header": "--date-header",
@@ -29,6 +31,7 @@ def test_defaults_are_the_config_defaults() -> None:
         if field.name not in _SPECIAL:
             assert getattr(args, field.name) == getattr(Config(), field.name), field.name
     assert (args.transport, args.host, args.port, args.directory) == ("trio", "127.0.0.1", 4221, None)
+    assert (args.parser, args.loop) == ("h11", "asyncio")  # the speed extras are never the default
 
 
 @pytest.mark.parametrize(
@@ -47,6 +50,8 @@ def test_defaults_are_the_config_defaults() -> None:
         ["--ws-max-size", "0"],
         ["--ws-ping-interval", "-1"],
         ["--ws-per-message-deflate", "maybe"],
+        ["--parser", "httptools"],
+        ["--loop", "tokio"],
     ],
 )
 def test_bad_values_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,3 +59,33 @@ def test_bad_values_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixt
         parser().parse_args(argv)
     assert exit.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_loop_is_for_the_asyncio_transport(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["--transport", "trio", "--loop", "uvloop"])
+    assert exit.value.code == 2
+    assert "--loop uvloop needs --transport asyncio" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "package"),
+    [
+        ("h11_mypyc", ["--parser", "h11-mypyc"], "h11-mypyc"),
+        ("uvloop", ["--transport", "asyncio", "--loop", "uvloop"], "uvloop"),
+    ],
+)
+def test_a_missing_extra_is_one_clear_line_and_exit_1(
+    module: str,
+    argv: list[str],
+    package: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError
+    assert main([*argv, "--port", "0"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1, err
+    assert f"needs the {package} package" in err and "requirements-fast.txt" in err, err
+    assert current_parser() == "h11"

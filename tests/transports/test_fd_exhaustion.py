@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import TRANSPORTS, read_until_close
+from .harness import TRANSPORTS, cli_args, read_until_close
 
 ROOT = Path(__file__).resolve().parents[2]
 FD_LIMIT = 48
@@ -24,7 +24,7 @@ def _limit_fds() -> None:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_emfile_pauses_accepting_and_recovers(transport: str, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "transports", "--transport", transport, "--port", "0", "--no-access-log"]
+    command = [sys.executable, "-m", "transports", *cli_args(transport), "--port", "0", "--no-access-log"]
     stderr = tmp_path / "stderr.txt"
     with open(stderr, "wb") as err:
         process = subprocess.Popen(

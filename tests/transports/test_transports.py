@@ -125,6 +125,32 @@ def test_a_file_shorter_than_announced_drops_only_its_connection(transport: str,
             assert read_until_close(sock).endswith(b"fine")
 
 
+def test_a_large_file_to_a_slow_reader_arrives_whole_and_in_order(transport: str, tmp_path: Path) -> None:
+    """The socket fills up mid-file (on uvloop: os.sendfile takes turns with writes
+    through the transport), then a pipelined request's response follows it."""
+    content = os.urandom(12 * 2**20 + 12345)
+    (tmp_path / "big").write_bytes(content)
+
+    def app(request: Request) -> Response:
+        if request.target == b"/big":
+            return Response(200, (), FileBody(open(tmp_path / "big", "rb"), 100, len(content) - 100))
+        return Response(200, (), b"after")
+
+    with running(transport, app, Config(send_chunk_size=2**20)) as server, server.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.sendall(
+            b"GET /big HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        time.sleep(0.3)  # not reading yet: the socket buffers fill up
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert rest[: len(content) - 100] == content[100:]
+    assert rest[len(content) - 100 :].endswith(b"\r\n\r\nafter")
+
+
 def _read_tls_to_the_end(sock: ssl.SSLSocket) -> tuple[bytes, bool]:
     """All the bytes, and whether the stream ended with close_notify (not a bare cut)."""
     data = b""
