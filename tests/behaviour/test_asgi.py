@@ -24,9 +24,22 @@ import pytest
 import trustme
 
 from .client import RawClient, Response, chunked, request
-from .conftest import ROOT, Server, SharedApps, StartServer, app_args, stop
+from .conftest import ROOT, Server, SharedApps, StartServer, app_args, stop, variant_args
 
 SUITE = "asgi_suite:app"
+BASE = ("trio", "asyncio", "threads")
+"""The transports themselves; the accelerated variants (compiled parser, uvloop) skip the
+tests that only start and stop processes or measure memory, which they do not change."""
+
+
+def runtime_of(transport: str) -> str:
+    """The async library an app runs on under the transport id `transport`."""
+    return "trio" if transport.split("-")[0] == "trio" else "asyncio"
+
+
+def base_only(transport: str) -> None:
+    if transport not in BASE:
+        pytest.skip("run on the three transports only (the variant changes nothing here)")
 
 
 @pytest.fixture
@@ -129,7 +142,7 @@ def test_scope_for_a_tricky_target(app: Server, transport: str) -> None:
     assert scope["server"] == ["127.0.0.1", app.port]
     assert scope["extensions"] == ["http.response.pathsend"]
     assert scope["state"] == ["counter", "pid", "ready"]
-    assert scope["runtime"] == ("trio" if transport == "trio" else "asyncio")
+    assert scope["runtime"] == runtime_of(transport)
 
 
 def test_invalid_utf8_and_http_1_0(app: Server) -> None:
@@ -370,7 +383,10 @@ def test_a_slow_reader_of_an_endless_stream_costs_bounded_memory(app: Server) ->
     assert wait_tracked(app, key)["ended"] == "ClientDisconnected"
 
 
-def test_a_slow_consumer_of_a_huge_upload_costs_bounded_memory(start_server: StartServer) -> None:
+def test_a_slow_consumer_of_a_huge_upload_costs_bounded_memory(
+    start_server: StartServer, transport: str
+) -> None:
+    base_only(transport)
     size = 150 * 1024 * 1024
     server = start_server(
         *app_args(SUITE, "--no-access-log", "--max-body-size", str(size + 1)), directory=False
@@ -432,7 +448,7 @@ def test_lifespan_runs_before_serving_and_after_draining(start_server: StartServ
     thread.join(5)
     assert result and result[0].body == b"slow done\n"
     log = server.stderr()
-    runtime = "trio" if transport == "trio" else "asyncio"
+    runtime = runtime_of(transport)
     assert f"asgi_suite: lifespan startup on {runtime}" in log
     assert log.index("slow request finished") < log.index("asgi_suite: lifespan shutdown")
     assert "ASGI lifespan shutdown complete" in log
@@ -462,12 +478,14 @@ def test_graceful_shutdown_ends_event_streams(start_server: StartServer) -> None
 def test_a_failed_startup_exits_with_status_3_without_serving(
     tmp_path: Path, transport: str, mode: str
 ) -> None:
+    base_only(transport)
     result = run_to_exit(transport, "asgi_suite:failing_startup", "--lifespan", mode)
     assert result.returncode == 3, result.stderr
     assert "the database is not there (expected)" in result.stderr
 
 
 def test_a_failed_startup_with_workers_stops_them_all(transport: str) -> None:
+    base_only(transport)
     result = run_to_exit(transport, "asgi_suite:failing_startup", "--workers", "2")
     assert result.returncode == 3, result.stderr
     assert "the database is not there" in result.stderr  # the other worker may be stopped first
@@ -477,6 +495,7 @@ def test_a_failed_startup_with_workers_stops_them_all(transport: str) -> None:
 def test_an_app_without_lifespan_runs_without_it_in_auto_and_fails_with_on(
     start_server: StartServer, transport: str
 ) -> None:
+    base_only(transport)
     server = start_server(*app_args("asgi_suite:raising_lifespan"), directory=False)
     assert get_json(server, "/scope")["state"] == []
     assert server.stderr().count("does not support lifespan") == 1
@@ -523,22 +542,16 @@ def test_the_raw_example_app(start_server: StartServer) -> None:
         reader.close()
 
 
-def test_uvloop(start_server: StartServer, transport: str, tmp_path: Path) -> None:
-    if transport == "trio":
-        result = run_to_exit(transport, SUITE, "--loop", "uvloop")
-        assert result.returncode == 2 and "--loop uvloop needs --transport" in result.stderr
-        return
-    server = start_server(*app_args(SUITE, "--loop", "uvloop"), directory=False)
-    scope = get_json(server, "/scope")
-    assert (scope["runtime"], scope["loop"], scope["state"]) == (
-        "asyncio",
-        "uvloop",
-        ["counter", "pid", "ready"],
-    )
+def test_apps_run_on_uvloop(app: Server, transport: str, tmp_path: Path) -> None:
+    """The variants with `--loop uvloop` run the app there (and its pathsend without loop.sendfile)."""
+    if "uvloop" not in variant_args(transport):
+        pytest.skip("a variant on uvloop only")
+    scope = get_json(app, "/scope")
+    assert (scope["runtime"], scope["loop"]) == ("asyncio", "uvloop")
     target = tmp_path / "big.bin"
-    data = bytes(range(256)) * 12000  # uvloop has no loop.sendfile: the transport's fallback
+    data = bytes(range(256)) * 12000
     target.write_bytes(data)
-    assert server.get(f"/pathsend?path={target}").body == data
+    assert app.get(f"/pathsend?path={target}").body == data
 
 
 def test_lifespan_off_never_calls_the_app_for_it(start_server: StartServer) -> None:
@@ -552,6 +565,6 @@ def run_to_exit(transport: str, spec: str, *args: str) -> subprocess.CompletedPr
         sys.executable,
         "-m",
         "transports",
-        *app_args(spec, "--transport", transport, "--port", "0", *args),
+        *app_args(spec, *variant_args(transport), "--port", "0", *args),
     ]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
