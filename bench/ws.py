@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.run import (
+    FAST,
     OURS_PY,
     PEERS_PY,
     RESULTS,
@@ -52,21 +53,12 @@ UVICORN_WEBSOCKETS, UVICORN_WSPROTO = "uvicorn-websockets", "uvicorn-wsproto"
 HYPERCORN_ASYNCIO, HYPERCORN_TRIO = "hypercorn-asyncio", "hypercorn-trio"
 
 
-def _ours(transport: str) -> Server:
+def _ours(transport: str, *, fast: bool = False) -> Server:
     def argv(port: int, directory: Path) -> list[str]:
-        return [
-            OURS_PY,
-            "-m",
-            "transports",
-            APP,
-            "--transport",
-            transport,
-            "--port",
-            str(port),
-            "--no-access-log",
-        ]
+        cmd = [OURS_PY, "-m", "transports", APP, "--transport", transport, "--port", str(port)]
+        return [*cmd, "--no-access-log", *(FAST[transport] if fast else [])]
 
-    return Server(f"ours-{transport}", transport, True, argv)
+    return Server(f"ours-{transport}{'-fast' if fast else ''}", transport, True, argv)
 
 
 def _uvicorn(ws: str) -> Server:
@@ -88,6 +80,7 @@ SERVERS = [
     _ours("asyncio"),
     _ours("trio"),
     _ours("threads"),
+    _ours("asyncio", fast=True),
     _uvicorn("websockets"),
     _uvicorn("wsproto"),
     _hypercorn("asyncio"),
@@ -345,7 +338,8 @@ def report(results: WSResults, args: argparse.Namespace, servers: list[Server]) 
         "rounds; ratios are of rates measured in the same round",
         "- Peers: uvicorn 0.54 `--http h11 --loop asyncio` with `--ws websockets` (websockets 17) and "
         "`--ws wsproto` (wsproto 1.3), hypercorn 0.18 (asyncio and trio workers, wsproto); ours: "
-        "`python -m transports bench.peers.ws_app:app`; access logs off; no compression offered",
+        "`python -m transports bench.peers.ws_app:app` (`-fast`: uvloop and h11-mypyc, the speed "
+        "extras); access logs off; no compression offered",
         f"- Ours unmasks large messages with {_masking()}",
         "",
         f"## Echo: {ECHO_SIZE}-byte text messages, {ECHO_CONNECTIONS} connections, one in flight each",
