@@ -306,14 +306,18 @@ class WebSocketCycle:
         channel = self._channel
         pending = self._pending
         waiter = self._waiter()
-        while True:
-            since = waiter.generation
-            delivered = channel.delivered
-            while pending and pending[0][0] <= delivered:
-                self._pending_bytes -= pending.popleft()[1]
-            if self._pending_bytes <= HIGH_WATER or channel.gone:
-                return
-            await waiter.wait(since)
+        channel.delivery_wanted = True  # before looking: see Channel.mark_sent
+        try:
+            while True:
+                since = waiter.generation
+                delivered = channel.delivered
+                while pending and pending[0][0] <= delivered:
+                    self._pending_bytes -= pending.popleft()[1]
+                if self._pending_bytes <= HIGH_WATER or channel.gone:
+                    return
+                await waiter.wait(since)
+        finally:
+            channel.delivery_wanted = False
 
 
 def accelerate() -> bool:

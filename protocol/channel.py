@@ -130,6 +130,7 @@ class Channel:
         "close_code",
         "close_reason",
         "delivered",
+        "delivery_wanted",
         "done",
         "gone",
         "notify",
@@ -160,6 +161,9 @@ class Channel:
         self._messages_in = 0
         self._messages_out = 0
         self._read_paused = 0  # the core stopped reading until this many are buffered or fewer
+        self.delivery_wanted = False
+        """WebSockets: set by the task while it waits for `delivered` (else a message that left
+        does not call `notify`: an echo's task, waiting for the next message, is not woken)."""
         self.close_code: int | None = None
         """WebSockets: set once the WebSocket is closed for the task (see the module docstring);
         then `receive_message` returns the messages that came before, and sends are dropped."""
@@ -317,6 +321,12 @@ class Channel:
 
     def resume_reading(self) -> None:
         self._read_paused = 0
+
+    def mark_sent(self, count: int) -> None:
+        """WebSockets: `count` more messages left; `notify` only if the task waits for that."""
+        self.delivered += count
+        if self.delivery_wanted:
+            self.notify()
 
     def mark_closed(self, code: int, reason: str = "") -> None:
         """The WebSocket is closed for the task (first call only)."""

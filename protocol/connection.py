@@ -1029,7 +1029,7 @@ class ServerConnection:
         if socket.sending:  # the Send handed out last has completed
             socket.sending = False
             if socket.in_flight:
-                channel.mark_delivered(socket.in_flight)
+                channel.mark_sent(socket.in_flight)
                 socket.in_flight = 0
         if socket.paused:
             socket.resume(now)
@@ -1064,7 +1064,7 @@ class ServerConnection:
             out.clear()
             return
         if socket.pieces:  # messages dropped (the WebSocket is closing) have "left" at once
-            channel.mark_delivered(socket.pieces)
+            channel.mark_sent(socket.pieces)
             socket.pieces = 0
         if socket.ending is not None:
             self._end_websocket(socket.lingers(), now)
