@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark: ./bench/run.sh [--quick] [--rounds N] [--duration S] [--servers a,b]
 # The WSGI and ASGI benchmarks: ./bench/run.sh wsgi|asgi [--quick] [--rounds N] ... (bench/wsgi.py, bench/asgi.py)
+# The WebSocket benchmark: ./bench/run.sh ws [--quick] [--rounds N] ... (bench/ws.py)
 # Installs wrk (Debian's package) when missing and the peers (hypercorn, uvicorn with httptools
 # and uvloop, matplotlib) in bench/.venv-peers, never in the project's .venv, which gets our own
 # speed extras (requirements-fast.txt) for the "-fast" rows; then runs bench/run.py.
@@ -30,6 +31,9 @@ cd "$root"
 module=bench.run
 if [ "${1:-}" = wsgi ] || [ "${1:-}" = asgi ]; then
     module="bench.$1"
+    shift
+elif [ "${1:-}" = ws ]; then
+    module=bench.ws
     shift
 fi
 exec "$peers/bin/python" -m "$module" "$@"

@@ -45,12 +45,15 @@ import os
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
 from protocol import Channel, FileBody, Request, Response
 
 from .notify import Notifier, notifier
+
+if TYPE_CHECKING:
+    from .asgi_ws import WebSocketCycle
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -94,7 +97,11 @@ class ASGIApp:
         self.state: dict[str, Any] = {} if state is None else state
         """The lifespan state; each request's scope gets a shallow copy."""
 
-    def __call__(self, request: Request) -> _Cycle:
+    def __call__(self, request: Request) -> _Cycle | WebSocketCycle:
+        if request.websocket:  # a valid handshake (the core checked it): handlers/asgi_ws.py
+            from .asgi_ws import WebSocketCycle
+
+            return WebSocketCycle(self, request)
         return _Cycle(self, request)
 
 

@@ -73,6 +73,12 @@ watched `Run` step once the one before it went out.
 The core parses with h11, or with the compiled fork h11-mypyc (about twice as fast, an
 optional extra): call `select_parser("h11-mypyc")` once, before making connections
 (see `parser`).
+
+WebSockets (RFC 6455 with permessage-deflate; `protocol.websocket`, on wsproto): with
+`Config.websocket`, a valid handshake reaches the app flagged `Request.websocket`; a
+`Session` answering it accepts, refuses or answers in HTTP through its `Channel`, then
+exchanges messages there. The transport sees only the same actions (time is data: a
+ping that is due is a `Receive` deadline).
 """
 
 from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile, Spawn, Wait

@@ -18,6 +18,14 @@ Backpressure: `send` returns a ticket; the piece has left (is in the transport's
 once `delivered` reaches it. A task that waits for that between pieces holds one piece
 of memory however slow the client. The body arrives as fast as `receive` asks for it,
 plus a bounded read-ahead.
+
+WebSockets (a request with `Request.websocket` set, served by a Session): the task first
+either accepts (`accept`), refuses (`close`: 403), or answers with an ordinary HTTP
+response (`start`, `send`: a denial). Once accepted, it sends messages with
+`send_message` (tickets as for pieces) and ends with `close`; the core hands it whole
+messages (`receive_message`), reads ahead a bounded amount only, and sets `close_code`
+once the WebSocket is closed for the task (the peer's close code, 1006 when it vanished,
+1001 when the server shuts down, the code the core closed with after a protocol error).
 """
 
 from __future__ import annotations
@@ -68,7 +76,40 @@ class Finish:
         self.error = error
 
 
-Message = Start | Piece | Trailers | Finish
+class Accept:
+    """Accept a WebSocket: the 101 response with the chosen subprotocol and extra headers."""
+
+    __slots__ = ("headers", "subprotocol")
+
+    def __init__(self, subprotocol: str | None, headers: Headers) -> None:
+        self.subprotocol = subprotocol
+        self.headers = headers
+
+
+class Outgoing:
+    """A WebSocket message to send: text (str) or binary (bytes)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: str | bytes) -> None:
+        self.data = data
+
+
+class Closing:
+    """The task closes the WebSocket (before `accept`: refuses it with 403)."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+Message = Start | Piece | Trailers | Finish | Accept | Outgoing | Closing
+
+MESSAGE_OVERHEAD = 64
+"""What a received WebSocket message counts for beyond its length, in the read-ahead bound
+(a queue of tiny messages costs more than their bytes)."""
 
 
 class Channel:
@@ -78,11 +119,18 @@ class Channel:
         "_body",
         "_body_complete",
         "_core_waiting",
+        "_messages",
+        "_messages_in",
+        "_messages_out",
         "_outbox",
         "_posted",
+        "_read_paused",
         "_wake",
         "_wants_body",
+        "close_code",
+        "close_reason",
         "delivered",
+        "delivery_wanted",
         "done",
         "gone",
         "notify",
@@ -108,6 +156,18 @@ class Channel:
         self.notify: Callable[[], None] = _nothing
         """Set by the task's side; the core calls it whenever the attributes above or the
         body change, on the connection's thread."""
+        # WebSockets: messages received, and their sizes counted in (core) and out (task).
+        self._messages: deque[str | bytes] = deque()
+        self._messages_in = 0
+        self._messages_out = 0
+        self._read_paused = 0  # the core stopped reading until this many are buffered or fewer
+        self.delivery_wanted = False
+        """WebSockets: set by the task while it waits for `delivered` (else a message that left
+        does not call `notify`: an echo's task, waiting for the next message, is not woken)."""
+        self.close_code: int | None = None
+        """WebSockets: set once the WebSocket is closed for the task (see the module docstring);
+        then `receive_message` returns the messages that came before, and sends are dropped."""
+        self.close_reason = ""
 
     # --- the task's side ---------------------------------------------------------------
 
@@ -145,6 +205,36 @@ class Channel:
     def finish(self, error: BaseException | None = None) -> None:
         """The task is over (it raised `error`). Call it exactly once, last."""
         self._post(Finish(error))
+
+    # WebSockets (the task's side)
+
+    def accept(self, subprotocol: str | None = None, headers: Headers = ()) -> None:
+        """Accept the WebSocket (101 Switching Protocols)."""
+        self._post(Accept(subprotocol, headers))
+
+    def send_message(self, data: str | bytes) -> int:
+        """Post a text (str) or binary (bytes) message; a ticket, as from `send`."""
+        self._posted += 1
+        self._post(Outgoing(data))
+        return self._posted
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the WebSocket with `code` (before `accept`: refuse it with 403)."""
+        self._post(Closing(code, reason))
+
+    def receive_message(self) -> str | bytes | None:
+        """The next message received, or None: none yet (the core reads on, then calls
+        `notify`). Look at `close_code` before calling: if it was set then, None means
+        none will ever come."""
+        messages = self._messages
+        if not messages:
+            return None
+        data = messages.popleft()
+        self._messages_out += len(data) + MESSAGE_OVERHEAD
+        paused = self._read_paused
+        if paused and self._messages_in - self._messages_out <= paused:
+            self._post_wake()  # the core stopped reading for us: it may go on
+        return data
 
     def _post(self, message: Message) -> None:
         self._outbox.append(message)
@@ -204,6 +294,45 @@ class Channel:
     def mark_stopping(self) -> None:
         if not self.stopping:
             self.stopping = True
+            self.notify()
+
+    # WebSockets (the core's side)
+
+    def put_message(self, data: str | bytes) -> None:
+        self._messages.append(data)
+        self._messages_in += len(data) + MESSAGE_OVERHEAD
+
+    def messages_buffered(self) -> int:
+        """What the messages received and not yet taken by the task count for."""
+        return self._messages_in - self._messages_out
+
+    def pause_reading(self, resume_at: int) -> bool:
+        """The core is about to wait with `messages_buffered()` over its limit: False if the
+        task took enough meanwhile (read on). Else the task's `receive_message` wakes the
+        core once at most `resume_at` remain (with `will_wait`, as for posts)."""
+        self._read_paused = resume_at
+        if not self.will_wait():
+            self._read_paused = 0
+            return False
+        if self._messages_in - self._messages_out <= resume_at:
+            self._read_paused = 0
+            return False
+        return True
+
+    def resume_reading(self) -> None:
+        self._read_paused = 0
+
+    def mark_sent(self, count: int) -> None:
+        """WebSockets: `count` more messages left; `notify` only if the task waits for that."""
+        self.delivered += count
+        if self.delivery_wanted:
+            self.notify()
+
+    def mark_closed(self, code: int, reason: str = "") -> None:
+        """The WebSocket is closed for the task (first call only)."""
+        if self.close_code is None:
+            self.close_reason = reason
+            self.close_code = code
             self.notify()
 
     def drop_outbox(self) -> list[Message]:

@@ -45,12 +45,30 @@ class Config:
     forwarded_allow_ips: TrustedProxies = LOOPBACK
     """The peers whose proxy headers are believed (`TrustedProxies.parse("10.0.0.0/8,::1")`);
     by default the loopback addresses. Unix-socket peers always are."""
+    websocket: bool = False
+    """Serve WebSocket handshakes (RFC 6455) to apps that answer them with a `Session`:
+    a valid one is flagged `Request.websocket`, an invalid one gets 400 or 426. Off, an
+    upgrade request is an ordinary request (the built-in routes)."""
+    ws_max_size: int = 16 * 1024 * 1024
+    """A WebSocket message larger than this (in bytes; UTF-8 bytes for text) closes with 1009."""
+    ws_ping_interval: float | None = 20.0
+    """Ping a WebSocket peer that sent nothing for this long (None or 0: never)."""
+    ws_ping_timeout: float | None = 20.0
+    """A pinged WebSocket peer must answer within this, else it is closed with 1011 (None or 0: no limit)."""
+    ws_per_message_deflate: bool = True
+    """Accept the permessage-deflate extension (RFC 7692) when a WebSocket client offers it."""
 
     def __post_init__(self) -> None:
         """Refuse values that would make every connection fail or hang, at start-up."""
         for name in ("max_head_size", "max_target_length", "max_header_count", "send_chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.ws_max_size < 1:
+            raise ValueError("ws_max_size must be at least 1")
+        for name in ("ws_ping_interval", "ws_ping_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must not be negative")
         if self.max_body_size < 0:
             raise ValueError("max_body_size must not be negative")
         for name in ("head_timeout", "body_timeout", "send_timeout", "linger_timeout"):

@@ -39,6 +39,12 @@ Invariants (each pinned by tests in tests/protocol):
   its response is complete (the client left, a limit or timeout, a cut), else `done`.
 - Limits hold however the input is split into reads: the head's exactly; a chunk
   extension or trailer line within twice max_head_size (h11 is fed in slices).
+- WebSockets (the WEBSOCKET phase, `protocol.websocket`): only a valid handshake answered
+  by a `Session` becomes one; its task's messages count as delivered only once their
+  `Send` completed; input is read only while the task's unread messages stay under the
+  read-ahead; the connection closes only after the close handshake, a failure (then after
+  a linger), a timeout or a cut; the task's `close_code` is set before its channel is
+  `gone`.
 """
 
 from __future__ import annotations
@@ -50,17 +56,20 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import h11
 from h11._headers import Headers as _H11Headers  # private, but h11 is pinned: see _validated_fields
 
 from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile, Spawn, Wait
-from .channel import Channel, Message, Piece, Start, Trailers
+from .channel import Accept, Channel, Closing, Finish, Message, Outgoing, Piece, Start, Trailers
 from .config import Config
 from .messages import App, Exchange, FileBody, Headers, Request, Response, Session, Stream
 from .proxy import forwarded
 from .redaction import headers_repr, redact_values
+
+if TYPE_CHECKING:
+    from . import websocket as _ws  # imported when first needed: wsproto only with Config.websocket
 
 access_log: Final = logging.getLogger("httpserver.access")
 error_log: Final = logging.getLogger("httpserver.error")
@@ -97,6 +106,7 @@ class Phase(enum.Enum):
     RESPONDING = enum.auto()  # sending a file body piece by piece
     STREAM = enum.auto()  # sending a Stream body, piece by piece as its producer makes them
     APP = enum.auto()  # a Session's task runs: body in and response out through its Channel
+    WEBSOCKET = enum.auto()  # a WebSocket handshake's task runs, then its frames (protocol.websocket)
     DRAIN = enum.auto()  # response sent; discarding the rest of the request body
     LINGER = enum.auto()  # output shut; discarding input until end or deadline
     CLOSED = enum.auto()
@@ -112,6 +122,7 @@ _STEP: Final = Phase.STEP
 _RESPONDING: Final = Phase.RESPONDING
 _STREAM: Final = Phase.STREAM
 _APP: Final = Phase.APP
+_WEBSOCKET: Final = Phase.WEBSOCKET
 _DRAIN: Final = Phase.DRAIN
 _LINGER: Final = Phase.LINGER
 _CLOSED: Final = Phase.CLOSED
@@ -181,6 +192,7 @@ class ServerConnection:
         "_unstarted",
         "_waiting_on",
         "_wake",
+        "_websocket",
     )
 
     def __init__(
@@ -225,6 +237,7 @@ class ServerConnection:
         self._stream_left = -1  # bytes the Stream's Content-Length still allows (-1: none given)
         self._piece: object = _NO_PIECE  # what the Stream's last step produced
         self._session: _SessionState | None = None
+        self._websocket: _ws.WebSocket | None = None
         self._status = 0
         self._body_length = 0
         self._close_after_response = not config.keep_alive_timeout  # 0: every response closes
@@ -269,6 +282,9 @@ class ServerConnection:
             if not data:
                 self._phase = _CLOSED
             return
+        if phase is _WEBSOCKET:
+            self._websocket_input(data, now)
+            return
         if phase is _IDLE and data[:1] in b"\r\n" and data:  # b"" (end of input) is `in` too
             # RFC 9112 §2.2: ignore empty lines before a request line. Skipped bytes leave
             # the connection idle, on its keep-alive deadline: CRLFs forever still time out.
@@ -302,7 +318,9 @@ class ServerConnection:
             self.connection_lost()
             return
         phase = self._phase
-        if phase is _HEAD or phase is _BODY or phase is _APP:  # _APP: its task waited for the body
+        if phase is _WEBSOCKET:
+            self._websocket_timeout(now)
+        elif phase is _HEAD or phase is _BODY or phase is _APP:  # _APP: its task waited for the body
             self._fail(408, now)
         elif phase is _LINGER:
             self._phase = _CLOSED
@@ -334,6 +352,7 @@ class ServerConnection:
         self._drop_file()
         self._drop_stream()
         self._drop_session()
+        self._drop_websocket()
         self._phase = _CLOSED
 
     def shutdown(self, *, drain: bool = False) -> None:
@@ -354,6 +373,8 @@ class ServerConnection:
         self._stopping = True
         if self._session is not None:
             self._session.channel.mark_stopping()
+        if self._websocket is not None and self._wake is not None:
+            self._wake()  # a WebSocket waits for input with no end: it closes with 1001 now
 
     # --- the state machine -----------------------------------------------------------
 
@@ -371,6 +392,8 @@ class ServerConnection:
             self._after_step(now)
         elif phase is _APP:
             self._serve_session(now)
+        elif phase is _WEBSOCKET:
+            self._serve_websocket(now)
         elif phase is _STREAM:
             self._stream_next(now)
         elif phase is _RESPONDING:
@@ -437,6 +460,18 @@ class ServerConnection:
         if status:
             self._fail(status, now)
             return
+        websocket = False
+        if self._config.websocket:
+            from . import websocket as _ws
+
+            websocket = _ws.wants_websocket(request)
+        if websocket:
+            refusal = _ws.refusal(request, self._body_expected)
+            if refusal is not None:
+                self._close_after_response = True
+                self._respond(refusal, now)
+                return
+            request.websocket = True
         try:
             reply = self._app(request)
         except Exception:
@@ -453,7 +488,10 @@ class ServerConnection:
             return
         if not hasattr(reply, "respond"):
             if hasattr(reply, "run"):
-                self._start_session(reply, now)
+                if websocket:
+                    self._start_websocket(reply, now)
+                else:
+                    self._start_session(reply, now)
                 return
             # Say, None from a handler that forgot to return.
             error_log.error("handler returned %r for %r", reply, request)
@@ -986,6 +1024,179 @@ class ServerConnection:
             channel.notify()
         return True
 
+    # --- WebSockets: a Session's task accepts, then messages both ways (protocol.websocket)
+
+    def _start_websocket(self, session: Session, now: float) -> None:
+        """A valid handshake answered by a Session: its task accepts, refuses or answers it."""
+        if self._wake is None:
+            error_log.error("this transport cannot run %r (no wake)", session)
+            self._fail(500, now)
+            return
+        # The handshake has no body (`refusal` saw to it): its end lets h11 switch protocols.
+        try:
+            end = self._h11.next_event()
+        except h11.RemoteProtocolError:
+            end = None
+        if type(end) is not h11.EndOfMessage:
+            self._fail(400, now)
+            return
+        from . import websocket as _ws
+
+        channel = Channel(self._wake)
+        if self._stopping:
+            channel.stopping = True
+        self._websocket = _ws.WebSocket(channel, self._config)
+        self._phase = _WEBSOCKET
+        self._emit(Spawn(lambda: session.run(channel)))
+
+    def _websocket_input(self, data: bytes, now: float) -> None:
+        socket = self._websocket
+        assert socket is not None
+        if not data:
+            self._eof = True
+        socket.receive(data, now)
+
+    def _websocket_timeout(self, now: float) -> None:
+        socket = self._websocket
+        assert socket is not None
+        socket.timeout(self._out, now)
+
+    def _serve_websocket(self, now: float) -> None:
+        """Take what the task posted, read the peer's frames as far as the task keeps up,
+        send; end the connection once the close handshake is over; else wait."""
+        socket = self._websocket
+        assert socket is not None
+        channel = socket.channel
+        out = self._out
+        if socket.sending:  # the Send handed out last has completed
+            socket.sending = False
+            if socket.in_flight:
+                channel.mark_sent(socket.in_flight)
+                socket.in_flight = 0
+        if socket.paused:
+            socket.resume(now)
+            channel.resume_reading()
+        if socket.ws is None:  # the handshake: the task accepts, refuses, or answers in HTTP
+            message = channel.next_message()
+            if message is not None:
+                self._websocket_handshake(socket, message, now)
+                return
+            if self._stopping:
+                socket.stop(out, now)
+            if channel.will_wait():
+                self._emit(Wait(None))
+            return
+        if socket.ending is None:
+            while (message := channel.next_message()) is not None:
+                try:
+                    error = socket.take(message, out, now)
+                except Exception as exc:  # say, a message neither str nor bytes, a close code out of range
+                    error = f"app sent an invalid WebSocket message: {exc!r}"
+                    socket.take(Closing(1011, ""), out, now)
+                if error is not None:
+                    error_log.error("%s (%s)", error, _target(self._request))
+            if self._stopping:
+                socket.stop(out, now)
+            socket.read(out, now)
+        if out:
+            socket.sending = True
+            socket.in_flight = socket.pieces
+            socket.pieces = 0
+            self._queue.append(Send(b"".join(out), now + self._config.send_timeout))
+            out.clear()
+            return
+        if socket.pieces:  # messages dropped (the WebSocket is closing) have "left" at once
+            channel.mark_sent(socket.pieces)
+            socket.pieces = 0
+        if socket.ending is not None:
+            self._end_websocket(socket.lingers(), now)
+        elif socket.reading():
+            if channel.will_wait():
+                self._emit(Receive(socket.deadline()))
+        elif socket.pause():  # the task's unread messages fill the read-ahead: wait until it takes some
+            self._emit(Wait(socket.deadline()))
+
+    def _websocket_handshake(self, socket: _ws.WebSocket, message: Message, now: float) -> None:
+        """The task's first message: accept (101), refuse (403), or an HTTP response of its own."""
+        channel = socket.channel
+        request = self._request
+        assert request is not None
+        kind = type(message)
+        if kind is Accept:
+            from . import websocket as _ws
+
+            try:
+                fields, extension = _ws.accept_fields(request, cast(Accept, message), self._config)
+                if self._config.date_header:
+                    fields.append((b"Date", _http_date()))
+                if self._config.server_header:
+                    fields.append((b"Server", self._config.server_header))
+                head = h11.InformationalResponse(
+                    status_code=101, headers=fields, reason=b"Switching Protocols"
+                )
+                data = self._h11.send(head)
+            except (h11.LocalProtocolError, TypeError, ValueError, UnicodeError):
+                error_log.exception("app accepted a WebSocket with invalid fields (%s)", _target(request))
+                self._drop_websocket()
+                self._fail(500, now)
+                return
+            self._out.append(data or b"")
+            self._status = 101
+            self._log_access(101, 0, now)
+            buffered, closed = self._h11.trailing_data
+            if self._unfed:
+                buffered += bytes(self._unfed)
+                self._unfed = b""
+            socket.open(buffered, closed or self._eof, extension, now)
+            return
+        if kind is Closing:  # refused before accepting: 403 (as uvicorn)
+            closing = cast(Closing, message)
+            channel.mark_closed(closing.code, closing.reason)
+            self._drop_websocket()
+            self._fail(403, now)
+            return
+        if kind is Outgoing or kind is Finish:
+            if kind is Outgoing:
+                error_log.error("app sent a WebSocket message before accepting (%s)", _target(request))
+            elif cast(Finish, message).error is None:  # (a task that raised logged it)
+                error_log.error("app returned without accepting the WebSocket (%s)", _target(request))
+            self._drop_websocket()
+            self._fail(500, now)
+            return
+        # An HTTP response instead (the ASGI websocket.http.response extension): served as any
+        # Session's, on a connection that closes after it.
+        self._websocket = None
+        state = self._session = _SessionState(channel)
+        state.body_done = True
+        channel.put_body(b"", True)
+        self._close_after_response = True
+        self._phase = _APP
+        self._take_message(state, message, now)
+
+    def _end_websocket(self, linger: bool, now: float) -> None:
+        self._drop_websocket()
+        if linger and not self._eof:
+            # A failure: the close frame must reach the peer before a reset could destroy it.
+            self._emit(HalfClose())
+            self._phase = _LINGER
+            self._deadline = now + self._config.linger_timeout
+        else:
+            self._phase = _CLOSED
+
+    def _drop_websocket(self) -> None:
+        """The connection stops serving the WebSocket's task: it is closed for it (1006 unless
+        it learnt a code before), and what it posted is dropped."""
+        socket = self._websocket
+        if socket is None:
+            return
+        self._websocket = None
+        channel = socket.channel
+        channel.mark_closed(1006)
+        channel.mark_gone()
+        for message in channel.drop_outbox():
+            if type(message) is Piece and isinstance(message.data, FileBody):
+                message.data.file.close()
+
     def _gone(self, now: float) -> None:
         """The client left while the task ran: it learns so from its channel; nothing more is sent."""
         if self._session is not None and self._session.started:
@@ -1194,6 +1405,7 @@ class ServerConnection:
         self._drop_file()
         self._drop_stream()
         self._drop_session()
+        self._drop_websocket()
         if linger and not self._eof and self._unread_input():
             # Closing with unread input makes the kernel send RST, which can destroy
             # the response before the client reads it: shut output, drain, then close.
@@ -1289,6 +1501,13 @@ def _asks_for_trailers(headers: Headers) -> bool:
         if name == b"te" and any(item.strip().lower() == b"trailers" for item in value.split(b",")):
             return True
     return False
+
+
+def _target(request: Request | None) -> str:
+    """The request line's method and path, for error logs."""
+    if request is None:
+        return "-"
+    return f"{request.method.decode('latin-1')} {request.target.partition(b'?')[0].decode('latin-1')}"
 
 
 def _format_client(address: tuple[str, int] | None) -> str:

@@ -44,6 +44,9 @@ class Request:
     """The address the request came to: (host, port), or (path, None) on a Unix socket."""
     scheme: str = "http"
     """"https" under TLS (or when a trusted proxy says so)."""
+    websocket: bool = False
+    """A valid WebSocket handshake (with `Config.websocket` only): a `Session` answering it
+    may accept it through its Channel; any other answer is an ordinary HTTP response."""
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower-case), or None."""

@@ -1,7 +1,10 @@
 """The dependency rule, read from the source with `ast`.
 
-transports -> protocol, handlers;  handlers -> protocol;  protocol -> h11 + pure stdlib.
+transports -> protocol, handlers;  handlers -> protocol;  protocol -> h11, wsproto + pure stdlib.
 (h11 or h11_mypyc, its compiled fork: `protocol.parser` picks one; no other layer names either.)
+
+wsproto is h11's sans-IO sibling for WebSocket frames (same authors, same shape: bytes in,
+events out); the core drives it after an upgrade as it drives h11 before.
 
 "Pure" means the core computes and nothing else: it may use any standard-library
 module except those that do I/O, run code concurrently or reach the operating system
@@ -75,11 +78,11 @@ def top(module: str) -> str:
     return module.split(".")[0]
 
 
-def test_protocol_imports_only_h11_and_the_pure_stdlib() -> None:
+def test_protocol_imports_only_h11_wsproto_and_the_pure_stdlib() -> None:
     bad = []
     for path, module in imports("protocol"):
         name = top(module)
-        if name in ("protocol", "h11", "h11_mypyc", "__future__"):
+        if name in ("protocol", "h11", "h11_mypyc", "wsproto", "__future__"):
             continue
         if name not in sys.stdlib_module_names:
             bad.append((path, module, "not the stdlib"))
@@ -91,8 +94,8 @@ def test_protocol_imports_only_h11_and_the_pure_stdlib() -> None:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("transports", {"h11", "h11_mypyc"}),
-        ("handlers", {"h11", "h11_mypyc", "transports"}),
+        ("transports", {"h11", "h11_mypyc", "wsproto"}),
+        ("handlers", {"h11", "h11_mypyc", "wsproto", "transports"}),
         ("protocol", {"handlers", "transports"}),
     ],
 )

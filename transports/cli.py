@@ -114,6 +114,42 @@ def parser() -> argparse.ArgumentParser:
         help="ASGI lifespan: the app's shutdown gets this long (then it is cancelled)",
     )
 
+    websockets = p.add_argument_group("WebSockets (ASGI apps; RFC 6455 with permessage-deflate, on wsproto)")
+    websockets.add_argument(
+        "--ws",
+        choices=("auto", "wsproto", "none"),
+        default="auto",
+        help="auto or wsproto: serve WebSocket handshakes to an ASGI app; none: they are ordinary requests",
+    )
+    websockets.add_argument(
+        "--ws-max-size",
+        metavar="BYTES",
+        type=_positive_int,
+        default=config.ws_max_size,
+        help="a larger message closes the WebSocket with 1009",
+    )
+    websockets.add_argument(
+        "--ws-ping-interval",
+        metavar="SECONDS",
+        type=_non_negative_float,
+        default=config.ws_ping_interval,
+        help="ping a peer that sent nothing for this long (0: never)",
+    )
+    websockets.add_argument(
+        "--ws-ping-timeout",
+        metavar="SECONDS",
+        type=_non_negative_float,
+        default=config.ws_ping_timeout,
+        help="a pinged peer must answer within this, else it is closed with 1011 (0: no limit)",
+    )
+    websockets.add_argument(
+        "--ws-per-message-deflate",
+        metavar="BOOL",
+        type=_boolean,
+        default=config.ws_per_message_deflate,
+        help="accept the permessage-deflate extension when a client offers it (true or false)",
+    )
+
     speed = p.add_argument_group("speed (optional extras: pip install '.[fast]')")
     speed.add_argument(
         "--parser",
@@ -354,6 +390,15 @@ def _root_path(value: str) -> str:
     return path
 
 
+def _boolean(value: str) -> bool:
+    lower = value.lower()
+    if lower in ("true", "1", "yes", "on"):
+        return True
+    if lower in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not true or false")
+
+
 def _header_value(value: str) -> bytes:
     try:
         data = value.encode("latin-1")
@@ -414,6 +459,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=not args.no_access_log,
         proxy_headers=args.proxy_headers,
         forwarded_allow_ips=args.forwarded_allow_ips,
+        ws_max_size=args.ws_max_size,
+        ws_ping_interval=args.ws_ping_interval or None,
+        ws_ping_timeout=args.ws_ping_timeout or None,
+        ws_per_message_deflate=args.ws_per_message_deflate,
     )
     certificates = None if args.certfile is None else (args.certfile, args.keyfile)
     try:
@@ -441,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("--interface", args.interface != "auto"),
             ("--root-path", bool(args.root_path)),
             ("--lifespan", args.lifespan != "auto"),
+            ("--ws", args.ws != "auto"),
         ):
             if given:
                 p.error(f"{flag} needs APP (module:attribute)")
@@ -470,6 +520,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             app, interface = loaded
         make_app = functools.partial(_user_app_or_exit, args, p.prog)
         serving = f"{interface} app {args.app}"
+        if interface == "asgi" and args.ws != "none":
+            config = dataclasses.replace(config, websocket=True)
+            from handlers.asgi_ws import accelerate
+
+            accelerate()  # compiled unmasking when the `websockets` package is installed
     importlib.import_module(f"transports.{_MODULES[args.transport]}")  # before announcing readiness
     if not supervised and app is None:
         app = make_app()

@@ -15,6 +15,7 @@ _SPECIAL = {
     "date_header": "--date-header",
     "server_header": "--server-header",
     "access_log": "--no-access-log",
+    "websocket": "--ws",  # on for ASGI apps unless --ws none
 }
 
 
@@ -45,6 +46,10 @@ def test_defaults_are_the_config_defaults() -> None:
         ["--server-header", "a\r\nb"],
         ["--directory", "/no/such/directory"],
         ["--transport", "gevent"],
+        ["--ws", "websockets"],
+        ["--ws-max-size", "0"],
+        ["--ws-ping-interval", "-1"],
+        ["--ws-per-message-deflate", "maybe"],
         ["--parser", "httptools"],
         ["--loop", "tokio"],
     ],
