@@ -27,7 +27,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO, Final, cast
+from typing import Any, BinaryIO, cast
 
 from handlers.plain_http import plain_http_app
 from protocol import (
@@ -62,8 +62,6 @@ from .common import (
     run_task,
 )
 from .options import ServerOptions
-
-_MAX_STEP_THREADS: Final = 64
 
 
 def _sendfile_some(out_fd: int, in_fd: int, offset: int, count: int) -> int | None:
@@ -467,9 +465,7 @@ class AsyncioServer:
         self.loop_sendfile = isinstance(loop, asyncio.BaseEventLoop)
         self.ssl_context = options.ssl_context
         self.ports = ports(sockets)
-        self.executor = ThreadPoolExecutor(
-            max_workers=min(_MAX_STEP_THREADS, options.max_connections), thread_name_prefix="http-step"
-        )
+        self.executor = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="http-step")
         self.connections: set[_HttpProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()  # spawned app tasks not yet over
         self._options = options

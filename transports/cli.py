@@ -221,8 +221,8 @@ def parser() -> argparse.ArgumentParser:
         "--threads",
         metavar="N",
         type=_positive_int,
-        help=f"--transport threads only: worker threads per process, i.e. connections served (and "
-        f"blocking steps run) at once (default {options.threads}); trio and asyncio size their own pools",
+        help=f"blocking steps (disk work, WSGI app calls) run at once per process (default "
+        f"{options.threads}); with --transport threads also the connections served at once",
     )
     return p
 
@@ -437,11 +437,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (args.certfile is None) != (args.keyfile is None):
         p.error("--certfile and --keyfile go together")
-    if args.threads is not None and args.transport != "threads":
-        p.error(
-            f"--threads sizes the threads transport's pool; --transport {args.transport} runs blocking "
-            "steps in a pool of its own (leave --threads out, or use --transport threads)"
-        )
     if args.loop != "asyncio" and args.transport not in LOOP_TRANSPORTS:
         p.error(f"--loop {args.loop} needs --transport {' or '.join(sorted(LOOP_TRANSPORTS))}")
     try:  # an extra that is not installed: one line saying what to install, exit 1

@@ -44,8 +44,10 @@ class ServerOptions:
     workers: int = 1
     """Processes sharing the listening sockets (the CLI forks them)."""
     threads: int = 16
-    """The threads transport's worker threads: at most this many connections are served
-    (and blocking steps run) at once; connections waiting for the network hold none."""
+    """At most this many blocking steps (disk work, WSGI app calls) run at once: trio and
+    asyncio run them in a pool of this many threads; the threads transport has this many
+    worker threads, which also bounds the connections it serves at once (connections that
+    wait for the network hold none)."""
     handle_signals: bool = False
     """Install SIGTERM/SIGINT handlers (main thread only): the first signal shuts the
     server down gracefully, a second one cuts the remaining connections."""

@@ -109,6 +109,7 @@ class TrioServer:
         self._drained = trio.Event()  # stopping, and no connection or app task is left
         self._grace = trio.CancelScope()  # the wait for requests in flight
         self._room_wanted = False  # a client found every slot taken and no connection idle
+        self._steps = trio.CapacityLimiter(options.threads)  # blocking steps at once
         self._thread = threading.get_ident()
         self._token = trio.lowlevel.current_trio_token()
         self._draining = False
@@ -344,8 +345,8 @@ class TrioServer:
                         conn.timeout(current_time())
                 elif type(action) is Run:
                     if not action.watch:
-                        await trio.to_thread.run_sync(action.step)
-                    elif await _run_watched(action.step, sock):
+                        await trio.to_thread.run_sync(action.step, limiter=self._steps)
+                    elif await _run_watched(action.step, sock, self._steps):
                         cut = True
                         conn.connection_lost(current_time())
                 elif type(action) is Wait:
@@ -444,7 +445,7 @@ async def _watch(sock: socket.socket) -> bool:
             return left
 
 
-async def _run_watched(step: Callable[[], None], sock: socket.socket) -> bool:
+async def _run_watched(step: Callable[[], None], sock: socket.socket, limiter: trio.CapacityLimiter) -> bool:
     """Run `step` in a worker thread while watching the socket; whether the peer left."""
     left = False
 
@@ -454,7 +455,7 @@ async def _run_watched(step: Callable[[], None], sock: socket.socket) -> bool:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
-        await trio.to_thread.run_sync(step)
+        await trio.to_thread.run_sync(step, limiter=limiter)
         nursery.cancel_scope.cancel()
     return left
 

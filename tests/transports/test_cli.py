@@ -103,18 +103,9 @@ def test_keep_alive_timeout_zero_is_accepted() -> None:
     assert parser().parse_args(["--keep-alive-timeout", "0"]).keep_alive_timeout == 0
 
 
-@pytest.mark.parametrize("transport", ["trio", "asyncio"])
-def test_threads_is_refused_where_it_would_do_nothing(
-    transport: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exit:
-        main(["--transport", transport, "--threads", "8"])
-    assert exit.value.code == 2
-    assert f"--threads sizes the threads transport's pool; --transport {transport}" in capsys.readouterr().err
-
-
-def test_threads_with_the_threads_transport_is_parsed() -> None:
-    assert parser().parse_args(["--transport", "threads", "--threads", "8"]).threads == 8
+@pytest.mark.parametrize("transport", ["trio", "asyncio", "threads"])
+def test_threads_is_parsed_for_every_transport(transport: str) -> None:
+    assert parser().parse_args(["--transport", transport, "--threads", "8"]).threads == 8
 
 
 def test_loop_is_for_the_asyncio_transport(capsys: pytest.CaptureFixture[str]) -> None:
