@@ -380,7 +380,7 @@ class _Cycle:
             await waiter.wait(since)
 
 
-def _head(message: Message) -> tuple[int, list[tuple[bytes, bytes]], bool]:
+def _head(message: Message) -> tuple[int, tuple[tuple[bytes, bytes], ...], bool]:
     """(status, headers, is an event stream) from http.response.start, checked in one pass."""
     status = message["status"]
     if type(status) is not int or not 200 <= status <= 599:
@@ -402,7 +402,8 @@ def _head(message: Message) -> tuple[int, list[tuple[bytes, bytes]], bool]:
         raise TypeError("headers must be an iterable of [name, value] pairs") from None
     if framing:  # ASGI: the server must ignore it (the core frames the body)
         headers = [item for item in headers if item[0].lower() != b"transfer-encoding"]
-    return status, headers, stream
+    # A tuple: the core validates each distinct tuple of headers once (apps repeat theirs).
+    return status, tuple(headers), stream
 
 
 def _headers(items: Iterable[Any]) -> list[tuple[bytes, bytes]]:

@@ -90,7 +90,7 @@ class WebSocketCycle:
         self._pending: deque[tuple[int, int]] = deque()  # (ticket, size) of messages not yet out
         self._pending_bytes = 0
         self._subprotocols: list[str] = []
-        self._head: tuple[int, list[tuple[bytes, bytes]]] = (0, [])
+        self._head: tuple[int, tuple[tuple[bytes, bytes], ...]] = (0, ())
 
     # --- the task ------------------------------------------------------------------------
 
@@ -273,8 +273,8 @@ class WebSocketCycle:
         elif kind == "websocket.http.response.start":
             if state != _CONNECTING:
                 raise RuntimeError(_unexpected(kind, state))
-            status, headers, _ = _head(message)
-            self._head = (status, headers)
+            status, head_headers, _ = _head(message)
+            self._head = (status, head_headers)
             self._state = _DENIAL_HEAD
         elif kind == "websocket.http.response.body":
             if state != _DENIAL_HEAD and state != _DENIAL_BODY:

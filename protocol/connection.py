@@ -698,7 +698,7 @@ class ServerConnection:
         if config.server_header:  # validated by Config
             fields.append((b"Server", b"server", config.server_header))
         try:
-            trusted = _validated_fields(headers)
+            trusted = _validated_fields(headers, framed_by_handler=length is None)
             if trusted is None:  # h11 validates them, as it would any headers
                 all_headers: list[tuple[bytes, bytes]] | _H11Headers = [
                     *headers,
@@ -1528,38 +1528,46 @@ def _abort(exchange: Exchange) -> None:
 _CONNECTION_CLOSE: Final = (b"Connection", b"connection", b"close")
 _FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _VALIDATED_MAX: Final = 256
-_validated: dict[Headers, list[tuple[bytes, bytes, bytes]] | None] = {}
+_Fields = list[tuple[bytes, bytes, bytes]]
+_validated: dict[Headers, tuple[_Fields, bool] | None] = {}
 
 
-def _validated_fields(headers: Headers) -> list[tuple[bytes, bytes, bytes]] | None:
+def _validated_fields(headers: Headers, *, framed_by_handler: bool) -> _Fields | None:
     """A handler's headers in h11's normalised form once h11 accepted them, or None.
 
     h11 checks every header it is given with regexes, on every response: the costliest
     part of sending one. Handlers mostly return the same constant tuples, so each distinct
     tuple is validated once and its verdict kept (bounded: a full table starts afresh, so
     constant tuples come back at once and one-off ones go). None (not a tuple of hashable
-    pairs, invalid, or naming a framing field the core must reconcile with its own) means
-    the headers go through h11's own validation as usual.
+    pairs, invalid, or naming a framing field while the core frames the body itself, which
+    it must reconcile with its own) means the headers go through h11's own validation as
+    usual. With `framed_by_handler` (a Stream or a Session's response: the core adds no
+    Content-Length), framing fields are the handler's to give, and h11 frames by them.
     """
     if type(headers) is not tuple:
         return None
     try:
-        return _validated[headers]
+        verdict = _validated[headers]
     except KeyError:
-        pass
+        verdict = _validate(headers)
     except TypeError:  # a mutable value such as a bytearray: it could change after a check
         return None
-    fields: list[tuple[bytes, bytes, bytes]] | None
+    if verdict is None or (verdict[1] and not framed_by_handler):
+        return None
+    return verdict[0]
+
+
+def _validate(headers: Headers) -> tuple[_Fields, bool] | None:
+    verdict: tuple[_Fields, bool] | None
     try:
         fields = h11.Response(status_code=200, headers=list(headers)).headers._full_items
+        verdict = (fields, any(name in _FRAMING_FIELDS for _, name, _ in fields))
     except Exception:  # whatever h11 refuses, it refuses again when sending: a 500
-        fields = None
-    if fields and any(name in _FRAMING_FIELDS for _, name, _ in fields):
-        fields = None
+        verdict = None
     if len(_validated) >= _VALIDATED_MAX:
         _validated.clear()
-    _validated[headers] = fields
-    return fields
+    _validated[headers] = verdict  # hashable: the lookup above said so
+    return verdict
 
 
 _LOG_ESCAPES: Final = {i: f"\\x{i:02X}" for i in (*range(0x20), 0x22, 0x5C, *range(0x7F, 0x100))}
