@@ -2,7 +2,7 @@
 # Start the server. The first run creates .venv with the pinned dependencies.
 # It runs in the directory it was started from: an APP (module:attribute) is imported from
 # there (or --app-dir), and relative paths are the user's.
-# With a virtual environment active (VIRTUAL_ENV; README, "Serve your app"): its own Python
+# With a virtual environment active (VIRTUAL_ENV; docs/wsgi.md, "Loading"): its own Python
 # runs the server when it holds the server's pinned runtime (h11, trio: say, after
 # `pip install /path/to/checkout`); else .venv's Python runs it and imports the active
 # environment's packages after its own. Nothing is ever installed into the active environment.
