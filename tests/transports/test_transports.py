@@ -186,6 +186,41 @@ def test_tls_ends_whole_responses_with_close_notify_and_cut_ones_without(
             assert clean is ends_cleanly, (target, len(data))
 
 
+def test_a_tls_request_sent_with_the_clients_finished_is_read(
+    transport: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    """TLS 1.3: the request leaves in the same write as the client's Finished, before the
+    server's session tickets come back. The server must read it without waiting for more
+    input (bytes the TLS layer holds decrypted are invisible to select())."""
+    server_context, client_context = tls
+    with running(
+        transport, build_app(None), options=ServerOptions(port=0, ssl_context=server_context)
+    ) as server:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        with raw:
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls_client = client_context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+            while True:
+                try:
+                    tls_client.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    raw.sendall(outgoing.read())
+                    incoming.write(raw.recv(65536))
+            assert tls_client.version() == "TLSv1.3"
+            tls_client.write(b"GET /echo/early HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            raw.sendall(outgoing.read())  # Finished and the request, in one segment
+            response = b""
+            while not response.endswith(b"\r\n\r\nearly"):
+                try:
+                    response += tls_client.read(65536)
+                except ssl.SSLWantReadError:
+                    data = raw.recv(65536)  # times out (a failure) if the server waits
+                    assert data, response
+                    incoming.write(data)
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
 def test_a_file_body_without_a_descriptor_is_sent_whole(transport: str) -> None:
     content = os.urandom(1024 * 1024 + 17)  # several pieces, more than a socket buffer holds
 
