@@ -182,24 +182,13 @@ class _Cycle:
         return f"{request.method.decode('latin-1')} {request.target.partition(b'?')[0].decode('latin-1')}"
 
     def _log(self, message: str, error: BaseException | None) -> None:
-        if error is None:
-            error_log.error("%s (%s)", message, self._what())
-            return
-        text = "".join(traceback.format_exception(error)).rstrip()
-        for secret in _secrets(self._request.headers):
-            text = text.replace(secret, "[redacted]")
-        error_log.error("%s\n%s", message, text)
+        log_failure(message, error, self._request, self._what())
 
     def _scope(self) -> Scope:
         request = self._request
         owner = self._owner
-        raw_path, _, query = request.target.partition(b"?")
-        path = raw_path.decode("ascii")  # h11 lets only visible ASCII through
-        if "%" in path:
-            path = unquote(path)
         root_path = owner.root_path
-        if root_path and not _under(path, root_path):
-            path = root_path + path  # the proxy stripped it
+        path, raw_path, query = scope_path(request, root_path)
         headers = request.headers
         extensions: dict[str, dict[str, object]] = {"http.response.pathsend": {}}
         for name, value in headers:
@@ -464,6 +453,29 @@ def _ours(error: BaseException) -> bool:
             if linked is not None:
                 stack.append(linked)
     return False
+
+
+def scope_path(request: Request, root_path: str) -> tuple[str, bytes, bytes]:
+    """(path, raw_path, query_string) of a scope: the path percent-decoded and under `root_path`."""
+    raw_path, _, query = request.target.partition(b"?")
+    path = raw_path.decode("ascii")  # h11 lets only visible ASCII through
+    if "%" in path:
+        path = unquote(path)
+    if root_path and not _under(path, root_path):
+        path = root_path + path  # the proxy stripped it
+    return path, raw_path, query
+
+
+def log_failure(message: str, error: BaseException | None, request: Request, what: str) -> None:
+    """Log an app's failure: `message` with `what` (the request), or with `error`'s traceback,
+    the request's credentials replaced wherever they appear in it."""
+    if error is None:
+        error_log.error("%s (%s)", message, what)
+        return
+    text = "".join(traceback.format_exception(error)).rstrip()
+    for secret in _secrets(request.headers):
+        text = text.replace(secret, "[redacted]")
+    error_log.error("%s\n%s", message, text)
 
 
 def _secrets(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:

@@ -35,15 +35,23 @@ messages with the `websockets` package's compiled code when it is installed.
 from __future__ import annotations
 
 import logging
-import traceback
 from collections import deque
 from typing import TYPE_CHECKING, Final
-from urllib.parse import unquote
 
 from protocol import Channel, Request, Response
 from protocol.websocket import use_mask_function
 
-from .asgi import HIGH_WATER, ClientDisconnected, Message, Scope, _head, _headers, _ours, _secrets, _under
+from .asgi import (
+    HIGH_WATER,
+    ClientDisconnected,
+    Message,
+    Scope,
+    _head,
+    _headers,
+    _ours,
+    log_failure,
+    scope_path,
+)
 from .notify import Notifier, notifier
 
 if TYPE_CHECKING:
@@ -130,24 +138,13 @@ class WebSocketCycle:
         return self._request.target.partition(b"?")[0].decode("latin-1")
 
     def _log(self, message: str, error: BaseException | None) -> None:
-        if error is None:
-            error_log.error("%s (%s)", message, self._what())
-            return
-        text = "".join(traceback.format_exception(error)).rstrip()
-        for secret in _secrets(self._request.headers):
-            text = text.replace(secret, "[redacted]")
-        error_log.error("%s\n%s", message, text)
+        log_failure(message, error, self._request, self._what())
 
     def _scope(self) -> Scope:
         request = self._request
         owner = self._owner
-        raw_path, _, query = request.target.partition(b"?")
-        path = raw_path.decode("ascii")  # h11 lets only visible ASCII through
-        if "%" in path:
-            path = unquote(path)
         root_path = owner.root_path
-        if root_path and not _under(path, root_path):
-            path = root_path + path  # the proxy stripped it
+        path, raw_path, query = scope_path(request, root_path)
         subprotocols = self._subprotocols
         for name, value in request.headers:
             if name == b"sec-websocket-protocol":

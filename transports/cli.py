@@ -124,7 +124,7 @@ def parser() -> argparse.ArgumentParser:
     websockets.add_argument(
         "--ws-max-size",
         metavar="BYTES",
-        type=_positive_int,
+        type=_size,
         default=config.ws_max_size,
         help="a larger message closes the WebSocket with 1009",
     )
