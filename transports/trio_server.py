@@ -1,14 +1,18 @@
 """The trio transport: one task per connection driving `ServerConnection`.
 
 Deadlines are cancel scopes on `trio.current_time()`, so tests can run it on a
-virtual clock; blocking steps go to `trio.to_thread`. One connection's failure is
+virtual clock; blocking steps go to a pool of worker threads (`_StepPool`). One connection's failure is
 logged and ends that connection only. App tasks (`Spawn`) run in a nursery of their
-own beside the connections' nursery; `wake` cancels the scope of the connection's wait.
+own beside the connections' nursery, on pooled runner tasks (`_AppRunner`);
+`wake` cancels the scope of the connection's wait.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import contextvars
+import itertools
 import math
 import os
 import signal
@@ -17,6 +21,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import BinaryIO, Final
 
+import sniffio
 import trio
 
 from handlers.plain_http import plain_http_app
@@ -93,6 +98,186 @@ class _Connection:
         self.wake_here()  # asked again, an idle connection's core closes (or, draining, waits on)
 
 
+class _AppRunner:
+    """A task of the apps' nursery that runs spawned app tasks one after another.
+
+    Starting a trio task per request (spawn, a coroutine, a nursery child, its exit) was
+    most of the scheduler's cost per ASGI request; a runner that is done parks in the
+    server's pool and the next `Spawn` hands it its task with one `reschedule`. Each task
+    still runs in its own copy of the spawner's contextvars, as `start_soon` gives it
+    (`Task.context` is what trio runs each step of a task in), so nothing an app sets
+    leaks into the next request, and it sees no more than `start_soon` would show it.
+    """
+
+    __slots__ = ("job", "pool", "task")
+
+    def __init__(self, pool: list[_AppRunner]) -> None:
+        self.task = trio.lowlevel.current_task()
+        self.job: Callable[[], Awaitable[None]] | None = None
+        self.pool = pool
+
+    def start(self, job: Callable[[], Awaitable[None]], context: contextvars.Context) -> None:
+        """Hand a parked runner `job`, to run in `context`."""
+        self.job = job
+        self.task.context = context  # in effect from the runner's next step: the job's
+        trio.lowlevel.reschedule(self.task)
+
+    def retire(self) -> None:
+        """End a parked runner (the pool is larger than needed)."""
+        self.job = None
+        trio.lowlevel.reschedule(self.task)
+
+    async def park(self, idle: contextvars.Context) -> Callable[[], Awaitable[None]] | None:
+        """Wait in the pool for the next job (None: retired)."""
+        self.job = None
+        self.task.context = idle  # the last job's contextvars are not kept alive meanwhile
+        self.pool.append(self)
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+        return self.job
+
+    def _abort(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self.pool.remove(self)  # cancelled (the server stops): never handed a job
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
+class _Step:
+    """A blocking step handed to `_StepPool`, and how it ended."""
+
+    __slots__ = ("context", "error", "function", "task")
+
+    def __init__(
+        self, function: Callable[[], object], context: contextvars.Context, task: trio.lowlevel.Task
+    ) -> None:
+        self.function: Callable[[], object] | None = function
+        self.context: contextvars.Context | None = context
+        self.task = task
+        self.error: BaseException | None = None
+
+
+class _StepPool:
+    """Runs blocking steps (`Run`) on at most `size` worker threads, started as needed and
+    kept until the server stops; the steps beyond wait in a queue, first come first served.
+
+    It replaces `trio.to_thread.run_sync` with a `CapacityLimiter`, which cost a minimal WSGI
+    request about a fifth of its CPU time: a limiter checkpoint, closures and thread names
+    per call, a thread cache hand-off, one `run_sync_soon` per result, and every idle thread
+    woken in turn, all fighting for the GIL. Here a thread is woken only when no worker is
+    already awake and about to look at the queue (`_searching`): a worker that finished a
+    step takes the next one queued without sleeping, so under load one or two threads serve
+    the steps. Still, no step waits behind one that blocks while a thread could take it: a
+    worker that takes a step and leaves others queued wakes another one first. Results go
+    back in batches: one `run_sync_soon` for all the steps done meanwhile.
+
+    Cancellation is as with `run_sync`: a step that no worker took yet is dropped and the
+    cancellation goes through; one that runs is waited for (a thread cannot be stopped) and
+    the cancellation comes at the task's next checkpoint. A step runs in a copy of the
+    context the pool was made in, with sniffio's variable unset, as `run_sync` runs it in a
+    copy of the caller's (a connection's context is a copy of the server's).
+    """
+
+    _names = itertools.count(1)
+
+    def __init__(self, size: int, token: trio.lowlevel.TrioToken) -> None:
+        self._size = size
+        self._token = token
+        self._lock = threading.Lock()  # guards the five below
+        self._queue: collections.deque[_Step] = collections.deque()
+        self._idle: list[threading.Lock] = []  # a sleeping worker waits for its lock
+        self._threads = 0
+        self._searching = 0  # workers awake and not in a step: each will look at the queue
+        self._closed = False
+        self._done: collections.deque[_Step] = collections.deque()
+        self._delivering = False  # a `_deliver` is on its way to trio's thread
+        self._context = contextvars.copy_context()
+        self._context.run(sniffio.current_async_library_cvar.set, None)
+
+    async def run(self, function: Callable[[], object]) -> None:
+        """Run `function()` in a worker thread; raise what it raised."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        step = _Step(function, self._context.copy(), trio.lowlevel.current_task())
+        with self._lock:
+            self._queue.append(step)
+            if not self._searching:
+                self._wake_one()
+
+        def abort(raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            with self._lock:
+                try:
+                    self._queue.remove(step)
+                except ValueError:
+                    return trio.lowlevel.Abort.FAILED  # running: wait for it
+            return trio.lowlevel.Abort.SUCCEEDED  # still queued: dropped, never run
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        if step.error is not None:
+            raise step.error
+
+    def _wake_one(self) -> None:
+        """Get one more worker looking at the queue (the lock held)."""
+        if self._idle:
+            self._searching += 1
+            self._idle.pop().release()
+        elif self._threads < self._size:
+            self._searching += 1
+            self._threads += 1
+            name = f"trio-step-worker-{next(self._names)}"
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    def close(self) -> None:
+        """Let the workers go (the server stopped: no step is in flight)."""
+        with self._lock:
+            self._closed = True
+            while self._idle:
+                self._searching += 1
+                self._idle.pop().release()
+
+    def _work(self) -> None:
+        lock = self._lock
+        queue = self._queue
+        done = self._done
+        wake = threading.Lock()
+        wake.acquire()
+        while True:
+            with lock:
+                if queue:
+                    step: _Step | None = queue.popleft()
+                    self._searching -= 1
+                    if queue and not self._searching:
+                        self._wake_one()  # the rest must not wait behind this step, should it block
+                else:
+                    step = None
+                    self._searching -= 1
+                    if self._closed:
+                        self._threads -= 1
+                        return
+                    self._idle.append(wake)
+            if step is None:
+                wake.acquire()
+                continue
+            assert step.function is not None and step.context is not None
+            try:
+                step.context.run(step.function)
+            except BaseException as exc:
+                step.error = exc
+            step.function = step.context = None  # nothing of the step is kept alive meanwhile
+            with lock:
+                self._searching += 1  # looks at the queue again before it sleeps
+            done.append(step)
+            if not self._delivering:
+                # `_deliver` clears the flag before it empties `done`: a step added after
+                # that sees the flag down and asks for another delivery.
+                self._delivering = True
+                with contextlib.suppress(trio.RunFinishedError):
+                    self._token.run_sync_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        self._delivering = False
+        done = self._done
+        reschedule = trio.lowlevel.reschedule
+        while done:
+            reschedule(done.popleft().task)
+
+
 class TrioServer:
     """A running server: its `ports`, and `shutdown()` to stop it gracefully."""
 
@@ -105,13 +290,15 @@ class TrioServer:
         self._connections: set[_Connection] = set()
         self._apps: trio.Nursery | None = None  # where spawned app tasks run
         self._tasks = 0  # spawned app tasks not yet over
+        self._runners: list[_AppRunner] = []  # parked, the last one parked on top
+        self._idle_context = contextvars.copy_context()  # a parked runner's
         self._stop = trio.Event()
         self._drained = trio.Event()  # stopping, and no connection or app task is left
         self._grace = trio.CancelScope()  # the wait for requests in flight
         self._room_wanted = False  # a client found every slot taken and no connection idle
-        self._steps = trio.CapacityLimiter(options.threads)  # blocking steps at once
         self._thread = threading.get_ident()
         self._token = trio.lowlevel.current_trio_token()
+        self._steps = _StepPool(options.threads, self._token)  # blocking steps
         self._draining = False
 
     def shutdown(self, *, drain: bool = False) -> None:
@@ -139,29 +326,32 @@ class TrioServer:
     ) -> None:
         """Accept until shutdown, then drain: connections and app tasks get the grace period,
         then both are cancelled (a cancelled task still runs its cleanup: trio waits for it)."""
-        async with trio.open_nursery() as apps:
-            self._apps = apps
-            async with trio.open_nursery() as connections:
-                async with trio.open_nursery() as accepting:
+        try:
+            async with trio.open_nursery() as apps:
+                self._apps = apps
+                async with trio.open_nursery() as connections:
+                    async with trio.open_nursery() as accepting:
+                        for sock in sockets:
+                            accepting.start_soon(self._accept, sock, connections)
+                        task_status.started(self)
+                        await self._stop.wait()
+                        accepting.cancel_scope.cancel()
                     for sock in sockets:
-                        accepting.start_soon(self._accept, sock, connections)
-                    task_status.started(self)
-                    await self._stop.wait()
-                    accepting.cancel_scope.cancel()
-                for sock in sockets:
-                    sock.close()  # new connections are refused, not left waiting
-                for connection in list(self._connections):
-                    connection.stop(drain=self._draining)
-                waiting = self._connections if self._draining else self._busy_connections()
-                logs.shutdown_begins(len(waiting), self._options.shutdown_grace, drain=self._draining)
-                self._check_drained()
-                self._grace.deadline = trio.current_time() + self._options.shutdown_grace
-                with self._grace:
-                    await self._drained.wait()
-                if not self._drained.is_set():
-                    logs.shutdown_cuts(len(self._connections))
-                connections.cancel_scope.cancel()  # their channels tell app tasks: gone
-            apps.cancel_scope.cancel()
+                        sock.close()  # new connections are refused, not left waiting
+                    for connection in list(self._connections):
+                        connection.stop(drain=self._draining)
+                    waiting = self._connections if self._draining else self._busy_connections()
+                    logs.shutdown_begins(len(waiting), self._options.shutdown_grace, drain=self._draining)
+                    self._check_drained()
+                    self._grace.deadline = trio.current_time() + self._options.shutdown_grace
+                    with self._grace:
+                        await self._drained.wait()
+                    if not self._drained.is_set():
+                        logs.shutdown_cuts(len(self._connections))
+                    connections.cancel_scope.cancel()  # their channels tell app tasks: gone
+                apps.cancel_scope.cancel()
+        finally:
+            self._steps.close()  # every step is over: trio waited for the tasks awaiting them
         logs.shutdown_done()
 
     def _busy_connections(self) -> list[_Connection]:
@@ -264,19 +454,37 @@ class TrioServer:
                 await (stream.aclose() if graceful else trio.aclose_forcefully(stream))
             self._connections.discard(connection)
             self._slots.release()
+            self._retire_runners()
             self._check_drained()
 
     def _spawn(self, task: Callable[[], Awaitable[None]]) -> None:
-        assert self._apps is not None
         self._tasks += 1
-        self._apps.start_soon(self._run_task, task)
+        if self._runners:
+            # A copy of the caller's context, as start_soon would make (the connection's).
+            self._runners.pop().start(task, contextvars.copy_context())
+        else:
+            assert self._apps is not None
+            self._apps.start_soon(self._run_tasks, task)
 
-    async def _run_task(self, task: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await run_task(task)
-        finally:
-            self._tasks -= 1
-            self._check_drained()
+    async def _run_tasks(self, task: Callable[[], Awaitable[None]] | None) -> None:
+        """An `_AppRunner`'s life: run `task`, then, while a connection may want a runner,
+        park in the pool and run what it is handed. Cancelled, it ends (as a task would)."""
+        runner = _AppRunner(self._runners)
+        while task is not None:
+            try:
+                await run_task(task)
+            finally:
+                task = None  # a parked runner holds nothing of the request it ran
+                self._tasks -= 1
+                self._check_drained()
+            if self._stop.is_set() or len(self._runners) >= len(self._connections):
+                return
+            task = await runner.park(self._idle_context)
+
+    def _retire_runners(self) -> None:
+        """Keep no more parked runners than connections (each runs one request at a time)."""
+        while len(self._runners) > len(self._connections):
+            self._runners.pop(0).retire()
 
     def _check_drained(self) -> None:
         if self._stop.is_set() and not self._connections and not self._tasks:
@@ -345,7 +553,7 @@ class TrioServer:
                         conn.timeout(current_time())
                 elif type(action) is Run:
                     if not action.watch:
-                        await trio.to_thread.run_sync(action.step, limiter=self._steps)
+                        await self._steps.run(action.step)
                     elif await _run_watched(action.step, sock, self._steps):
                         cut = True
                         conn.connection_lost(current_time())
@@ -445,7 +653,7 @@ async def _watch(sock: socket.socket) -> bool:
             return left
 
 
-async def _run_watched(step: Callable[[], None], sock: socket.socket, limiter: trio.CapacityLimiter) -> bool:
+async def _run_watched(step: Callable[[], None], sock: socket.socket, steps: _StepPool) -> bool:
     """Run `step` in a worker thread while watching the socket; whether the peer left."""
     left = False
 
@@ -455,7 +663,7 @@ async def _run_watched(step: Callable[[], None], sock: socket.socket, limiter: t
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
-        await trio.to_thread.run_sync(step, limiter=limiter)
+        await steps.run(step)
         nursery.cancel_scope.cancel()
     return left
 

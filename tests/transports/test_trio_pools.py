@@ -1,0 +1,210 @@
+"""The trio transport's two pools: `_StepPool` (blocking steps on a bounded set of worker
+threads, in place of `trio.to_thread`) and its `_AppRunner`s (spawned app tasks run on
+pooled trio tasks, each in a context of its own)."""
+
+from __future__ import annotations
+
+import contextvars
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+import pytest
+import trio
+
+from handlers.asgi import ASGIApp
+from handlers.wsgi import WSGIApp
+from transports import trio_server
+from transports.options import ServerOptions
+
+from .harness import running
+
+GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def _response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before a response"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return body
+
+
+# --- _StepPool ----------------------------------------------------------------------
+
+
+async def test_steps_run_on_at_most_size_threads_and_raise_what_they_raise() -> None:
+    pool = trio_server._StepPool(2, trio.lowlevel.current_trio_token())
+    threads: set[str] = set()
+    running_now = peak = 0
+    lock = threading.Lock()
+
+    def step() -> None:
+        nonlocal running_now, peak
+        with lock:
+            running_now += 1
+            peak = max(peak, running_now)
+        time.sleep(0.01)
+        threads.add(threading.current_thread().name)
+        with lock:
+            running_now -= 1
+
+    def fails() -> None:
+        raise ValueError("from the step")
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(pool.run, step)
+        assert peak <= 2 and 1 <= len(threads) <= 2
+        assert all(name.startswith("trio-step-worker") for name in threads)
+        with pytest.raises(ValueError, match="from the step"):
+            await pool.run(fails)
+    finally:
+        pool.close()
+
+
+async def test_a_blocking_step_holds_up_no_other_while_a_thread_is_free() -> None:
+    pool = trio_server._StepPool(2, trio.lowlevel.current_trio_token())
+    release = threading.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.run, lambda: release.wait(10))
+            await trio.sleep(0.05)  # taken by a worker, which then blocks
+            with trio.fail_after(5):
+                await pool.run(lambda: None)  # the second thread takes it
+            release.set()
+    finally:
+        pool.close()
+
+
+async def test_a_step_cancelled_while_queued_never_runs_and_a_running_one_is_waited_for() -> None:
+    pool = trio_server._StepPool(1, trio.lowlevel.current_trio_token())
+    release = threading.Event()
+    ran: list[str] = []
+
+    def blocking() -> None:
+        release.wait(10)
+        ran.append("blocking")
+
+    try:
+        with trio.CancelScope() as outer:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pool.run, blocking)
+                await trio.sleep(0.05)  # the only thread runs it
+                nursery.start_soon(pool.run, lambda: ran.append("queued"))
+                await trio.sleep(0.05)
+                threading.Timer(0.2, release.set).start()
+                outer.cancel()  # the queued step is dropped; the running one is waited for
+        assert ran == ["blocking"]
+        await pool.run(lambda: ran.append("after"))
+        assert ran == ["blocking", "after"]
+    finally:
+        pool.close()
+
+
+async def test_a_step_runs_in_a_copy_of_the_pools_context_without_sniffio_set() -> None:
+    import sniffio
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var")
+    var.set("server")
+    pool = trio_server._StepPool(1, trio.lowlevel.current_trio_token())
+    seen: list[object] = []
+
+    def step() -> None:
+        seen.append(var.get())
+        var.set("changed by a step")
+        try:
+            seen.append(sniffio.current_async_library())
+        except sniffio.AsyncLibraryNotFoundError:
+            seen.append(None)
+
+    try:
+        await pool.run(step)
+        await pool.run(step)
+    finally:
+        pool.close()
+    assert seen == ["server", None, "server", None]
+    assert var.get() == "server"
+
+
+def test_a_wsgi_app_that_blocks_stalls_no_other_connection() -> None:
+    release = threading.Event()
+
+    def app(environ: dict[str, object], start_response: Callable[..., object]) -> Iterable[bytes]:
+        if environ["PATH_INFO"] == "/slow":
+            release.wait(10)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    options = ServerOptions(port=0, threads=2)
+    with running("trio", WSGIApp(app), options=options) as server, server.connect() as slow:
+        slow.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)
+        with server.connect() as fast:
+            for _ in range(3):
+                fast.sendall(GET)
+                assert _response(fast) == b"ok"
+        release.set()
+        assert _response(slow) == b"ok"
+
+
+# --- _AppRunner ---------------------------------------------------------------------
+
+_request_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_var")
+
+
+def test_each_asgi_request_runs_in_a_context_of_its_own() -> None:
+    """Runner tasks are reused; what an app sets in a context variable is not seen by the
+    next request, on the same connection or another."""
+    seen: list[str] = []
+
+    async def app(scope: dict[str, object], receive: object, send: Callable[..., object]) -> None:
+        seen.append(_request_var.get("unset"))
+        _request_var.set(str(scope["path"]))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})  # type: ignore[misc]
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[misc]
+
+    with running("trio", ASGIApp(app)) as server, server.connect() as one, server.connect() as two:
+        for path in (b"/a", b"/b", b"/c"):
+            for sock in (one, two):
+                sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert _response(sock) == b"ok"
+    assert seen == ["unset"] * 6
+
+
+def test_parked_runners_are_not_more_than_the_connections() -> None:
+    servers: list[trio_server.TrioServer] = []
+    original = trio_server.TrioServer.__init__
+
+    def record(self: trio_server.TrioServer, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        servers.append(self)
+
+    async def app(scope: dict[str, object], receive: object, send: Callable[..., object]) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})  # type: ignore[misc]
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[misc]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trio_server.TrioServer, "__init__", record)
+        with running("trio", ASGIApp(app)) as server:
+            socks = [server.connect() for _ in range(5)]
+            for sock in socks:
+                sock.sendall(GET)
+                assert _response(sock) == b"ok"
+            time.sleep(0.1)
+            assert 1 <= len(servers[0]._runners) <= 5
+            for sock in socks:
+                sock.close()
+            deadline = time.monotonic() + 5
+            while servers[0]._runners and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert servers[0]._runners == []
