@@ -1,10 +1,10 @@
 """The trio transport: one task per connection driving `ServerConnection`.
 
 Deadlines are cancel scopes on `trio.current_time()`, so tests can run it on a
-virtual clock; blocking steps go to a pool of worker threads (`_StepPool`). One connection's failure is
-logged and ends that connection only. App tasks (`Spawn`) run in a nursery of their
-own beside the connections' nursery, on pooled runner tasks (`_AppRunner`);
-`wake` cancels the scope of the connection's wait.
+virtual clock; blocking steps go to a pool of worker threads (`_StepPool`). One
+connection's failure is logged and ends that connection only. App tasks (`Spawn`) run
+in a nursery of their own beside the connections' nursery, on pooled runner tasks
+(`_AppRunner`); `wake` cancels the scope of the connection's wait.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ from .common import (
     peer_left,
     ports,
     read_at,
-    run_task,
 )
 from .options import ServerOptions
 
@@ -103,9 +102,9 @@ class _Connection:
 class _AppRunner:
     """A task of the apps' nursery that runs spawned app tasks one after another.
 
-    Starting a trio task per request (spawn, a coroutine, a nursery child, its exit) was
-    most of the scheduler's cost per ASGI request; a runner that is done parks in the
-    server's pool and the next `Spawn` hands it its task with one `reschedule`. Each task
+    Starting a trio task per request (spawn_impl, a Task, a nursery child, its exit) was
+    a good part of the scheduler's cost per ASGI request; a runner that is done parks in
+    the server's pool and the next `Spawn` hands it its task with one `reschedule`. Each task
     still runs in its own copy of the spawner's contextvars, as `start_soon` gives it
     (`Task.context` is what trio runs each step of a task in), so nothing an app sets
     leaks into the next request, and it sees no more than `start_soon` would show it.
@@ -160,10 +159,10 @@ class _StepPool:
     """Runs blocking steps (`Run`) on at most `size` worker threads, started as needed and
     kept until the server stops; the steps beyond wait in a queue, first come first served.
 
-    It replaces `trio.to_thread.run_sync` with a `CapacityLimiter`, which cost a minimal WSGI
-    request about a fifth of its CPU time: a limiter checkpoint, closures and thread names
-    per call, a thread cache hand-off, one `run_sync_soon` per result, and every idle thread
-    woken in turn, all fighting for the GIL. Here a thread is woken only when no worker is
+    It replaces `trio.to_thread.run_sync` with a `CapacityLimiter`, whose hand-off cost a
+    minimal WSGI request more than its parsing: a limiter checkpoint, closures and thread
+    names per call, a thread cache hand-off, one `run_sync_soon` per result, and every idle
+    thread woken in turn, all fighting for the GIL. Here a thread is woken only when no worker is
     already awake and about to look at the queue (`_searching`): a worker that finished a
     step takes the next one queued without sleeping, so under load one or two threads serve
     the steps. Still, no step waits behind one that blocks while a thread could take it: a
@@ -200,7 +199,11 @@ class _StepPool:
         with self._lock:
             self._queue.append(step)
             if not self._searching:
-                self._wake_one()
+                try:
+                    self._wake_one()
+                except BaseException:  # no thread could start (as run_sync would raise)
+                    self._queue.remove(step)
+                    raise
 
         def abort(raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
             with self._lock:
@@ -220,10 +223,10 @@ class _StepPool:
             self._searching += 1
             self._idle.pop().release()
         elif self._threads < self._size:
-            self._searching += 1
-            self._threads += 1
             name = f"trio-step-worker-{next(self._names)}"
             threading.Thread(target=self._work, name=name, daemon=True).start()
+            self._searching += 1  # the new thread looks at the queue once it has the lock
+            self._threads += 1
 
     def close(self) -> None:
         """Let the workers go (the server stopped: no step is in flight)."""
@@ -245,7 +248,9 @@ class _StepPool:
                     step: _Step | None = queue.popleft()
                     self._searching -= 1
                     if queue and not self._searching:
-                        self._wake_one()  # the rest must not wait behind this step, should it block
+                        # The rest must not wait behind this step, should it block.
+                        with contextlib.suppress(RuntimeError):  # no thread could start
+                            self._wake_one()
                 else:
                     step = None
                     self._searching -= 1
@@ -487,7 +492,9 @@ class TrioServer:
         runner = _AppRunner(self._runners)
         while task is not None:
             try:
-                await run_task(task)
+                await task()  # as common.run_task, one coroutine less
+            except Exception:
+                error_log.exception("an app task failed")
             finally:
                 task = None  # a parked runner holds nothing of the request it ran
                 self._tasks -= 1
@@ -522,8 +529,9 @@ class TrioServer:
         completed) and no response was cut. Only then does TLS's close_notify go out.
         """
         conn = connection.conn
-        current_time = trio.current_time
+        current_time = trio.lowlevel.current_clock().current_time  # trio.current_time, less a call
         raw = sock if plain else None
+        checkpoint = trio.lowlevel.checkpoint
         received = False
         cut = False
         while True:
@@ -534,7 +542,19 @@ class TrioServer:
                         self._room_wanted = False  # a client found no free slot: make room
                         conn.shutdown()
                         continue  # asked again, the core closes
-                    data = await _receive(stream, raw, action.deadline, connection)
+                    if raw is not None:
+                        # Yield first, then try: by the time the other connections have had
+                        # their turn, a keep-alive client has usually sent its next request,
+                        # so the recv succeeds and no cancel scope or epoll registration is
+                        # needed (the bare loop gets this from send_all). One yield per read
+                        # also keeps a connection that always has data from starving others.
+                        await checkpoint()
+                        try:
+                            data: bytes | None = raw.recv(RECEIVE_SIZE)
+                        except BlockingIOError:
+                            data = await _receive(stream, raw, action.deadline, connection)
+                    else:
+                        data = await _receive(stream, raw, action.deadline, connection)
                     if data is not None:
                         received = True
                         conn.receive_data(data, current_time())
@@ -597,18 +617,9 @@ async def _receive(
     """Some bytes (b"" at end of input), or None if the deadline passed or the wait was
     given up (`connection.woken`: a wake, or shutdown).
 
-    On a raw socket, waiting is a bare `wait_readable`: an idle connection holds little.
+    On a raw socket (which `_drive` tried once already), waiting is a bare `wait_readable`:
+    an idle connection holds little.
     """
-    if raw is not None:
-        # Yield first, then try: by the time the other connections have had their turn, a
-        # keep-alive client has usually sent its next request, so the recv succeeds and no
-        # cancel scope or epoll registration is needed (the bare loop gets this from send_all).
-        # One yield per read also keeps a connection that always has data from starving others.
-        await trio.lowlevel.checkpoint()
-        try:
-            return raw.recv(RECEIVE_SIZE)
-        except BlockingIOError:
-            pass
     if connection.woken:  # woken or stopped while on its way here
         return None
     with trio.CancelScope(deadline=_at(deadline)) as scope:
