@@ -37,7 +37,7 @@ import itertools
 import math
 import os
 import queue
-import selectors
+import select
 import signal
 import socket
 import threading
@@ -92,8 +92,9 @@ _DRAIN: Final = "drain"  # what a connection's core was told (`_Connection.stopp
 _STOP: Final = "stop"
 _SIGNAL_CHECK_INTERVAL: Final = 0.5
 """Seconds the reactor waits in select() at most (see `_react`)."""
-_READ: Final = selectors.EVENT_READ
-_WRITE: Final = selectors.EVENT_WRITE
+_READ: Final = select.EPOLLIN
+_WRITE: Final = select.EPOLLOUT
+_ONESHOT: Final = select.EPOLLONESHOT
 _TURN: Final = 0.01
 """Seconds a worker drives one connection that never waits before serving others waiting."""
 _YIELD_BEFORE: Final = (Receive, Send, SendFile)
@@ -121,6 +122,7 @@ class _Connection:
         "conn",
         "deadline",
         "events",
+        "fd",
         "file_left",
         "file_offset",
         "handshake_deadline",
@@ -152,6 +154,7 @@ class _Connection:
         self.tls = False  # its socket is wrapped in TLS (on a TLS server, a plain-HTTP client's is not)
         # The reactor's own:
         self.parked = False
+        self.fd = -1  # its descriptor once registered with epoll (it stays so until closed)
         self.timer: tuple[float, int, _Connection] | None = None  # its live entry in the deadline heap
 
 
@@ -188,7 +191,10 @@ class ThreadServer:
         self._wake_writer.setblocking(False)
         self._wake_pending = False  # a wake-up byte is on its way: one per batch of messages
         # The reactor's own:
-        self._selector = selectors.DefaultSelector()
+        self._epoll = select.epoll()
+        # What each registered descriptor is: a connection, a listener or the wake-up socket.
+        # A connection's entry stays (disarmed while it is away) until it closes.
+        self._polled: dict[int, _Connection | socket.socket] = {}
         self._timers: list[tuple[float, int, _Connection]] = []  # a heap; see `_set_timer`
         self._timer_ids = itertools.count()  # ties in the heap never compare connections
         self._sleeping: set[_Connection] = set()  # parked on their deadline alone (`_SLEEP`)
@@ -230,7 +236,7 @@ class ThreadServer:
         """Release what serving holds, however serve() ends (also before it began)."""
         for sock in (*self._sockets, self._wake_reader, self._wake_writer):
             sock.close()  # new connections are refused, not left waiting
-        self._selector.close()
+        self._epoll.close()
         for _ in self._workers:
             self._ready.put(None)  # idle workers exit; busy ones when their step returns
 
@@ -238,7 +244,9 @@ class ThreadServer:
         """Accept, park, wake and time out connections until shutdown has run its course."""
         monotonic = time.monotonic
         grace_end = cleanup_end = math.inf
-        self._selector.register(self._wake_reader, _READ)
+        self._epoll.register(self._wake_reader.fileno(), _READ)
+        self._polled[self._wake_reader.fileno()] = self._wake_reader
+        polled = self._polled
         while True:
             now = monotonic()
             if self._stopping and grace_end == math.inf:
@@ -270,18 +278,18 @@ class ThreadServer:
                 wake_at = min(wake_at, self._paused_until)
             timeout = min(max(wake_at - now, 0.0), _SIGNAL_CHECK_INTERVAL)
             listeners = []
-            for key, _ in self._selector.select(timeout):
-                connection = key.data
-                if connection is not None:
+            for fd, _ in self._epoll.poll(timeout):
+                polled_object = polled[fd]
+                if type(polled_object) is _Connection:
                     # A wake-up earlier in this batch (`_take_messages`) may have unparked
-                    # it already: unregistering it twice raised KeyError and killed serve().
-                    if connection.parked:
-                        self._unpark(connection)
-                        self._dispatch(connection)
-                elif key.fileobj is self._wake_reader:
+                    # it already (and disarmed it): it is elsewhere now.
+                    if polled_object.parked:
+                        polled_object.parked = False  # one-shot: the event disarmed it
+                        self._dispatch(polled_object)
+                elif polled_object is self._wake_reader:
                     self._take_messages()
                 else:
-                    listeners.append(key.fileobj)
+                    listeners.append(polled_object)
             # Last: a connection whose request came in the same batch is no longer idle,
             # so it is not the one closed to make room for a new client.
             for listener in listeners:
@@ -296,9 +304,10 @@ class ThreadServer:
             self._accepting = accepting
             for sock in self._sockets:
                 if accepting:
-                    self._selector.register(sock, _READ)
+                    self._epoll.register(sock.fileno(), _READ)
+                    self._polled[sock.fileno()] = sock
                 else:
-                    self._selector.unregister(sock)
+                    self._epoll.unregister(sock.fileno())
 
     def _stop_accepting(self, now: float) -> int:
         """Close the listeners; idle parked connections close at once (returns how many), the rest finish."""
@@ -342,8 +351,8 @@ class ThreadServer:
             self._dispatch(connection)
 
     def _parked(self) -> list[_Connection]:
-        parked = [key.data for key in self._selector.get_map().values() if key.data is not None]
-        return parked + list(self._sleeping)
+        polled = [c for c in self._polled.values() if type(c) is _Connection and c.parked]
+        return [c for c in polled if c.events != _SLEEP] + list(self._sleeping)
 
     def _tasks_left(self) -> bool:
         return self._apps is not None and self._apps.count > 0
@@ -390,6 +399,8 @@ class ThreadServer:
             self._busy -= 1
             if connection.closed:
                 self._count -= 1
+                if self._polled.get(connection.fd) is connection:  # else its number was reused
+                    del self._polled[connection.fd]
                 self._full = self._room_wanted = False
                 connection.timer = None  # its heap entry, if any, is stale
             elif self._cutting or (self._stopping and self._stop(connection)):
@@ -415,20 +426,30 @@ class ThreadServer:
         self._dispatch(connection)  # a worker closes it
 
     def _park(self, connection: _Connection) -> None:
-        if connection.events == _SLEEP:
+        events = connection.events
+        if events == _SLEEP:
             self._sleeping.add(connection)
+        elif connection.fd >= 0:
+            # Registered once, then re-armed: one system call per wait, and none when
+            # its event comes (one-shot), where register/unregister took two.
+            self._epoll.modify(connection.fd, events | _ONESHOT)
         else:
-            self._selector.register(connection.sock, connection.events, connection)
+            fd = connection.fd = connection.sock.fileno()
+            self._epoll.register(fd, events | _ONESHOT)
+            self._polled[fd] = connection
         connection.parked = True
         deadline = connection.deadline
         if deadline is not None and (connection.timer is None or deadline < connection.timer[0]):
             self._set_timer(connection, deadline)
 
     def _unpark(self, connection: _Connection) -> None:
+        """Take a parked connection back before its event (a deadline, a wake-up, shutdown)."""
         if connection.events == _SLEEP:
             self._sleeping.discard(connection)
         else:
-            self._selector.unregister(connection.sock)
+            # Disarmed: no event while it is elsewhere. One-shot even so: epoll always
+            # watches for a hang-up, which would otherwise fire at every poll.
+            self._epoll.modify(connection.fd, _ONESHOT)
         connection.parked = False
 
     def _set_timer(self, connection: _Connection, at: float) -> None:
@@ -627,6 +648,11 @@ class ThreadServer:
             connection.file_left = 0
             conn.timeout(monotonic())
         turn_end = monotonic() + _TURN
+        # Set once a Send went out whole on a plain socket: a client sends its next request
+        # after reading the response (pipelining is rare), so the recv would almost always
+        # fail (a system call and an exception); park for it at once instead. Not under
+        # TLS: the SSLSocket may hold decrypted bytes, which epoll cannot see.
+        answered = False
         while True:
             if self._stopping:
                 if self._cutting:
@@ -653,9 +679,16 @@ class ThreadServer:
                     return _YIELD
             try:
                 if type(action) is Receive:
-                    conn.receive_data(sock.recv(RECEIVE_SIZE), monotonic())
+                    if answered:
+                        answered = False
+                        if not connection.woken:
+                            return self._wait_for(connection, action, _READ)
+                        connection.woken = False  # give the wait up: ask again
+                    else:
+                        conn.receive_data(sock.recv(RECEIVE_SIZE), monotonic())
                 elif type(action) is Send:
                     self._send_out(connection)
+                    answered = not connection.tls
                 elif type(action) is SendFile:
                     self._send_file(connection, action)
                 elif type(action) is Run:
