@@ -281,10 +281,12 @@ class ThreadServer:
             for fd, _ in self._epoll.poll(timeout):
                 polled_object = polled[fd]
                 if type(polled_object) is _Connection:
-                    # A wake-up earlier in this batch (`_take_messages`) may have unparked
-                    # it already (and disarmed it): it is elsewhere now.
+                    # Unparked connections stay armed (see `_unpark`): an event may come
+                    # while it is elsewhere (ignored), or be stale, from before it was
+                    # parked again earlier in this batch: a spurious wake-up, harmless
+                    # (the worker tries again and parks it again).
                     if polled_object.parked:
-                        polled_object.parked = False  # one-shot: the event disarmed it
+                        self._unpark(polled_object)  # one-shot: the event disarmed it
                         self._dispatch(polled_object)
                 elif polled_object is self._wake_reader:
                     self._take_messages()
@@ -443,13 +445,14 @@ class ThreadServer:
             self._set_timer(connection, deadline)
 
     def _unpark(self, connection: _Connection) -> None:
-        """Take a parked connection back before its event (a deadline, a wake-up, shutdown)."""
+        """Take a parked connection back (its event came, or a deadline, wake-up, shutdown).
+
+        Taken back before its event, it stays armed: disarming would cost a system call
+        (about every ASGI request, whose app's wake-up ends a Wait), and its one event,
+        if it comes while the connection is elsewhere, is ignored.
+        """
         if connection.events == _SLEEP:
             self._sleeping.discard(connection)
-        else:
-            # Disarmed: no event while it is elsewhere. One-shot even so: epoll always
-            # watches for a hang-up, which would otherwise fire at every poll.
-            self._epoll.modify(connection.fd, _ONESHOT)
         connection.parked = False
 
     def _set_timer(self, connection: _Connection, at: float) -> None:
@@ -637,6 +640,10 @@ class ThreadServer:
         ready = self._ready
         action = connection.action  # the action it waited for, tried again; else a new one
         connection.action = None
+        # A Wait parks for readability before it peeks: the app usually answers first (an
+        # app task spawned just before, running on the app loop), and its wake-up ends the
+        # wait without a system call. Readable, it comes back here, and peeks then.
+        readable_wait = action if type(action) is Wait else None
         # A response cut short (a write failed or timed out) ends without TLS's close_notify,
         # so the client sees the cut. From there to Close nothing waits: a local will do.
         cut = False
@@ -699,6 +706,9 @@ class ThreadServer:
                 elif type(action) is Wait:
                     if connection.woken:
                         connection.woken = False
+                    elif action is not readable_wait:
+                        connection.action = action
+                        return self._wait(connection, _READ, action.deadline)
                     else:
                         left = peer_left(sock)
                         if not left:  # nothing yet: watch; bytes waiting: sleep until woken
