@@ -29,6 +29,7 @@ watched `Run` step runs inline, unwatched; the socket is peeked at once it has r
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -826,6 +827,10 @@ class _AppLoop:
         self._lock = threading.Lock()  # for `count`: workers spawn at once
         self._tasks: set[asyncio.Task[None]] = set()  # the loop thread's own
         self._cancelling = False
+        # Tasks spawned and not yet started: one call_soon_threadsafe (a write to the
+        # loop's self-pipe) per batch of them, not one per task.
+        self._spawned: collections.deque[Callable[[], Awaitable[None]]] = collections.deque()
+        self._start_pending = False
         self._thread = threading.Thread(target=self._run, name="http-app-loop", daemon=True)
         # Like the workers, it leaves SIGTERM and SIGINT to the main thread.
         unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
@@ -847,14 +852,23 @@ class _AppLoop:
         """Start `task()` on the loop (from any thread)."""
         with self._lock:
             self.count += 1
-        self.loop.call_soon_threadsafe(self._start, task)
+        self._spawned.append(task)
+        if not self._start_pending:
+            self._start_pending = True
+            self.loop.call_soon_threadsafe(self._start)
 
-    def _start(self, task: Callable[[], Awaitable[None]]) -> None:
-        running = self.loop.create_task(run_task(task))
-        self._tasks.add(running)
-        running.add_done_callback(self._done)
-        if self._cancelling:
-            running.cancel()
+    def _start(self) -> None:
+        # Cleared before the queue is emptied: a task appended after this is either
+        # started below or comes with a call of its own (as `_notify_reactor`'s byte).
+        self._start_pending = False
+        spawned = self._spawned
+        create_task = self.loop.create_task
+        while spawned:
+            running = create_task(run_task(spawned.popleft()))
+            self._tasks.add(running)
+            running.add_done_callback(self._done)
+            if self._cancelling:
+                running.cancel()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
