@@ -184,7 +184,10 @@ class ThreadServer:
         self._cutting = False
         self._ready: queue.SimpleQueue[_Connection | None] = queue.SimpleQueue()  # to the workers
         self._inbox: queue.SimpleQueue[_Connection] = queue.SimpleQueue()  # to the reactor
-        self._wakes: queue.SimpleQueue[_Connection] = queue.SimpleQueue()  # to the reactor, from `wake`
+        # Held by the reactor whenever it is not waiting in epoll, and by `wake` while it
+        # takes a parked connection to the workers (re-entrant: the core may call `wake`
+        # from the reactor, in `shutdown`).
+        self._lot = threading.RLock()
         self._apps: _AppLoop | None = None  # where app tasks run, once one is spawned
         self._apps_lock = threading.Lock()
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -243,10 +246,19 @@ class ThreadServer:
 
     def _react(self) -> None:
         """Accept, park, wake and time out connections until shutdown has run its course."""
-        monotonic = time.monotonic
-        grace_end = cleanup_end = math.inf
         self._epoll.register(self._wake_reader.fileno(), _READ)
         self._polled[self._wake_reader.fileno()] = self._wake_reader
+        lot = self._lot
+        lot.acquire()
+        try:
+            self._react_holding(lot)
+        finally:
+            lot.release()
+
+    def _react_holding(self, lot: threading.RLock) -> None:
+        """`_react`'s loop, run holding `lot` except while it waits in epoll."""
+        monotonic = time.monotonic
+        grace_end = cleanup_end = math.inf
         polled = self._polled
         while True:
             now = monotonic()
@@ -278,8 +290,13 @@ class ThreadServer:
             if self._paused_until > now:
                 wake_at = min(wake_at, self._paused_until)
             timeout = min(max(wake_at - now, 0.0), _SIGNAL_CHECK_INTERVAL)
+            lot.release()
+            try:
+                events = self._epoll.poll(timeout)
+            finally:
+                lot.acquire()
             listeners = []
-            for fd, _ in self._epoll.poll(timeout):
+            for fd, _ in events:
                 polled_object = polled[fd]
                 if type(polled_object) is _Connection:
                     # Unparked connections stay armed (see `_unpark`): an event may come
@@ -390,7 +407,7 @@ class ThreadServer:
             self._dispatch(_Connection(sock))  # a worker sets it up (TLS: the handshake)
 
     def _take_messages(self) -> None:
-        """Connections workers handed back (to park, or closed), and wake-ups."""
+        """Connections workers handed back: to park, or closed."""
         with contextlib.suppress(OSError):
             self._wake_reader.recv(4096)
         # Cleared after the bytes are read and before the queue is: a message put after
@@ -414,13 +431,6 @@ class ThreadServer:
                 self._dispatch(connection)  # woken on its way here: it gives its wait up
             else:
                 self._park(connection)
-        wakes = self._wakes
-        for _ in range(wakes.qsize()):
-            connection = wakes.get()
-            # Held by a worker, or queued: it sees `woken` before it parks again.
-            if connection.parked and type(connection.action) in _WAKEABLE:
-                self._unpark(connection)
-                self._dispatch(connection)
 
     def _make_room(self, connection: _Connection) -> None:
         """Close `connection`, which waits for a request, for a client that found no slot."""
@@ -554,10 +564,18 @@ class ThreadServer:
                 self._wake_writer.send(b"x")
 
     def _wake(self, connection: _Connection) -> None:
-        """A connection's `wake` (any thread, any time): its Receive or Wait, now or next, ends."""
-        connection.woken = True  # before the message: see `_take_messages`
-        self._wakes.put(connection)
-        self._notify_reactor()
+        """A connection's `wake` (any thread, any time): its Receive or Wait, now or next, ends.
+
+        Parked, it goes to the workers from here (the reactor is not involved: one thread
+        handoff less per answer of an app task). Elsewhere, it sees the flag before it
+        parks: the flag is set before the lot is looked at, and the reactor checks it,
+        under the lot, when the connection comes back (`_take_messages`).
+        """
+        connection.woken = True
+        with self._lot:
+            if connection.parked and type(connection.action) in _WAKEABLE:
+                self._unpark(connection)
+                self._dispatch(connection)
 
     # --- app tasks ----------------------------------------------------------------------
 
