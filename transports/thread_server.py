@@ -1,29 +1,41 @@
-"""The threads transport: a selector thread parks waiting connections; a bounded pool serves them.
+"""The threads transport: an epoll thread parks waiting connections; a bounded pool serves them.
 
-The thread that calls `serve` runs the reactor: a selector over the listening sockets,
-a wake-up socket and every connection that waits for the network, and a heap of their
+The thread that calls `serve` runs the reactor: an epoll over the listening sockets, a
+wake-up socket and every connection that waits for the network, and a heap of their
 deadlines. A connection whose socket became ready, or whose deadline passed, goes to a
 FIFO queue. At most `options.threads` worker threads (started as needed, then reused)
 take connections from it and drive the core on non-blocking sockets until it has to
-wait for the network again, then hand it back. Blocking steps (disk) run inline in the
+wait for the network again, then park it. Blocking steps (disk) run inline in the
 worker: that is what the threads are for. So no thread waits on a slow client, an idle
 keep-alive connection holds no thread, and only the pool competes for the GIL (with a
 thread per connection, dozens of runnable threads convoy on it: a long latency tail).
 
-A connection is in exactly one place at a time: parked in the reactor (registered with
-its selector, or only on its deadline), queued for a worker, or in one worker. Only its
-holder touches its socket and its core; the two queues hand it over. The reactor alone
-counts connections, accepts (taking a slot first: at `max_connections`, a parked
-connection that waits for a request is closed to make room, else new ones wait in the
-listen backlog) and carries out shutdown for the connections it holds; workers see it
-through two flags.
+A connection is in exactly one place at a time: parked (armed in the epoll, or only on
+its deadline), queued for a worker, or in one worker. Only its holder touches its socket
+and its core. What parking changes (the epoll's interest, the deadline heap, the counts)
+is changed under one lock, the lot, which the reactor holds except while it waits in
+epoll: a worker parks the connection it served itself when it gets the lot without
+waiting, else hands it to the reactor through a queue (and always so once it closed:
+the reactor alone frees slots). The reactor alone accepts (taking a slot first: at
+`max_connections`, a parked connection that waits for a request is closed to make room,
+else new ones wait in the listen backlog) and carries out shutdown for the connections
+parked; workers see it through two flags.
+
+Per keep-alive request that costs few system calls: a connection's descriptor is
+registered once, one-shot, and re-armed (one epoll_ctl) at each wait; its event disarms
+it, and one taken back before its event stays armed (the event, if it comes, is ignored).
+After a response a worker parks for the next request without trying to read it first (a
+client sends it after reading the response; not under TLS, whose buffered bytes epoll
+cannot see).
 
 App tasks (`Spawn`) run on one asyncio event loop in a thread of its own (`_AppLoop`,
-started at the first task, or at start-up for `options.lifespan`). A task's `wake` is a
-message to the reactor, like a worker's hand-back: a connection parked for a `Receive` or
-a `Wait` goes back to a worker; one held elsewhere sees the flag before it parks. A
-`Wait` parks for readability with peeking in mind: the peer leaving ends it at once. A
-watched `Run` step runs inline, unwatched; the socket is peeked at once it has returned.
+started at the first task, or at start-up for `options.lifespan`; the tasks spawned
+together start with one `call_soon_threadsafe`). A task's `wake` takes a connection
+parked for a `Receive` or a `Wait` out of the lot to a worker, with no reactor between;
+one held elsewhere sees the flag before it parks. A `Wait` parks for readability without
+peeking first (the app usually answers before); readable, a worker peeks: the peer
+leaving ends it at once, bytes waiting park it on its deadline and wake only. A watched
+`Run` step runs inline, unwatched; the socket is peeked at once it has returned.
 """
 
 from __future__ import annotations
