@@ -577,7 +577,7 @@ class ThreadServer:
         A connection that waits is then parked by the thread that served it: no message,
         and no reactor waking up to take it (a thread handoff less per request).
         """
-        if self._stopping or self._room_wanted:
+        if self._stopping or self._room_wanted or self._epoll.closed:  # closed: serve failed
             return False
         deadline = connection.deadline
         if deadline is not None and (connection.timer is None or deadline < connection.timer[0]):
