@@ -104,7 +104,7 @@ _STOP_SIGNALS: Final = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1}
 _DRAIN: Final = "drain"  # what a connection's core was told (`_Connection.stopped`)
 _STOP: Final = "stop"
 _SIGNAL_CHECK_INTERVAL: Final = 0.5
-"""Seconds the reactor waits in select() at most (see `_react`)."""
+"""Seconds the reactor waits in epoll at most (see `_react_holding`)."""
 _READ: Final = select.EPOLLIN
 _WRITE: Final = select.EPOLLOUT
 _ONESHOT: Final = select.EPOLLONESHOT
@@ -297,7 +297,7 @@ class ThreadServer:
             self._grow_pool()
             # A timeout, so that Python code runs here now and then: a signal handler runs
             # only between bytecodes of the main thread, and a signal arriving just before
-            # select() blocks does not interrupt it.
+            # epoll blocks does not interrupt it.
             wake_at = min(grace_end, cleanup_end, self._timers[0][0] if self._timers else math.inf)
             if self._paused_until > now:
                 wake_at = min(wake_at, self._paused_until)
@@ -509,7 +509,7 @@ class ThreadServer:
                 self._set_timer(connection, deadline)
             else:
                 self._unpark(connection)
-                connection.timed_out = True  # never also ready: it left the selector
+                connection.timed_out = True  # an event that comes now is ignored (unparked)
                 self._dispatch(connection)
 
     def _dispatch(self, connection: _Connection) -> None:
@@ -528,7 +528,7 @@ class ThreadServer:
 
     def _start_worker(self) -> bool:
         # The kernel may hand a process's SIGTERM to any thread that does not block it;
-        # taken by a worker, the main thread would sleep on in select() and never see
+        # taken by a worker, the main thread would sleep on in epoll and never see
         # it. Threads inherit the mask they are started with.
         unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
@@ -790,7 +790,7 @@ class ThreadServer:
                 connection.woken = False  # give the wait up: ask again
             except self._want_read:
                 # TLS needs bytes from the peer first. A recv raises this only once the
-                # SSLSocket holds no decrypted byte (which select() could not see).
+                # SSLSocket holds no decrypted byte (which epoll could not see).
                 if type(action) is not Receive or not connection.woken:
                     return self._wait_for(connection, action, _READ)
                 connection.woken = False
