@@ -1,34 +1,47 @@
-"""The threads transport: a selector thread parks waiting connections; a bounded pool serves them.
+"""The threads transport: an epoll thread parks waiting connections; a bounded pool serves them.
 
-The thread that calls `serve` runs the reactor: a selector over the listening sockets,
-a wake-up socket and every connection that waits for the network, and a heap of their
+The thread that calls `serve` runs the reactor: an epoll over the listening sockets, a
+wake-up socket and every connection that waits for the network, and a heap of their
 deadlines. A connection whose socket became ready, or whose deadline passed, goes to a
 FIFO queue. At most `options.threads` worker threads (started as needed, then reused)
 take connections from it and drive the core on non-blocking sockets until it has to
-wait for the network again, then hand it back. Blocking steps (disk) run inline in the
+wait for the network again, then park it. Blocking steps (disk) run inline in the
 worker: that is what the threads are for. So no thread waits on a slow client, an idle
 keep-alive connection holds no thread, and only the pool competes for the GIL (with a
 thread per connection, dozens of runnable threads convoy on it: a long latency tail).
 
-A connection is in exactly one place at a time: parked in the reactor (registered with
-its selector, or only on its deadline), queued for a worker, or in one worker. Only its
-holder touches its socket and its core; the two queues hand it over. The reactor alone
-counts connections, accepts (taking a slot first: at `max_connections`, a parked
-connection that waits for a request is closed to make room, else new ones wait in the
-listen backlog) and carries out shutdown for the connections it holds; workers see it
-through two flags.
+A connection is in exactly one place at a time: parked (armed in the epoll, or only on
+its deadline), queued for a worker, or in one worker. Only its holder touches its socket
+and its core. What parking changes (the epoll's interest, the deadline heap, the counts)
+is changed under one lock, the lot, which the reactor holds except while it waits in
+epoll: a worker parks the connection it served itself when it gets the lot without
+waiting, else hands it to the reactor through a queue (and always so once it closed:
+the reactor alone frees slots). The reactor alone accepts (taking a slot first: at
+`max_connections`, a parked connection that waits for a request is closed to make room,
+else new ones wait in the listen backlog) and carries out shutdown for the connections
+parked; workers see it through two flags.
+
+Per keep-alive request that costs few system calls: a connection's descriptor is
+registered once, one-shot, and re-armed (one epoll_ctl) at each wait; its event disarms
+it, and one taken back before its event stays armed (the event, if it comes, is ignored).
+After a response a worker parks for the next request without trying to read it first (a
+client sends it after reading the response; not under TLS, whose buffered bytes epoll
+cannot see).
 
 App tasks (`Spawn`) run on one asyncio event loop in a thread of its own (`_AppLoop`,
-started at the first task, or at start-up for `options.lifespan`). A task's `wake` is a
-message to the reactor, like a worker's hand-back: a connection parked for a `Receive` or
-a `Wait` goes back to a worker; one held elsewhere sees the flag before it parks. A
-`Wait` parks for readability with peeking in mind: the peer leaving ends it at once. A
-watched `Run` step runs inline, unwatched; the socket is peeked at once it has returned.
+started at the first task, or at start-up for `options.lifespan`; the tasks spawned
+together start with one `call_soon_threadsafe`). A task's `wake` takes a connection
+parked for a `Receive` or a `Wait` out of the lot to a worker, with no reactor between;
+one held elsewhere sees the flag before it parks. A `Wait` parks for readability without
+peeking first (the app usually answers before); readable, a worker peeks: the peer
+leaving ends it at once, bytes waiting park it on its deadline and wake only. A watched
+`Run` step runs inline, unwatched; the socket is peeked at once it has returned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -37,7 +50,7 @@ import itertools
 import math
 import os
 import queue
-import selectors
+import select
 import signal
 import socket
 import threading
@@ -91,9 +104,10 @@ _STOP_SIGNALS: Final = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1}
 _DRAIN: Final = "drain"  # what a connection's core was told (`_Connection.stopped`)
 _STOP: Final = "stop"
 _SIGNAL_CHECK_INTERVAL: Final = 0.5
-"""Seconds the reactor waits in select() at most (see `_react`)."""
-_READ: Final = selectors.EVENT_READ
-_WRITE: Final = selectors.EVENT_WRITE
+"""Seconds the reactor waits in epoll at most (see `_react_holding`)."""
+_READ: Final = select.EPOLLIN
+_WRITE: Final = select.EPOLLOUT
+_ONESHOT: Final = select.EPOLLONESHOT
 _TURN: Final = 0.01
 """Seconds a worker drives one connection that never waits before serving others waiting."""
 _YIELD_BEFORE: Final = (Receive, Send, SendFile)
@@ -121,6 +135,7 @@ class _Connection:
         "conn",
         "deadline",
         "events",
+        "fd",
         "file_left",
         "file_offset",
         "handshake_deadline",
@@ -152,6 +167,7 @@ class _Connection:
         self.tls = False  # its socket is wrapped in TLS (on a TLS server, a plain-HTTP client's is not)
         # The reactor's own:
         self.parked = False
+        self.fd = -1  # its descriptor once registered with epoll (it stays so until closed)
         self.timer: tuple[float, int, _Connection] | None = None  # its live entry in the deadline heap
 
 
@@ -180,7 +196,10 @@ class ThreadServer:
         self._cutting = False
         self._ready: queue.SimpleQueue[_Connection | None] = queue.SimpleQueue()  # to the workers
         self._inbox: queue.SimpleQueue[_Connection] = queue.SimpleQueue()  # to the reactor
-        self._wakes: queue.SimpleQueue[_Connection] = queue.SimpleQueue()  # to the reactor, from `wake`
+        # Held by the reactor whenever it is not waiting in epoll, and by `wake` while it
+        # takes a parked connection to the workers (re-entrant: the core may call `wake`
+        # from the reactor, in `shutdown`).
+        self._lot = threading.RLock()
         self._apps: _AppLoop | None = None  # where app tasks run, once one is spawned
         self._apps_lock = threading.Lock()
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -188,7 +207,10 @@ class ThreadServer:
         self._wake_writer.setblocking(False)
         self._wake_pending = False  # a wake-up byte is on its way: one per batch of messages
         # The reactor's own:
-        self._selector = selectors.DefaultSelector()
+        self._epoll = select.epoll()
+        # What each registered descriptor is: a connection, a listener or the wake-up socket.
+        # A connection's entry stays (disarmed while it is away) until it closes.
+        self._polled: dict[int, _Connection | socket.socket] = {}
         self._timers: list[tuple[float, int, _Connection]] = []  # a heap; see `_set_timer`
         self._timer_ids = itertools.count()  # ties in the heap never compare connections
         self._sleeping: set[_Connection] = set()  # parked on their deadline alone (`_SLEEP`)
@@ -230,15 +252,26 @@ class ThreadServer:
         """Release what serving holds, however serve() ends (also before it began)."""
         for sock in (*self._sockets, self._wake_reader, self._wake_writer):
             sock.close()  # new connections are refused, not left waiting
-        self._selector.close()
+        self._epoll.close()
         for _ in self._workers:
             self._ready.put(None)  # idle workers exit; busy ones when their step returns
 
     def _react(self) -> None:
         """Accept, park, wake and time out connections until shutdown has run its course."""
+        self._epoll.register(self._wake_reader.fileno(), _READ)
+        self._polled[self._wake_reader.fileno()] = self._wake_reader
+        lot = self._lot
+        lot.acquire()
+        try:
+            self._react_holding(lot)
+        finally:
+            lot.release()
+
+    def _react_holding(self, lot: threading.RLock) -> None:
+        """`_react`'s loop, run holding `lot` except while it waits in epoll."""
         monotonic = time.monotonic
         grace_end = cleanup_end = math.inf
-        self._selector.register(self._wake_reader, _READ)
+        polled = self._polled
         while True:
             now = monotonic()
             if self._stopping and grace_end == math.inf:
@@ -264,24 +297,31 @@ class ThreadServer:
             self._grow_pool()
             # A timeout, so that Python code runs here now and then: a signal handler runs
             # only between bytecodes of the main thread, and a signal arriving just before
-            # select() blocks does not interrupt it.
+            # epoll blocks does not interrupt it.
             wake_at = min(grace_end, cleanup_end, self._timers[0][0] if self._timers else math.inf)
             if self._paused_until > now:
                 wake_at = min(wake_at, self._paused_until)
             timeout = min(max(wake_at - now, 0.0), _SIGNAL_CHECK_INTERVAL)
+            lot.release()
+            try:
+                events = self._epoll.poll(timeout)
+            finally:
+                lot.acquire()
             listeners = []
-            for key, _ in self._selector.select(timeout):
-                connection = key.data
-                if connection is not None:
-                    # A wake-up earlier in this batch (`_take_messages`) may have unparked
-                    # it already: unregistering it twice raised KeyError and killed serve().
-                    if connection.parked:
-                        self._unpark(connection)
-                        self._dispatch(connection)
-                elif key.fileobj is self._wake_reader:
+            for fd, _ in events:
+                polled_object = polled[fd]
+                if type(polled_object) is _Connection:
+                    # Unparked connections stay armed (see `_unpark`): an event may come
+                    # while it is elsewhere (ignored), or be stale, from before it was
+                    # parked again earlier in this batch: a spurious wake-up, harmless
+                    # (the worker tries again and parks it again).
+                    if polled_object.parked:
+                        self._unpark(polled_object)  # one-shot: the event disarmed it
+                        self._dispatch(polled_object)
+                elif polled_object is self._wake_reader:
                     self._take_messages()
                 else:
-                    listeners.append(key.fileobj)
+                    listeners.append(polled_object)
             # Last: a connection whose request came in the same batch is no longer idle,
             # so it is not the one closed to make room for a new client.
             for listener in listeners:
@@ -296,9 +336,10 @@ class ThreadServer:
             self._accepting = accepting
             for sock in self._sockets:
                 if accepting:
-                    self._selector.register(sock, _READ)
+                    self._epoll.register(sock.fileno(), _READ)
+                    self._polled[sock.fileno()] = sock
                 else:
-                    self._selector.unregister(sock)
+                    self._epoll.unregister(sock.fileno())
 
     def _stop_accepting(self, now: float) -> int:
         """Close the listeners; idle parked connections close at once (returns how many), the rest finish."""
@@ -342,8 +383,8 @@ class ThreadServer:
             self._dispatch(connection)
 
     def _parked(self) -> list[_Connection]:
-        parked = [key.data for key in self._selector.get_map().values() if key.data is not None]
-        return parked + list(self._sleeping)
+        polled = [c for c in self._polled.values() if type(c) is _Connection and c.parked]
+        return [c for c in polled if c.events != _SLEEP] + list(self._sleeping)
 
     def _tasks_left(self) -> bool:
         return self._apps is not None and self._apps.count > 0
@@ -378,7 +419,7 @@ class ThreadServer:
             self._dispatch(_Connection(sock))  # a worker sets it up (TLS: the handshake)
 
     def _take_messages(self) -> None:
-        """Connections workers handed back (to park, or closed), and wake-ups."""
+        """Connections workers handed back: to park, or closed."""
         with contextlib.suppress(OSError):
             self._wake_reader.recv(4096)
         # Cleared after the bytes are read and before the queue is: a message put after
@@ -390,6 +431,8 @@ class ThreadServer:
             self._busy -= 1
             if connection.closed:
                 self._count -= 1
+                if self._polled.get(connection.fd) is connection:  # else its number was reused
+                    del self._polled[connection.fd]
                 self._full = self._room_wanted = False
                 connection.timer = None  # its heap entry, if any, is stale
             elif self._cutting or (self._stopping and self._stop(connection)):
@@ -400,13 +443,6 @@ class ThreadServer:
                 self._dispatch(connection)  # woken on its way here: it gives its wait up
             else:
                 self._park(connection)
-        wakes = self._wakes
-        for _ in range(wakes.qsize()):
-            connection = wakes.get()
-            # Held by a worker, or queued: it sees `woken` before it parks again.
-            if connection.parked and type(connection.action) in _WAKEABLE:
-                self._unpark(connection)
-                self._dispatch(connection)
 
     def _make_room(self, connection: _Connection) -> None:
         """Close `connection`, which waits for a request, for a client that found no slot."""
@@ -415,20 +451,31 @@ class ThreadServer:
         self._dispatch(connection)  # a worker closes it
 
     def _park(self, connection: _Connection) -> None:
-        if connection.events == _SLEEP:
+        events = connection.events
+        if events == _SLEEP:
             self._sleeping.add(connection)
+        elif connection.fd >= 0:
+            # Registered once, then re-armed: one system call per wait, and none when
+            # its event comes (one-shot), where register/unregister took two.
+            self._epoll.modify(connection.fd, events | _ONESHOT)
         else:
-            self._selector.register(connection.sock, connection.events, connection)
+            fd = connection.fd = connection.sock.fileno()
+            self._epoll.register(fd, events | _ONESHOT)
+            self._polled[fd] = connection
         connection.parked = True
         deadline = connection.deadline
         if deadline is not None and (connection.timer is None or deadline < connection.timer[0]):
             self._set_timer(connection, deadline)
 
     def _unpark(self, connection: _Connection) -> None:
+        """Take a parked connection back (its event came, or a deadline, wake-up, shutdown).
+
+        Taken back before its event, it stays armed: disarming would cost a system call
+        (about every ASGI request, whose app's wake-up ends a Wait), and its one event,
+        if it comes while the connection is elsewhere, is ignored.
+        """
         if connection.events == _SLEEP:
             self._sleeping.discard(connection)
-        else:
-            self._selector.unregister(connection.sock)
         connection.parked = False
 
     def _set_timer(self, connection: _Connection, at: float) -> None:
@@ -462,7 +509,7 @@ class ThreadServer:
                 self._set_timer(connection, deadline)
             else:
                 self._unpark(connection)
-                connection.timed_out = True  # never also ready: it left the selector
+                connection.timed_out = True  # an event that comes now is ignored (unparked)
                 self._dispatch(connection)
 
     def _dispatch(self, connection: _Connection) -> None:
@@ -481,7 +528,7 @@ class ThreadServer:
 
     def _start_worker(self) -> bool:
         # The kernel may hand a process's SIGTERM to any thread that does not block it;
-        # taken by a worker, the main thread would sleep on in select() and never see
+        # taken by a worker, the main thread would sleep on in epoll and never see
         # it. Threads inherit the mask they are started with.
         unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
@@ -514,7 +561,33 @@ class ThreadServer:
                 continue
             if outcome == _OVER:
                 self._close(connection)
+            elif self._lot.acquire(blocking=False):  # the reactor waits in epoll
+                try:
+                    parked = self._park_here(connection)
+                finally:
+                    self._lot.release()
+                if parked:
+                    continue
             self._hand_back(connection)
+
+    def _park_here(self, connection: _Connection) -> bool:
+        """Park a connection that waits, as the reactor would, holding the lot; False if the
+        reactor must see to it (shutdown, room wanted, or a deadline it does not know yet).
+
+        A connection that waits is then parked by the thread that served it: no message,
+        and no reactor waking up to take it (a thread handoff less per request).
+        """
+        if self._stopping or self._room_wanted or self._epoll.closed:  # closed: serve failed
+            return False
+        deadline = connection.deadline
+        if deadline is not None and (connection.timer is None or deadline < connection.timer[0]):
+            return False  # the reactor may be asleep until later: it sets the timer itself
+        if connection.woken and type(connection.action) in _WAKEABLE:
+            self._ready.put(connection)  # woken meanwhile: it gives its wait up (still busy)
+            return True
+        self._busy -= 1
+        self._park(connection)
+        return True
 
     def _hand_back(self, connection: _Connection) -> None:
         """Give the connection to the reactor; after this, this thread must not touch it."""
@@ -529,10 +602,18 @@ class ThreadServer:
                 self._wake_writer.send(b"x")
 
     def _wake(self, connection: _Connection) -> None:
-        """A connection's `wake` (any thread, any time): its Receive or Wait, now or next, ends."""
-        connection.woken = True  # before the message: see `_take_messages`
-        self._wakes.put(connection)
-        self._notify_reactor()
+        """A connection's `wake` (any thread, any time): its Receive or Wait, now or next, ends.
+
+        Parked, it goes to the workers from here (the reactor is not involved: one thread
+        handoff less per answer of an app task). Elsewhere, it sees the flag before it
+        parks: the flag is set before the lot is looked at, and the reactor checks it,
+        under the lot, when the connection comes back (`_take_messages`).
+        """
+        connection.woken = True
+        with self._lot:
+            if connection.parked and type(connection.action) in _WAKEABLE:
+                self._unpark(connection)
+                self._dispatch(connection)
 
     # --- app tasks ----------------------------------------------------------------------
 
@@ -616,6 +697,10 @@ class ThreadServer:
         ready = self._ready
         action = connection.action  # the action it waited for, tried again; else a new one
         connection.action = None
+        # A Wait parks for readability before it peeks: the app usually answers first (an
+        # app task spawned just before, running on the app loop), and its wake-up ends the
+        # wait without a system call. Readable, it comes back here, and peeks then.
+        readable_wait = action if type(action) is Wait else None
         # A response cut short (a write failed or timed out) ends without TLS's close_notify,
         # so the client sees the cut. From there to Close nothing waits: a local will do.
         cut = False
@@ -627,6 +712,11 @@ class ThreadServer:
             connection.file_left = 0
             conn.timeout(monotonic())
         turn_end = monotonic() + _TURN
+        # Set once a Send went out whole on a plain socket: a client sends its next request
+        # after reading the response (pipelining is rare), so the recv would almost always
+        # fail (a system call and an exception); park for it at once instead. Not under
+        # TLS: the SSLSocket may hold decrypted bytes, which epoll cannot see.
+        answered = False
         while True:
             if self._stopping:
                 if self._cutting:
@@ -653,9 +743,16 @@ class ThreadServer:
                     return _YIELD
             try:
                 if type(action) is Receive:
-                    conn.receive_data(sock.recv(RECEIVE_SIZE), monotonic())
+                    if answered:
+                        answered = False
+                        if not connection.woken:
+                            return self._wait_for(connection, action, _READ)
+                        connection.woken = False  # give the wait up: ask again
+                    else:
+                        conn.receive_data(sock.recv(RECEIVE_SIZE), monotonic())
                 elif type(action) is Send:
                     self._send_out(connection)
+                    answered = not connection.tls
                 elif type(action) is SendFile:
                     self._send_file(connection, action)
                 elif type(action) is Run:
@@ -666,6 +763,9 @@ class ThreadServer:
                 elif type(action) is Wait:
                     if connection.woken:
                         connection.woken = False
+                    elif action is not readable_wait:
+                        connection.action = action
+                        return self._wait(connection, _READ, action.deadline)
                     else:
                         left = peer_left(sock)
                         if not left:  # nothing yet: watch; bytes waiting: sleep until woken
@@ -690,7 +790,7 @@ class ThreadServer:
                 connection.woken = False  # give the wait up: ask again
             except self._want_read:
                 # TLS needs bytes from the peer first. A recv raises this only once the
-                # SSLSocket holds no decrypted byte (which select() could not see).
+                # SSLSocket holds no decrypted byte (which epoll could not see).
                 if type(action) is not Receive or not connection.woken:
                     return self._wait_for(connection, action, _READ)
                 connection.woken = False
@@ -783,6 +883,10 @@ class _AppLoop:
         self._lock = threading.Lock()  # for `count`: workers spawn at once
         self._tasks: set[asyncio.Task[None]] = set()  # the loop thread's own
         self._cancelling = False
+        # Tasks spawned and not yet started: one call_soon_threadsafe (a write to the
+        # loop's self-pipe) per batch of them, not one per task.
+        self._spawned: collections.deque[Callable[[], Awaitable[None]]] = collections.deque()
+        self._start_pending = False
         self._thread = threading.Thread(target=self._run, name="http-app-loop", daemon=True)
         # Like the workers, it leaves SIGTERM and SIGINT to the main thread.
         unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
@@ -804,14 +908,23 @@ class _AppLoop:
         """Start `task()` on the loop (from any thread)."""
         with self._lock:
             self.count += 1
-        self.loop.call_soon_threadsafe(self._start, task)
+        self._spawned.append(task)
+        if not self._start_pending:
+            self._start_pending = True
+            self.loop.call_soon_threadsafe(self._start)
 
-    def _start(self, task: Callable[[], Awaitable[None]]) -> None:
-        running = self.loop.create_task(run_task(task))
-        self._tasks.add(running)
-        running.add_done_callback(self._done)
-        if self._cancelling:
-            running.cancel()
+    def _start(self) -> None:
+        # Cleared before the queue is emptied: a task appended after this is either
+        # started below or comes with a call of its own (as `_notify_reactor`'s byte).
+        self._start_pending = False
+        spawned = self._spawned
+        create_task = self.loop.create_task
+        while spawned:
+            running = create_task(run_task(spawned.popleft()))
+            self._tasks.add(running)
+            running.add_done_callback(self._done)
+            if self._cancelling:
+                running.cancel()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -155,6 +155,50 @@ def test_pipelined_requests_that_never_wait_do_not_starve_the_others() -> None:
         assert waited < 0.5, f"a small request waited {waited:.2f}s behind {count} pipelined ones"
 
 
+def test_a_request_sent_while_the_previous_response_is_made_is_served() -> None:
+    """After a response the worker parks for the next request without reading: one that
+    came already (sent before the response was read) is served all the same, at once."""
+
+    def app(request: Request) -> Response | _SlowAnswer:
+        return _SlowAnswer() if request.target == b"/slow" else Response(200, (), b"quick")
+
+    options = ServerOptions(port=0, threads=1)
+    with running("threads", app, options=options) as server, server.connect() as sock:
+        sock.settimeout(5)
+        for _ in range(3):
+            sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.002)  # during the step: not in the same read as the first
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            while not received.endswith(b"quick"):
+                chunk = sock.recv(65536)
+                assert chunk, received
+                received += chunk
+            assert received.count(b"HTTP/1.1 200") == 2, received
+
+
+def test_descriptors_reused_by_new_connections_are_served() -> None:
+    """A closed connection's descriptor number goes to the next client: the epoll must
+    watch the new socket, not remember the old one."""
+
+    def app(request: Request) -> Response:
+        return Response(200, (), b"ok")
+
+    with running("threads", app, options=ServerOptions(port=0, threads=2)) as server:
+        keep = server.connect()  # parked between its requests all along
+        try:
+            for _ in range(20):
+                with server.connect() as sock:  # likely the number the previous one had
+                    sock.sendall(GET)
+                    assert sock.recv(65536).endswith(b"ok")
+                    sock.sendall(GET)  # its second request: parked and woken in between
+                    assert sock.recv(65536).endswith(b"ok")
+                keep.sendall(GET)
+                assert keep.recv(65536).endswith(b"ok")
+        finally:
+            keep.close()
+
+
 def _read_quietly(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         while sock.recv(65536):
