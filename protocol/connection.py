@@ -56,6 +56,8 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
+from itertools import chain
+from operator import itemgetter
 from typing import TYPE_CHECKING, Final, cast
 
 import h11
@@ -140,6 +142,8 @@ class _Placeholder:
         return self.count
 
 
+_NAME_VALUE: Final = itemgetter(1, 2)
+"""(lower-case name, value) of one of h11's (raw name, lower-case name, value) header items."""
 _NOT_RUN: Final = object()
 _NO_PIECE: Final = object()
 _READ_AHEAD: Final = 64 * 1024
@@ -159,6 +163,7 @@ class ServerConnection:
         "_body_expected",
         "_body_length",
         "_body_size",
+        "_bodyless",
         "_client",
         "_close_after_response",
         "_config",
@@ -231,6 +236,7 @@ class ServerConnection:
         self._step_outcome: object = None
         self._body_size = 0
         self._body_expected = False  # the request declared a non-empty body
+        self._bodyless = False  # ... or none, nor an upgrade: h11 has its end at once
         self._file: FileBody | None = None
         self._file_remaining = 0
         self._stream: Stream | None = None
@@ -444,24 +450,24 @@ class ServerConnection:
     def _start_request(self, event: h11.Request, now: float) -> None:
         # h11's Headers iterates in slow Python, item by item; its list of (raw name,
         # lower-case name, value) gives the core and the handlers a plain list at C speed.
-        headers = [(name, value) for _, name, value in event.headers._full_items]
+        headers = list(map(_NAME_VALUE, event.headers._full_items))
+        config = self._config
         client, scheme = self._client, self._scheme
-        if self._config.proxy_headers:  # as a trusted proxy names them (see `proxy`)
-            client, scheme = forwarded(headers, client, scheme, self._config.forwarded_allow_ips)
-        request = Request(
-            event.method, event.target, headers, event.http_version, client, self._server, scheme
-        )
+        if config.proxy_headers:  # as a trusted proxy names them (see `proxy`)
+            client, scheme = forwarded(headers, client, scheme, config.forwarded_allow_ips)
+        method = event.method
+        request = Request(method, event.target, headers, event.http_version, client, self._server, scheme)
         self._request = request
         self._first = b""
-        self._head = event.method == b"HEAD"
+        self._head = method == b"HEAD"
         self._phase = _BODY
-        self._deadline = now + self._config.body_timeout
+        self._deadline = now + config.body_timeout
         status = self._check(request)
         if status:
             self._fail(status, now)
             return
         websocket = False
-        if self._config.websocket:
+        if config.websocket:
             from . import websocket as _ws
 
             websocket = _ws.wants_websocket(request)
@@ -478,7 +484,16 @@ class ServerConnection:
             error_log.exception("handler failed for %r", request)
             self._fail(500, now)
             return
-        waiting = self._body_expected and self._h11.they_are_waiting_for_100_continue
+        h = self._h11
+        waiting = h.they_are_waiting_for_100_continue
+        # A request without a body (no upgrade, no 100-continue awaited): h11 holds its
+        # EndOfMessage already. Taken now, the client's side is DONE, so the response
+        # goes straight on to the next cycle, an exchange gets its one step at once and
+        # a session's task finds the (empty) body complete without asking the core.
+        ended = self._bodyless and not websocket and not waiting
+        if ended:
+            h.next_event()
+        waiting = waiting and self._body_expected
         if isinstance(reply, Response):
             if waiting:
                 # The client holds its body back; answering without reading it means
@@ -486,53 +501,55 @@ class ServerConnection:
                 self._close_after_response = True
             self._respond(reply, now)
             return
-        if not hasattr(reply, "respond"):
-            if hasattr(reply, "run"):
-                if websocket:
-                    self._start_websocket(reply, now)
-                else:
-                    self._start_session(reply, now)
-                return
-            # Say, None from a handler that forgot to return.
-            error_log.error("handler returned %r for %r", reply, request)
-            self._fail(500, now)
+        if hasattr(reply, "respond"):
+            exchange: Exchange = reply  # type: ignore[assignment] # not cast(): a call per request
+            self._exchange = exchange
+            self._unstarted = True
+            if ended:
+                self._run_step(exchange, b"", True, now)
+            elif waiting and not (h.trailing_data[0] or self._unfed):
+                # The client holds its body back for a 100 Continue: the exchange's start()
+                # may refuse the request first, and then the body is never sent at all.
+                self._run_step(exchange, b"", False, now)
             return
-        reply = cast(Exchange, reply)
-        self._exchange = reply
-        self._unstarted = True
-        if waiting and not (self._h11.trailing_data[0] or self._unfed):
-            # The client holds its body back for a 100 Continue: the exchange's start()
-            # may refuse the request first, and then the body is never sent at all.
-            self._run_step(reply, b"", False, now)
+        if hasattr(reply, "run"):
+            if websocket:
+                self._start_websocket(reply, now)
+            else:
+                self._start_session(reply, now, ended)
+            return
+        # Say, None from a handler that forgot to return.
+        error_log.error("handler returned %r for %r", reply, request)
+        self._fail(500, now)
 
     def _check(self, request: Request) -> int:
         """The error status for a request head we refuse, or 0."""
         config = self._config
         version = request.http_version
-        if version[:2] != b"1.":
+        if version != b"1.1" and version[:2] != b"1.":
             return 505
-        if request.method == b"CONNECT":  # no tunnels; a 2xx would switch h11 to raw bytes
+        method, target = request.method, request.target
+        if method == b"CONNECT":  # no tunnels; a 2xx would switch h11 to raw bytes
             return 501
-        size = len(request.method) + len(request.target) + 12  # the request line
+        size = len(method) + len(target) + 12  # the request line
         # A request line over the head limit is 414 too, as in nginx, however it was read.
-        if len(request.target) > config.max_target_length or size > config.max_head_size:
+        if len(target) > config.max_target_length or size > config.max_head_size:
             return 414
         headers = request.headers
         if len(headers) > config.max_header_count:
             return 431
-        length = encoding = host = None
-        for name, value in headers:
-            size += len(name) + len(value) + 4
-            if name == b"content-length":
-                length = value
-            elif name == b"transfer-encoding":
-                encoding = value
-            elif name == b"host":
-                host = value
+        # Each field line is name, ": ", value, CRLF: summed at C speed.
+        size += 4 * len(headers) + sum(map(len, chain.from_iterable(headers)))
         if size > config.max_head_size:
             return 431
+        # h11 lets at most one Content-Length, Transfer-Encoding and Host through (the
+        # last would win here anyway), so a dict finds them at C speed.
+        fields = dict(headers)
+        length = fields.get(b"content-length")
+        encoding = fields.get(b"transfer-encoding")
         if length is not None and encoding is not None:  # RFC 9112 §6.1: a smuggling vector
             return 400
+        host = fields.get(b"host")
         if host is not None and host not in _VALID_HOSTS:  # RFC 9112 §3.2: a MUST (h11 checks presence)
             if _HOST.fullmatch(host) is None:
                 return 400
@@ -541,7 +558,9 @@ class ServerConnection:
         declared = 0 if length is None else int(length)
         if declared > config.max_body_size:
             return 413
-        self._body_expected = declared > 0 or encoding is not None
+        self._body_expected = expected = declared > 0 or encoding is not None
+        # No body and no protocol switch proposed (h11 pauses after an Upgrade request's end).
+        self._bodyless = not expected and b"upgrade" not in fields
         return 0
 
     def _read_body(self, now: float) -> None:
@@ -820,7 +839,8 @@ class ServerConnection:
 
     # --- Sessions: an app task that runs concurrently ---------------------------------
 
-    def _start_session(self, session: Session, now: float) -> None:
+    def _start_session(self, session: Session, now: float, ended: bool) -> None:
+        """Spawn `session`'s task; `ended`: the request had no body, and its end was read."""
         if self._wake is None:
             error_log.error("this transport cannot run %r (no wake)", session)
             self._fail(500, now)
@@ -828,7 +848,10 @@ class ServerConnection:
         channel = Channel(self._wake)
         if self._stopping:
             channel.stopping = True
-        self._session = _SessionState(channel)
+        state = self._session = _SessionState(channel)
+        if ended:  # before the task runs: it finds the body complete without asking
+            channel.put_body(b"", True)
+            state.body_done = True
         self._phase = _APP
         self._emit(Spawn(lambda: session.run(channel)))
 
