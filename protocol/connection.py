@@ -61,7 +61,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Final, cast
 
 import h11
-from h11._headers import Headers as _H11Headers  # private, but h11 is pinned: see _validated_fields
+from h11._headers import Headers as _H11Headers  # private, but h11 is pinned: see _send_head
 
 from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile, Spawn, Wait
 from .channel import Accept, Channel, Closing, Finish, Message, Outgoing, Piece, Start, Trailers
@@ -582,7 +582,7 @@ class ServerConnection:
                 return
             chunks.append(event.data)
         finished = type(event) is h11.EndOfMessage
-        if finished and len(cast(h11.EndOfMessage, event).headers) > self._config.max_header_count:
+        if finished and len(event.headers) > self._config.max_header_count:  # type: ignore[union-attr]
             self._fail(431, now)  # trailer fields count like header fields
             return
         if not finished and self._chunk_past_limit():
@@ -654,16 +654,28 @@ class ServerConnection:
 
     def _respond(self, response: Response, now: float) -> None:
         """Send `response`'s head, and its body unless it is a file or a stream to send in pieces."""
-        h = self._h11
         status = response.status
         body = response.body
+        if type(body) is bytes:  # the usual case first: the whole body at hand
+            if not self._send_head(status, response.headers, len(body), now):
+                return
+            self._status = status
+            h = self._h11
+            out = self._out
+            if body and not (self._head or status in _NO_BODY_STATUSES):
+                self._body_length = len(body)
+                out += h.send_with_data_passthrough(h11.Data(body))  # type: ignore[arg-type] # a list for Data
+            else:
+                self._body_length = 0
+            out += h.send_with_data_passthrough(_END_OF_MESSAGE) or ()
+            self._finish_response(now)
+            return
+        h = self._h11
         file: FileBody | None = None
         stream: Stream | None = None
-        if type(body) is bytes:
-            length: int | None = len(body)
-        elif isinstance(body, FileBody):
+        if isinstance(body, FileBody):
             file = body
-            length = body.length
+            length: int | None = body.length
         elif isinstance(body, (bytearray, memoryview)):
             length = len(body)
         else:  # a Stream: framed by the handler's own Content-Length, if any
@@ -705,10 +717,21 @@ class ServerConnection:
     def _send_head(self, status: int, headers: Headers, length: int | None, now: float) -> bool:
         """Gather a response head with the core's own fields (Content-Length unless `length`
         is None, Connection, Date, Server); False, after a 500 and a close, if h11 refused it."""
+        # h11 checks every header it is given with regexes, on every response: the costliest
+        # part of sending one. Handlers mostly return the same constant tuples, so each
+        # distinct tuple is validated once and its verdict kept (see `_validate`).
+        verdict = None
+        if type(headers) is tuple:
+            try:
+                verdict = _validated[headers]
+            except KeyError:
+                verdict = _validate(headers)
+            except TypeError:  # a mutable value such as a bytearray: it could change after a check
+                pass
         # The core's own fields, already in h11's normalised form (raw name, lower name, value).
         fields = []
         if length is not None and status not in _NO_BODY_STATUSES:
-            fields.append((b"Content-Length", b"content-length", b"%d" % length))
+            fields.append(_LENGTH_FIELDS.get(length) or _length_field(length))
         if self._close_after_response or self._stopping:
             fields.append(_CONNECTION_CLOSE)
         config = self._config
@@ -717,14 +740,13 @@ class ServerConnection:
         if config.server_header:  # validated by Config
             fields.append((b"Server", b"server", config.server_header))
         try:
-            trusted = _validated_fields(headers, framed_by_handler=length is None)
-            if trusted is None:  # h11 validates them, as it would any headers
-                all_headers: list[tuple[bytes, bytes]] | _H11Headers = [
-                    *headers,
-                    *((raw, value) for raw, _, value in fields),
-                ]
-            else:  # already valid and normalised: h11 takes a Headers object as it is
-                all_headers = _H11Headers(trusted + fields)
+            # Trusted: already valid and normalised, and naming no framing field while
+            # the core frames the body itself (then h11 must reconcile them, as usual).
+            # h11 takes a Headers object as it is.
+            if verdict is not None and (length is None or not verdict[1]):
+                all_headers: list[tuple[bytes, bytes]] | _H11Headers = _H11Headers(verdict[0] + fields)
+            else:  # h11 validates them, as it would any headers
+                all_headers = [*headers, *((raw, value) for raw, _, value in fields)]
             head = h11.Response(status_code=status, headers=all_headers, reason=_REASONS.get(status, b""))
             # send_with_data_passthrough: h11's send() would join pieces that _emit joins anyway.
             pieces = self._h11.send_with_data_passthrough(head)
@@ -746,7 +768,7 @@ class ServerConnection:
             self._request = None  # logged
             self._begin_close(now, linger=True)
             return False
-        self._out += pieces or ()
+        self._out += pieces  # type: ignore[arg-type] # a list for a Response
         return True
 
     def _discard_body(self, body: bytes | FileBody | Stream) -> None:
@@ -903,7 +925,7 @@ class ServerConnection:
         h = self._h11
         kind = type(message)
         if kind is Piece:
-            piece = cast(Piece, message)
+            piece: Piece = message  # type: ignore[assignment] # not cast(): a call per message
             if not state.started:
                 error_log.error("app sent a body before the response head for %r", self._request)
                 self._fail(500, now)
@@ -950,7 +972,7 @@ class ServerConnection:
                     state.complete = True
             return True
         if kind is Start:
-            start = cast(Start, message)
+            start: Start = message  # type: ignore[assignment]
             if state.started:
                 error_log.error("app started the response twice for %r", self._request)
                 self._cut(now)
@@ -1512,6 +1534,10 @@ def _close_stream(stream: Stream) -> None:
 
 def _declared_length(headers: Headers) -> int:
     """A handler's Content-Length (h11 checked it when the head went out), or -1."""
+    if type(headers) is tuple:  # most often validated, and so looked at, already
+        verdict = _validated.get(headers)
+        if verdict is not None:
+            return verdict[2]
     for name, value in headers:
         if len(name) == 14 and name.lower() == b"content-length":
             return int(value.split(b",")[0])
@@ -1552,39 +1578,35 @@ _CONNECTION_CLOSE: Final = (b"Connection", b"connection", b"close")
 _FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _VALIDATED_MAX: Final = 256
 _Fields = list[tuple[bytes, bytes, bytes]]
-_validated: dict[Headers, tuple[_Fields, bool] | None] = {}
+_Verdict = tuple[_Fields, bool, int]
+"""h11's normalised fields, whether they name a framing field, the Content-Length (-1: none)."""
+_validated: dict[Headers, _Verdict | None] = {}
+_LENGTH_FIELDS: dict[int, tuple[bytes, bytes, bytes]] = {}
+"""Content-Length fields by length (bodies repeat their sizes; formatting costs more than a lookup)."""
 
 
-def _validated_fields(headers: Headers, *, framed_by_handler: bool) -> _Fields | None:
-    """A handler's headers in h11's normalised form once h11 accepted them, or None.
-
-    h11 checks every header it is given with regexes, on every response: the costliest
-    part of sending one. Handlers mostly return the same constant tuples, so each distinct
-    tuple is validated once and its verdict kept (bounded: a full table starts afresh, so
-    constant tuples come back at once and one-off ones go). None (not a tuple of hashable
-    pairs, invalid, or naming a framing field while the core frames the body itself, which
-    it must reconcile with its own) means the headers go through h11's own validation as
-    usual. With `framed_by_handler` (a Stream or a Session's response: the core adds no
-    Content-Length), framing fields are the handler's to give, and h11 frames by them.
-    """
-    if type(headers) is not tuple:
-        return None
-    try:
-        verdict = _validated[headers]
-    except KeyError:
-        verdict = _validate(headers)
-    except TypeError:  # a mutable value such as a bytearray: it could change after a check
-        return None
-    if verdict is None or (verdict[1] and not framed_by_handler):
-        return None
-    return verdict[0]
+def _length_field(length: int) -> tuple[bytes, bytes, bytes]:
+    field = (b"Content-Length", b"content-length", b"%d" % length)
+    if len(_LENGTH_FIELDS) >= _VALIDATED_MAX:
+        _LENGTH_FIELDS.clear()
+    _LENGTH_FIELDS[length] = field
+    return field
 
 
-def _validate(headers: Headers) -> tuple[_Fields, bool] | None:
-    verdict: tuple[_Fields, bool] | None
+def _validate(headers: Headers) -> _Verdict | None:
+    """`headers` (a tuple) checked by h11 and remembered (see `_Verdict`), or None when h11
+    refuses them (or they are not hashable pairs), so that they go through h11's own
+    validation as usual.
+
+    Bounded: a full table starts afresh, so constant tuples come back at once and one-off
+    ones go. With a framing field, the verdict is trusted only when the handler frames the
+    body (a Stream or a Session's response: the core adds no Content-Length)."""
+    verdict: _Verdict | None
     try:
         fields = h11.Response(status_code=200, headers=list(headers)).headers._full_items
-        verdict = (fields, any(name in _FRAMING_FIELDS for _, name, _ in fields))
+        lengths = [int(value) for _, name, value in fields if name == b"content-length"]  # one at most
+        framing = any(name in _FRAMING_FIELDS for _, name, _ in fields)
+        verdict = (fields, framing, lengths[0] if lengths else -1)
     except Exception:  # whatever h11 refuses, it refuses again when sending: a 500
         verdict = None
     if len(_validated) >= _VALIDATED_MAX:
