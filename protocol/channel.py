@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 from .messages import FileBody, Headers, Response
 
@@ -106,6 +107,9 @@ class Closing:
 
 
 Message = Start | Piece | Trailers | Finish | Accept | Outgoing | Closing
+
+_FINISHED: Final = Finish(None)
+"""What every task that returned posts (messages are only read): one instance serves them all."""
 
 MESSAGE_OVERHEAD = 64
 """What a received WebSocket message counts for beyond its length, in the read-ahead bound
@@ -210,7 +214,7 @@ class Channel:
 
     def finish(self, error: BaseException | None = None) -> None:
         """The task is over (it raised `error`). Call it exactly once, last."""
-        self._outbox.append(Finish(error))
+        self._outbox.append(_FINISHED if error is None else Finish(error))
         if self._core_waiting:
             self._core_waiting = False
             self._wake()

@@ -824,7 +824,7 @@ class ServerConnection:
             error_log.error("response body for %r is longer than its Content-Length", self._request)
             data = data[:left]
         if data:
-            self._out += self._h11.send_with_data_passthrough(h11.Data(data=data)) or ()
+            self._out += self._h11.send_with_data_passthrough(h11.Data(data)) or ()
             self._body_length += len(data)
             if left >= 0:
                 self._stream_left = left - len(data)
