@@ -138,7 +138,7 @@ class _Cycle:
         self._pending_bytes = 0
         self._trailers = False  # the client takes trailers (TE: trailers)
         self._wants_trailers = False  # the app said it sends trailers
-        self._sent_trailers: list[tuple[bytes, bytes]] = []
+        self._sent_trailers: list[tuple[bytes, bytes]] | None = None  # made when trailers come
         self._end_stream = False  # an event stream, to end when the server stops
         self._ended = False  # ... and it was
 
@@ -306,7 +306,7 @@ class _Cycle:
         elif kind == "http.response.trailers":
             if state != _TRAILERS:
                 raise RuntimeError(_unexpected(kind, state))
-            self._sent_trailers += _headers(message.get("headers", ()))
+            self._sent_trailers = (self._sent_trailers or []) + _headers(message.get("headers", ()))
             if not message.get("more_trailers", False):
                 if self._trailers:
                     channel.send_trailers(self._sent_trailers)

@@ -694,7 +694,7 @@ class ServerConnection:
             if silent:  # nothing is asked of it, but it is closed
                 self._drop_stream()
             else:
-                self._stream_left = _declared_length(response.headers)
+                # _stream_left: the handler's Content-Length, which _send_head looked up
                 self._piece = _NO_PIECE
                 self._phase = _STREAM
                 return
@@ -739,6 +739,8 @@ class ServerConnection:
             fields.append((b"Date", b"date", _http_date()))
         if config.server_header:  # validated by Config
             fields.append((b"Server", b"server", config.server_header))
+        if length is None:  # the handler frames the body: by its Content-Length, if any
+            self._stream_left = verdict[2] if verdict is not None else _declared_length(headers)
         try:
             # Trusted: already valid and normalised, and naming no framing field while
             # the core frames the body itself (then h11 must reconcile them, as usual).
@@ -884,12 +886,14 @@ class ServerConnection:
         channel = state.channel
         if state.sending:  # the Send handed out last has completed
             state.sending = False
+            if state.complete:  # delivered with `done`, under one notify
+                state.pieces += state.in_flight
+                state.in_flight = 0
+                self._finish_session(now)
+                return
             if state.in_flight:
                 channel.mark_delivered(state.in_flight)
                 state.in_flight = 0
-            if state.complete:
-                self._finish_session(now)
-                return
         while not state.complete and (message := channel.next_message()) is not None:
             if not self._take_message(state, message, now):
                 return  # it ended the connection
@@ -986,7 +990,8 @@ class ServerConnection:
             self._status = response.status
             self._body_length = 0
             state.silent = self._head or response.status in _NO_BODY_STATUSES
-            self._stream_left = -1 if state.silent else _declared_length(response.headers)
+            if state.silent:  # else the app's Content-Length, which _send_head looked up
+                self._stream_left = -1
             state.trailers = start.trailers
             return True
         if kind is Trailers:
@@ -1254,9 +1259,9 @@ class ServerConnection:
         state = self._session
         assert state is not None
         self._session = None
-        if state.pieces:
-            state.channel.mark_delivered(state.pieces)
-        state.channel.mark_done()
+        channel = state.channel
+        channel.delivered += state.pieces  # (mark_delivered without its notify: mark_done's does)
+        channel.mark_done()
         self._finish_response(now)
 
     def _drop_session(self) -> None:
@@ -1533,11 +1538,7 @@ def _close_stream(stream: Stream) -> None:
 
 
 def _declared_length(headers: Headers) -> int:
-    """A handler's Content-Length (h11 checked it when the head went out), or -1."""
-    if type(headers) is tuple:  # most often validated, and so looked at, already
-        verdict = _validated.get(headers)
-        if verdict is not None:
-            return verdict[2]
+    """A handler's Content-Length (h11 checks it before the head goes out), or -1."""
     for name, value in headers:
         if len(name) == 14 and name.lower() == b"content-length":
             return int(value.split(b",")[0])
