@@ -284,6 +284,15 @@ class ServerConnection:
         """Bytes the peer sent after a `Receive`; b"" means it will send no more."""
         self._now = now
         phase = self._phase
+        if phase is _IDLE and data[:1] not in b"\r\n" and len(data) <= self._slice:
+            # The usual first: a request's first bytes (not b"", not an empty line), one slice.
+            self._h11.receive_data(data)
+            self._phase = _HEAD
+            self._started = now
+            self._first = data
+            self._fresh = False
+            self._deadline = now + self._config.head_timeout
+            return
         if phase is _LINGER:
             if not data:
                 self._phase = _CLOSED
@@ -485,15 +494,14 @@ class ServerConnection:
             self._fail(500, now)
             return
         h = self._h11
-        waiting = h.they_are_waiting_for_100_continue
-        # A request without a body (no upgrade, no 100-continue awaited): h11 holds its
-        # EndOfMessage already. Taken now, the client's side is DONE, so the response
-        # goes straight on to the next cycle, an exchange gets its one step at once and
-        # a session's task finds the (empty) body complete without asking the core.
-        ended = self._bodyless and not websocket and not waiting
+        # A request without a body (no upgrade, no Expect): h11 holds its EndOfMessage
+        # already. Taken now, the client's side is DONE, so the response goes straight
+        # on to the next cycle, an exchange gets its one step at once and a session's
+        # task finds the (empty) body complete without asking the core.
+        ended = self._bodyless and not websocket
         if ended:
             h.next_event()
-        waiting = waiting and self._body_expected
+        waiting = self._body_expected and h.they_are_waiting_for_100_continue
         if isinstance(reply, Response):
             if waiting:
                 # The client holds its body back; answering without reading it means
@@ -559,8 +567,9 @@ class ServerConnection:
         if declared > config.max_body_size:
             return 413
         self._body_expected = expected = declared > 0 or encoding is not None
-        # No body and no protocol switch proposed (h11 pauses after an Upgrade request's end).
-        self._bodyless = not expected and b"upgrade" not in fields
+        # No body, no protocol switch proposed (h11 pauses after an Upgrade request's end)
+        # and no 100-continue awaited (h11 waits only when asked by an Expect field).
+        self._bodyless = not expected and b"upgrade" not in fields and b"expect" not in fields
         return 0
 
     def _read_body(self, now: float) -> None:
@@ -1401,7 +1410,7 @@ class ServerConnection:
         h.start_next_cycle()
         self._body_size = 0
         buffered, closed = h.trailing_data
-        if buffered[:1] in b"\r\n" and buffered:
+        if buffered and buffered[:1] in b"\r\n":
             buffered = self._skip_empty_lines(buffered, closed)
         if buffered or self._unfed:
             self._phase = _HEAD
