@@ -1,6 +1,7 @@
 """The core's cost per request in-process, next to bare h11's: no sockets, no event loop.
 
-    .venv/bin/python -m bench.core [--requests 20000] [--profile] [--calls] [--parser h11-mypyc] [--asgi]
+    .venv/bin/python -m bench.core [--requests 20000] [--profile] [--calls] [--parser h11-mypyc]
+                                   [--asgi | --wsgi]
 
 Drives `protocol.ServerConnection` with the real app (`handlers.build_app`) through
 keep-alive `GET /echo/abc` cycles exactly as a transport would (Receive, receive_data,
@@ -13,7 +14,10 @@ which load does not move at all. On a busy machine, instructions per request are
 steadiest measure (run N and 5N cycles, take the difference). `--asgi` measures the ASGI
 path instead of the built-in routes: the ASGI benchmark's minimal app
 (bench/peers/asgi_min.py) behind `handlers.asgi.ASGIApp`, its task run inline (it never
-waits), so the figure is the core's and the adapter's cost without an event loop's:
+waits), so the figure is the core's and the adapter's cost without an event loop's. `--wsgi`
+likewise measures the WSGI benchmark's minimal app (bench/peers/wsgi_app.py) behind
+`handlers.wsgi.WSGIApp`, its `Run` step run inline as the threads transport runs it.
+Callgrind counts instructions (`core_cycles`, `asgi_cycles` or `wsgi_cycles`):
 
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         .venv/bin/python -c "from bench.core import core_cycles; core_cycles(1000)"
@@ -64,6 +68,23 @@ def asgi_cycles(n: int) -> None:
         assert type(action) is Send, action
 
 
+def wsgi_cycles(n: int) -> None:
+    from bench.peers.wsgi_app import app
+    from handlers.wsgi import WSGIApp
+    from protocol import Run
+
+    conn = ServerConnection(WSGIApp(app), Config(access_log=False), now=0.0)
+    for _ in range(n):
+        action = conn.next_action(0.0)
+        assert type(action) is Receive
+        conn.receive_data(REQUEST, 0.0)
+        action = conn.next_action(0.0)
+        assert type(action) is Run, action
+        action.step()  # inline, as the threads transport runs it
+        action = conn.next_action(0.0)
+        assert type(action) is Send, action
+
+
 def _nothing() -> None:
     pass
 
@@ -92,9 +113,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--calls", action="store_true")
     parser.add_argument("--parser", choices=tuple(PARSERS), default="h11", help="the core's h11")
-    parser.add_argument("--asgi", action="store_true", help="the ASGI adapter instead of the built-in routes")
+    apps = parser.add_mutually_exclusive_group()
+    apps.add_argument("--asgi", action="store_true", help="the ASGI adapter instead of the built-in routes")
+    apps.add_argument("--wsgi", action="store_true", help="the WSGI adapter instead of the built-in routes")
     args = parser.parse_args()
-    ours = asgi_cycles if args.asgi else core_cycles
+    ours = asgi_cycles if args.asgi else wsgi_cycles if args.wsgi else core_cycles
     if args.parser != "h11":
         select_parser(args.parser)
         _use_parser_in_bare_loop(PARSERS[args.parser])

@@ -45,6 +45,8 @@ import os
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from itertools import chain
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
@@ -72,6 +74,7 @@ HIGH_WATER_PIECES: Final = 256
 _METHODS: Final = {m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS")}
 _VERSIONS: Final = {b"1.1": "1.1", b"1.0": "1.0"}
 _DISCONNECT: Final = {"type": "http.disconnect"}
+_NAME: Final = itemgetter(0)
 _CREDENTIALS: Final = (b"authorization", b"proxy-authorization", b"cookie")
 
 # The states of a response, as the app's messages move it on.
@@ -135,7 +138,7 @@ class _Cycle:
         self._pending_bytes = 0
         self._trailers = False  # the client takes trailers (TE: trailers)
         self._wants_trailers = False  # the app said it sends trailers
-        self._sent_trailers: list[tuple[bytes, bytes]] = []
+        self._sent_trailers: list[tuple[bytes, bytes]] | None = None  # made when trailers come
         self._end_stream = False  # an event stream, to end when the server stops
         self._ended = False  # ... and it was
 
@@ -191,11 +194,12 @@ class _Cycle:
         path, raw_path, query = scope_path(request, root_path)
         headers = request.headers
         extensions: dict[str, dict[str, object]] = {"http.response.pathsend": {}}
-        for name, value in headers:
-            if name == b"te" and b"trailers" in value.lower():
-                self._trailers = True
-                extensions["http.response.trailers"] = {}
-                break
+        if b"te" in map(_NAME, headers):  # rare: looked at in C, then read in Python
+            for name, value in headers:
+                if name == b"te" and b"trailers" in value.lower():
+                    self._trailers = True
+                    extensions["http.response.trailers"] = {}
+                    break
         method = request.method
         return {
             "type": "http",
@@ -302,7 +306,7 @@ class _Cycle:
         elif kind == "http.response.trailers":
             if state != _TRAILERS:
                 raise RuntimeError(_unexpected(kind, state))
-            self._sent_trailers += _headers(message.get("headers", ()))
+            self._sent_trailers = (self._sent_trailers or []) + _headers(message.get("headers", ()))
             if not message.get("more_trailers", False):
                 if self._trailers:
                     channel.send_trailers(self._sent_trailers)
@@ -374,10 +378,44 @@ def _head(message: Message) -> tuple[int, tuple[tuple[bytes, bytes], ...], bool]
     status = message["status"]
     if type(status) is not int or not 200 <= status <= 599:
         raise ValueError(f"http.response.start's status must be an int from 200 to 599, not {status!r}")
+    items = tuple(message.get("headers", ()))
+    # Apps send the same few header lists again and again: each distinct one is checked
+    # once. A hit stands for the check only when every pair is a tuple of two bytes
+    # objects, as the pairs it was made from were (equal is not enough: a memoryview
+    # equals bytes), both tested at C speed.
+    try:
+        known = _HEADS.get(items)
+    except TypeError:  # say, lists as pairs: checked one by one
+        known = None
+    if (
+        known is not None
+        and _TUPLE_ONLY.issuperset(map(type, items))
+        and _BYTES_ONLY.issuperset(map(type, chain.from_iterable(items)))
+    ):  # (_plain, inline)
+        return status, known[0], known[1]
+    headers, stream = _check_headers(items)
+    return status, headers, stream
+
+
+_HEADS: dict[tuple[Any, ...], tuple[tuple[tuple[bytes, bytes], ...], bool]] = {}
+"""Header lists of http.response.start already checked: (the headers to send, is an event stream)."""
+_HEADS_MAX: Final = 256
+_TUPLE_ONLY: Final = frozenset({tuple})
+_BYTES_ONLY: Final = frozenset({bytes})
+
+
+def _plain(items: tuple[Any, ...]) -> bool:
+    """Every item is a tuple of bytes objects (exactly those types)."""
+    return _TUPLE_ONLY.issuperset(map(type, items)) and _BYTES_ONLY.issuperset(
+        map(type, chain.from_iterable(items))
+    )
+
+
+def _check_headers(items: tuple[Any, ...]) -> tuple[tuple[tuple[bytes, bytes], ...], bool]:
     headers = []
     stream = framing = False
     try:
-        for name, value in message.get("headers", ()):
+        for name, value in items:
             if not (isinstance(name, bytes) and isinstance(value, bytes)):
                 raise TypeError(f"header names and values must be bytes, not {name!r}: {value!r}")
             headers.append((name, value))
@@ -392,7 +430,12 @@ def _head(message: Message) -> tuple[int, tuple[tuple[bytes, bytes], ...], bool]
     if framing:  # ASGI: the server must ignore it (the core frames the body)
         headers = [item for item in headers if item[0].lower() != b"transfer-encoding"]
     # A tuple: the core validates each distinct tuple of headers once (apps repeat theirs).
-    return status, tuple(headers), stream
+    result = tuple(headers), stream
+    if _plain(items):
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        _HEADS[items] = result  # hashable: tuples of bytes
+    return result
 
 
 def _headers(items: Iterable[Any]) -> list[tuple[bytes, bytes]]:

@@ -229,20 +229,12 @@ class WSGIApp:
     def environ(self, request: Request, body: BinaryIO, body_size: int | None) -> dict[str, Any]:
         """The environ for `request`, reading its body from `body`; `body_size` is the body's
         length when it was chunked (None: as declared, if at all)."""
-        environ = self._base.copy()
         method = _METHODS.get(request.method)
         if method is None:
             method = request.method.decode("latin-1")
             if len(_METHODS) < _CACHE_MAX:
                 _METHODS[request.method] = method
-        environ["REQUEST_METHOD"] = method
-        target = request.target
-        if b"?" in target:
-            path, _, query = target.partition(b"?")
-            environ["QUERY_STRING"] = query.decode("latin-1")
-        else:
-            path = target
-            environ["QUERY_STRING"] = ""
+        path, _, query = request.target.partition(b"?")
         if path[:1] != b"/" and path != b"*":  # absolute-form: drop scheme://authority
             start = path.find(b"/", path.find(b"://") + 3) if b"://" in path else -1
             path = path[start:] if start >= 0 else b"/"
@@ -250,42 +242,39 @@ class WSGIApp:
         root = self._root
         if root and path_info.startswith(root) and path_info[len(root) : len(root) + 1] in ("", "/"):
             path_info = path_info[len(root) :]
-        environ["PATH_INFO"] = path_info
-        environ["SERVER_PROTOCOL"] = (
-            "HTTP/1.1"
-            if request.http_version == b"1.1"
-            else ("HTTP/" + request.http_version.decode("latin-1"))
-        )
+        version = request.http_version
         scheme = request.scheme
+        environ = self._base.copy()  # a copy of a dict's table: cheaper than a display with **
+        environ["REQUEST_METHOD"] = method
+        environ["QUERY_STRING"] = query.decode("latin-1")
+        environ["PATH_INFO"] = path_info
+        environ["SERVER_PROTOCOL"] = "HTTP/1.1" if version == b"1.1" else "HTTP/" + version.decode("latin-1")
         environ["wsgi.url_scheme"] = scheme
         environ["wsgi.input"] = body
-        host: bytes | None = None
+        keys = _HEADER_KEYS
         for name, value in request.headers:
-            key = _HEADER_KEYS.get(name, "")
+            key = keys.get(name, "")
             if key == "":
                 key = _header_key(name)
             if key is None:
                 continue
-            if name == b"host" and host is None:
-                host = value
-            text = value.decode("latin-1")
             if key in environ:
-                environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + text
+                environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + value.decode("latin-1")
             else:
-                environ[key] = text
+                environ[key] = value.decode("latin-1")
+        # h11 lets one Host at most through: HTTP_HOST is its value (latin-1, as every byte survives).
+        host: str | None = environ.get("HTTP_HOST")
         if body_size is not None:
             environ.pop("HTTP_TRANSFER_ENCODING", None)
             environ["CONTENT_LENGTH"] = str(body_size)
         if host:
-            if host[:1] == b"[":  # an IPv6 literal
-                end = host.find(b"]") + 1
+            if host[:1] == "[":  # an IPv6 literal
+                end = host.find("]") + 1
                 name_part, port = host[:end], host[end + 1 :]
             else:
-                name_part, _, port = host.partition(b":")
-            environ["SERVER_NAME"] = name_part.decode("latin-1")
-            environ["SERVER_PORT"] = (
-                port.decode("latin-1") if port else ("443" if scheme == "https" else "80")
-            )
+                name_part, _, port = host.partition(":")
+            environ["SERVER_NAME"] = name_part
+            environ["SERVER_PORT"] = port or ("443" if scheme == "https" else "80")
         else:
             server = request.server
             if server is not None and server[1] is not None:

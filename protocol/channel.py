@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 from .messages import FileBody, Headers, Response
 
@@ -106,6 +107,9 @@ class Closing:
 
 
 Message = Start | Piece | Trailers | Finish | Accept | Outgoing | Closing
+
+_FINISHED: Final = Finish(None)
+"""What every task that returned posts (messages are only read): one instance serves them all."""
 
 MESSAGE_OVERHEAD = 64
 """What a received WebSocket message counts for beyond its length, in the read-ahead bound
@@ -190,13 +194,19 @@ class Channel:
     def start(self, response: Response, *, trailers: bool = False) -> None:
         """Post the response head. It leaves with the first piece of the body when that is
         posted before the core looks (the usual case), else on its own."""
-        self._post(Start(response, trailers))
+        self._outbox.append(Start(response, trailers))
+        if self._core_waiting:  # _post_wake, inline: the posts of every response
+            self._core_waiting = False
+            self._wake()
 
     def send(self, data: bytes | FileBody, *, more: bool) -> int:
         """Post a piece of the body; returns a ticket: it has left once `delivered` >= ticket."""
-        self._posted += 1
-        self._post(Piece(data, more))
-        return self._posted
+        self._posted = posted = self._posted + 1
+        self._outbox.append(Piece(data, more))
+        if self._core_waiting:
+            self._core_waiting = False
+            self._wake()
+        return posted
 
     def send_trailers(self, headers: Headers) -> None:
         """Post the trailer fields promised by `start(trailers=True)`, after the last piece."""
@@ -204,7 +214,10 @@ class Channel:
 
     def finish(self, error: BaseException | None = None) -> None:
         """The task is over (it raised `error`). Call it exactly once, last."""
-        self._post(Finish(error))
+        self._outbox.append(_FINISHED if error is None else Finish(error))
+        if self._core_waiting:
+            self._core_waiting = False
+            self._wake()
 
     # WebSockets (the task's side)
 

@@ -56,10 +56,12 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
+from itertools import chain
+from operator import itemgetter
 from typing import TYPE_CHECKING, Final, cast
 
 import h11
-from h11._headers import Headers as _H11Headers  # private, but h11 is pinned: see _validated_fields
+from h11._headers import Headers as _H11Headers  # private, but h11 is pinned: see _send_head
 
 from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile, Spawn, Wait
 from .channel import Accept, Channel, Closing, Finish, Message, Outgoing, Piece, Start, Trailers
@@ -140,6 +142,8 @@ class _Placeholder:
         return self.count
 
 
+_NAME_VALUE: Final = itemgetter(1, 2)
+"""(lower-case name, value) of one of h11's (raw name, lower-case name, value) header items."""
 _NOT_RUN: Final = object()
 _NO_PIECE: Final = object()
 _READ_AHEAD: Final = 64 * 1024
@@ -159,6 +163,7 @@ class ServerConnection:
         "_body_expected",
         "_body_length",
         "_body_size",
+        "_bodyless",
         "_client",
         "_close_after_response",
         "_config",
@@ -231,6 +236,7 @@ class ServerConnection:
         self._step_outcome: object = None
         self._body_size = 0
         self._body_expected = False  # the request declared a non-empty body
+        self._bodyless = False  # ... or none, nor an upgrade: h11 has its end at once
         self._file: FileBody | None = None
         self._file_remaining = 0
         self._stream: Stream | None = None
@@ -278,6 +284,15 @@ class ServerConnection:
         """Bytes the peer sent after a `Receive`; b"" means it will send no more."""
         self._now = now
         phase = self._phase
+        if phase is _IDLE and data[:1] not in b"\r\n" and len(data) <= self._slice:
+            # The usual first: a request's first bytes (not b"", not an empty line), one slice.
+            self._h11.receive_data(data)
+            self._phase = _HEAD
+            self._started = now
+            self._first = data
+            self._fresh = False
+            self._deadline = now + self._config.head_timeout
+            return
         if phase is _LINGER:
             if not data:
                 self._phase = _CLOSED
@@ -444,24 +459,24 @@ class ServerConnection:
     def _start_request(self, event: h11.Request, now: float) -> None:
         # h11's Headers iterates in slow Python, item by item; its list of (raw name,
         # lower-case name, value) gives the core and the handlers a plain list at C speed.
-        headers = [(name, value) for _, name, value in event.headers._full_items]
+        headers = list(map(_NAME_VALUE, event.headers._full_items))
+        config = self._config
         client, scheme = self._client, self._scheme
-        if self._config.proxy_headers:  # as a trusted proxy names them (see `proxy`)
-            client, scheme = forwarded(headers, client, scheme, self._config.forwarded_allow_ips)
-        request = Request(
-            event.method, event.target, headers, event.http_version, client, self._server, scheme
-        )
+        if config.proxy_headers:  # as a trusted proxy names them (see `proxy`)
+            client, scheme = forwarded(headers, client, scheme, config.forwarded_allow_ips)
+        method = event.method
+        request = Request(method, event.target, headers, event.http_version, client, self._server, scheme)
         self._request = request
         self._first = b""
-        self._head = event.method == b"HEAD"
+        self._head = method == b"HEAD"
         self._phase = _BODY
-        self._deadline = now + self._config.body_timeout
+        self._deadline = now + config.body_timeout
         status = self._check(request)
         if status:
             self._fail(status, now)
             return
         websocket = False
-        if self._config.websocket:
+        if config.websocket:
             from . import websocket as _ws
 
             websocket = _ws.wants_websocket(request)
@@ -478,7 +493,15 @@ class ServerConnection:
             error_log.exception("handler failed for %r", request)
             self._fail(500, now)
             return
-        waiting = self._body_expected and self._h11.they_are_waiting_for_100_continue
+        h = self._h11
+        # A request without a body (no upgrade, no Expect): h11 holds its EndOfMessage
+        # already. Taken now, the client's side is DONE, so the response goes straight
+        # on to the next cycle, an exchange gets its one step at once and a session's
+        # task finds the (empty) body complete without asking the core.
+        ended = self._bodyless and not websocket
+        if ended:
+            h.next_event()
+        waiting = self._body_expected and h.they_are_waiting_for_100_continue
         if isinstance(reply, Response):
             if waiting:
                 # The client holds its body back; answering without reading it means
@@ -486,53 +509,55 @@ class ServerConnection:
                 self._close_after_response = True
             self._respond(reply, now)
             return
-        if not hasattr(reply, "respond"):
-            if hasattr(reply, "run"):
-                if websocket:
-                    self._start_websocket(reply, now)
-                else:
-                    self._start_session(reply, now)
-                return
-            # Say, None from a handler that forgot to return.
-            error_log.error("handler returned %r for %r", reply, request)
-            self._fail(500, now)
+        if hasattr(reply, "respond"):
+            exchange: Exchange = reply  # type: ignore[assignment] # not cast(): a call per request
+            self._exchange = exchange
+            self._unstarted = True
+            if ended:
+                self._run_step(exchange, b"", True, now)
+            elif waiting and not (h.trailing_data[0] or self._unfed):
+                # The client holds its body back for a 100 Continue: the exchange's start()
+                # may refuse the request first, and then the body is never sent at all.
+                self._run_step(exchange, b"", False, now)
             return
-        reply = cast(Exchange, reply)
-        self._exchange = reply
-        self._unstarted = True
-        if waiting and not (self._h11.trailing_data[0] or self._unfed):
-            # The client holds its body back for a 100 Continue: the exchange's start()
-            # may refuse the request first, and then the body is never sent at all.
-            self._run_step(reply, b"", False, now)
+        if hasattr(reply, "run"):
+            if websocket:
+                self._start_websocket(reply, now)
+            else:
+                self._start_session(reply, now, ended)
+            return
+        # Say, None from a handler that forgot to return.
+        error_log.error("handler returned %r for %r", reply, request)
+        self._fail(500, now)
 
     def _check(self, request: Request) -> int:
         """The error status for a request head we refuse, or 0."""
         config = self._config
         version = request.http_version
-        if version[:2] != b"1.":
+        if version != b"1.1" and version[:2] != b"1.":
             return 505
-        if request.method == b"CONNECT":  # no tunnels; a 2xx would switch h11 to raw bytes
+        method, target = request.method, request.target
+        if method == b"CONNECT":  # no tunnels; a 2xx would switch h11 to raw bytes
             return 501
-        size = len(request.method) + len(request.target) + 12  # the request line
+        size = len(method) + len(target) + 12  # the request line
         # A request line over the head limit is 414 too, as in nginx, however it was read.
-        if len(request.target) > config.max_target_length or size > config.max_head_size:
+        if len(target) > config.max_target_length or size > config.max_head_size:
             return 414
         headers = request.headers
         if len(headers) > config.max_header_count:
             return 431
-        length = encoding = host = None
-        for name, value in headers:
-            size += len(name) + len(value) + 4
-            if name == b"content-length":
-                length = value
-            elif name == b"transfer-encoding":
-                encoding = value
-            elif name == b"host":
-                host = value
+        # Each field line is name, ": ", value, CRLF: summed at C speed.
+        size += 4 * len(headers) + sum(map(len, chain.from_iterable(headers)))
         if size > config.max_head_size:
             return 431
+        # h11 lets at most one Content-Length, Transfer-Encoding and Host through (the
+        # last would win here anyway), so a dict finds them at C speed.
+        fields = dict(headers)
+        length = fields.get(b"content-length")
+        encoding = fields.get(b"transfer-encoding")
         if length is not None and encoding is not None:  # RFC 9112 §6.1: a smuggling vector
             return 400
+        host = fields.get(b"host")
         if host is not None and host not in _VALID_HOSTS:  # RFC 9112 §3.2: a MUST (h11 checks presence)
             if _HOST.fullmatch(host) is None:
                 return 400
@@ -541,7 +566,10 @@ class ServerConnection:
         declared = 0 if length is None else int(length)
         if declared > config.max_body_size:
             return 413
-        self._body_expected = declared > 0 or encoding is not None
+        self._body_expected = expected = declared > 0 or encoding is not None
+        # No body, no protocol switch proposed (h11 pauses after an Upgrade request's end)
+        # and no 100-continue awaited (h11 waits only when asked by an Expect field).
+        self._bodyless = not expected and b"upgrade" not in fields and b"expect" not in fields
         return 0
 
     def _read_body(self, now: float) -> None:
@@ -563,7 +591,7 @@ class ServerConnection:
                 return
             chunks.append(event.data)
         finished = type(event) is h11.EndOfMessage
-        if finished and len(cast(h11.EndOfMessage, event).headers) > self._config.max_header_count:
+        if finished and len(event.headers) > self._config.max_header_count:  # type: ignore[union-attr]
             self._fail(431, now)  # trailer fields count like header fields
             return
         if not finished and self._chunk_past_limit():
@@ -635,16 +663,28 @@ class ServerConnection:
 
     def _respond(self, response: Response, now: float) -> None:
         """Send `response`'s head, and its body unless it is a file or a stream to send in pieces."""
-        h = self._h11
         status = response.status
         body = response.body
+        if type(body) is bytes:  # the usual case first: the whole body at hand
+            if not self._send_head(status, response.headers, len(body), now):
+                return
+            self._status = status
+            h = self._h11
+            out = self._out
+            if body and not (self._head or status in _NO_BODY_STATUSES):
+                self._body_length = len(body)
+                out += h.send_with_data_passthrough(h11.Data(body))  # type: ignore[arg-type] # a list for Data
+            else:
+                self._body_length = 0
+            out += h.send_with_data_passthrough(_END_OF_MESSAGE) or ()
+            self._finish_response(now)
+            return
+        h = self._h11
         file: FileBody | None = None
         stream: Stream | None = None
-        if type(body) is bytes:
-            length: int | None = len(body)
-        elif isinstance(body, FileBody):
+        if isinstance(body, FileBody):
             file = body
-            length = body.length
+            length: int | None = body.length
         elif isinstance(body, (bytearray, memoryview)):
             length = len(body)
         else:  # a Stream: framed by the handler's own Content-Length, if any
@@ -663,7 +703,7 @@ class ServerConnection:
             if silent:  # nothing is asked of it, but it is closed
                 self._drop_stream()
             else:
-                self._stream_left = _declared_length(response.headers)
+                # _stream_left: the handler's Content-Length, which _send_head looked up
                 self._piece = _NO_PIECE
                 self._phase = _STREAM
                 return
@@ -686,10 +726,21 @@ class ServerConnection:
     def _send_head(self, status: int, headers: Headers, length: int | None, now: float) -> bool:
         """Gather a response head with the core's own fields (Content-Length unless `length`
         is None, Connection, Date, Server); False, after a 500 and a close, if h11 refused it."""
+        # h11 checks every header it is given with regexes, on every response: the costliest
+        # part of sending one. Handlers mostly return the same constant tuples, so each
+        # distinct tuple is validated once and its verdict kept (see `_validate`).
+        verdict = None
+        if type(headers) is tuple:
+            try:
+                verdict = _validated[headers]
+            except KeyError:
+                verdict = _validate(headers)
+            except TypeError:  # a mutable value such as a bytearray: it could change after a check
+                pass
         # The core's own fields, already in h11's normalised form (raw name, lower name, value).
         fields = []
         if length is not None and status not in _NO_BODY_STATUSES:
-            fields.append((b"Content-Length", b"content-length", b"%d" % length))
+            fields.append(_LENGTH_FIELDS.get(length) or _length_field(length))
         if self._close_after_response or self._stopping:
             fields.append(_CONNECTION_CLOSE)
         config = self._config
@@ -697,15 +748,16 @@ class ServerConnection:
             fields.append((b"Date", b"date", _http_date()))
         if config.server_header:  # validated by Config
             fields.append((b"Server", b"server", config.server_header))
+        if length is None:  # the handler frames the body: by its Content-Length, if any
+            self._stream_left = verdict[2] if verdict is not None else _declared_length(headers)
         try:
-            trusted = _validated_fields(headers, framed_by_handler=length is None)
-            if trusted is None:  # h11 validates them, as it would any headers
-                all_headers: list[tuple[bytes, bytes]] | _H11Headers = [
-                    *headers,
-                    *((raw, value) for raw, _, value in fields),
-                ]
-            else:  # already valid and normalised: h11 takes a Headers object as it is
-                all_headers = _H11Headers(trusted + fields)
+            # Trusted: already valid and normalised, and naming no framing field while
+            # the core frames the body itself (then h11 must reconcile them, as usual).
+            # h11 takes a Headers object as it is.
+            if verdict is not None and (length is None or not verdict[1]):
+                all_headers: list[tuple[bytes, bytes]] | _H11Headers = _H11Headers(verdict[0] + fields)
+            else:  # h11 validates them, as it would any headers
+                all_headers = [*headers, *((raw, value) for raw, _, value in fields)]
             head = h11.Response(status_code=status, headers=all_headers, reason=_REASONS.get(status, b""))
             # send_with_data_passthrough: h11's send() would join pieces that _emit joins anyway.
             pieces = self._h11.send_with_data_passthrough(head)
@@ -727,7 +779,7 @@ class ServerConnection:
             self._request = None  # logged
             self._begin_close(now, linger=True)
             return False
-        self._out += pieces or ()
+        self._out += pieces  # type: ignore[arg-type] # a list for a Response
         return True
 
     def _discard_body(self, body: bytes | FileBody | Stream) -> None:
@@ -783,7 +835,7 @@ class ServerConnection:
             error_log.error("response body for %r is longer than its Content-Length", self._request)
             data = data[:left]
         if data:
-            self._out += self._h11.send_with_data_passthrough(h11.Data(data=data)) or ()
+            self._out += self._h11.send_with_data_passthrough(h11.Data(data)) or ()
             self._body_length += len(data)
             if left >= 0:
                 self._stream_left = left - len(data)
@@ -820,7 +872,8 @@ class ServerConnection:
 
     # --- Sessions: an app task that runs concurrently ---------------------------------
 
-    def _start_session(self, session: Session, now: float) -> None:
+    def _start_session(self, session: Session, now: float, ended: bool) -> None:
+        """Spawn `session`'s task; `ended`: the request had no body, and its end was read."""
         if self._wake is None:
             error_log.error("this transport cannot run %r (no wake)", session)
             self._fail(500, now)
@@ -828,7 +881,10 @@ class ServerConnection:
         channel = Channel(self._wake)
         if self._stopping:
             channel.stopping = True
-        self._session = _SessionState(channel)
+        state = self._session = _SessionState(channel)
+        if ended:  # before the task runs: it finds the body complete without asking
+            channel.put_body(b"", True)
+            state.body_done = True
         self._phase = _APP
         self._emit(Spawn(lambda: session.run(channel)))
 
@@ -839,12 +895,14 @@ class ServerConnection:
         channel = state.channel
         if state.sending:  # the Send handed out last has completed
             state.sending = False
+            if state.complete:  # delivered with `done`, under one notify
+                state.pieces += state.in_flight
+                state.in_flight = 0
+                self._finish_session(now)
+                return
             if state.in_flight:
                 channel.mark_delivered(state.in_flight)
                 state.in_flight = 0
-            if state.complete:
-                self._finish_session(now)
-                return
         while not state.complete and (message := channel.next_message()) is not None:
             if not self._take_message(state, message, now):
                 return  # it ended the connection
@@ -880,7 +938,7 @@ class ServerConnection:
         h = self._h11
         kind = type(message)
         if kind is Piece:
-            piece = cast(Piece, message)
+            piece: Piece = message  # type: ignore[assignment] # not cast(): a call per message
             if not state.started:
                 error_log.error("app sent a body before the response head for %r", self._request)
                 self._fail(500, now)
@@ -927,7 +985,7 @@ class ServerConnection:
                     state.complete = True
             return True
         if kind is Start:
-            start = cast(Start, message)
+            start: Start = message  # type: ignore[assignment]
             if state.started:
                 error_log.error("app started the response twice for %r", self._request)
                 self._cut(now)
@@ -941,7 +999,8 @@ class ServerConnection:
             self._status = response.status
             self._body_length = 0
             state.silent = self._head or response.status in _NO_BODY_STATUSES
-            self._stream_left = -1 if state.silent else _declared_length(response.headers)
+            if state.silent:  # else the app's Content-Length, which _send_head looked up
+                self._stream_left = -1
             state.trailers = start.trailers
             return True
         if kind is Trailers:
@@ -1209,9 +1268,9 @@ class ServerConnection:
         state = self._session
         assert state is not None
         self._session = None
-        if state.pieces:
-            state.channel.mark_delivered(state.pieces)
-        state.channel.mark_done()
+        channel = state.channel
+        channel.delivered += state.pieces  # (mark_delivered without its notify: mark_done's does)
+        channel.mark_done()
         self._finish_response(now)
 
     def _drop_session(self) -> None:
@@ -1351,7 +1410,7 @@ class ServerConnection:
         h.start_next_cycle()
         self._body_size = 0
         buffered, closed = h.trailing_data
-        if buffered[:1] in b"\r\n" and buffered:
+        if buffered and buffered[:1] in b"\r\n":
             buffered = self._skip_empty_lines(buffered, closed)
         if buffered or self._unfed:
             self._phase = _HEAD
@@ -1488,7 +1547,7 @@ def _close_stream(stream: Stream) -> None:
 
 
 def _declared_length(headers: Headers) -> int:
-    """A handler's Content-Length (h11 checked it when the head went out), or -1."""
+    """A handler's Content-Length (h11 checks it before the head goes out), or -1."""
     for name, value in headers:
         if len(name) == 14 and name.lower() == b"content-length":
             return int(value.split(b",")[0])
@@ -1529,39 +1588,35 @@ _CONNECTION_CLOSE: Final = (b"Connection", b"connection", b"close")
 _FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _VALIDATED_MAX: Final = 256
 _Fields = list[tuple[bytes, bytes, bytes]]
-_validated: dict[Headers, tuple[_Fields, bool] | None] = {}
+_Verdict = tuple[_Fields, bool, int]
+"""h11's normalised fields, whether they name a framing field, the Content-Length (-1: none)."""
+_validated: dict[Headers, _Verdict | None] = {}
+_LENGTH_FIELDS: dict[int, tuple[bytes, bytes, bytes]] = {}
+"""Content-Length fields by length (bodies repeat their sizes; formatting costs more than a lookup)."""
 
 
-def _validated_fields(headers: Headers, *, framed_by_handler: bool) -> _Fields | None:
-    """A handler's headers in h11's normalised form once h11 accepted them, or None.
-
-    h11 checks every header it is given with regexes, on every response: the costliest
-    part of sending one. Handlers mostly return the same constant tuples, so each distinct
-    tuple is validated once and its verdict kept (bounded: a full table starts afresh, so
-    constant tuples come back at once and one-off ones go). None (not a tuple of hashable
-    pairs, invalid, or naming a framing field while the core frames the body itself, which
-    it must reconcile with its own) means the headers go through h11's own validation as
-    usual. With `framed_by_handler` (a Stream or a Session's response: the core adds no
-    Content-Length), framing fields are the handler's to give, and h11 frames by them.
-    """
-    if type(headers) is not tuple:
-        return None
-    try:
-        verdict = _validated[headers]
-    except KeyError:
-        verdict = _validate(headers)
-    except TypeError:  # a mutable value such as a bytearray: it could change after a check
-        return None
-    if verdict is None or (verdict[1] and not framed_by_handler):
-        return None
-    return verdict[0]
+def _length_field(length: int) -> tuple[bytes, bytes, bytes]:
+    field = (b"Content-Length", b"content-length", b"%d" % length)
+    if len(_LENGTH_FIELDS) >= _VALIDATED_MAX:
+        _LENGTH_FIELDS.clear()
+    _LENGTH_FIELDS[length] = field
+    return field
 
 
-def _validate(headers: Headers) -> tuple[_Fields, bool] | None:
-    verdict: tuple[_Fields, bool] | None
+def _validate(headers: Headers) -> _Verdict | None:
+    """`headers` (a tuple) checked by h11 and remembered (see `_Verdict`), or None when h11
+    refuses them (or they are not hashable pairs), so that they go through h11's own
+    validation as usual.
+
+    Bounded: a full table starts afresh, so constant tuples come back at once and one-off
+    ones go. With a framing field, the verdict is trusted only when the handler frames the
+    body (a Stream or a Session's response: the core adds no Content-Length)."""
+    verdict: _Verdict | None
     try:
         fields = h11.Response(status_code=200, headers=list(headers)).headers._full_items
-        verdict = (fields, any(name in _FRAMING_FIELDS for _, name, _ in fields))
+        lengths = [int(value) for _, name, value in fields if name == b"content-length"]  # one at most
+        framing = any(name in _FRAMING_FIELDS for _, name, _ in fields)
+        verdict = (fields, framing, lengths[0] if lengths else -1)
     except Exception:  # whatever h11 refuses, it refuses again when sending: a 500
         verdict = None
     if len(_validated) >= _VALIDATED_MAX:

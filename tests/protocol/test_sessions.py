@@ -168,6 +168,33 @@ def test_100_continue_is_sent_when_the_task_first_asks_for_the_body() -> None:
     assert parse_one(bytes(d.output)).body == b"abc"
 
 
+@pytest.mark.parametrize(
+    ("headers", "complete"),
+    [((), True), ((b"Expect: 100-continue",), False), ((b"Connection: upgrade", b"Upgrade: h2c"), False)],
+)
+def test_a_request_without_a_body_is_complete_before_the_task_runs(
+    headers: tuple[bytes, ...], complete: bool
+) -> None:
+    """Its end is read with its head, so the task's first receive() has it; with an Expect
+    or Upgrade field the core reads it later, when the task asks (as it always did)."""
+    first: list[object] = []
+
+    async def script(channel: Channel) -> None:
+        first.append(channel.receive())
+        body = await read_body(channel)
+        channel.start(Response(200))
+        await sent(channel, channel.send(body or b"empty", more=False))
+        channel.finish()
+
+    d = Driver(SessionApp(script))
+    d.feed(get(b"/", *headers) + get())
+    one, two = parse(bytes(d.output), 2)
+    assert (one.status, one.body, two.body) == (200, b"empty", b"empty")
+    assert first[0] == ((b"", False) if complete else None)
+    assert first[1] == (b"", False)
+    assert (b"100 Continue" in d.output) == (b"Expect: 100-continue" in headers)  # as before
+
+
 def test_a_task_answering_without_the_body_a_client_holds_back_closes_the_connection() -> None:
     d = Driver(SessionApp(reply(403, b"no")))
     d.feed(get(b"/", b"Content-Length: 3", b"Expect: 100-continue", method=b"POST"))
