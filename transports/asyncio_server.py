@@ -59,7 +59,6 @@ from .common import (
     has_fileno,
     ports,
     read_at,
-    run_task,
 )
 from .options import ServerOptions
 
@@ -605,9 +604,19 @@ class AsyncioServer:
 
     def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
         """Start an app task on the loop; it is kept until it ends."""
-        running = self.loop.create_task(run_task(task))
-        self.tasks.add(running)
-        running.add_done_callback(self._task_done)
+        self.tasks.add(self.loop.create_task(self._run_task(task)))
+
+    async def _run_task(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run a spawned app task to its end. It handles its own errors; one that escapes is
+        a bug, logged here so that it ends only that task (cancellation goes through). It
+        forgets itself as it ends: a done callback would cost a loop callback per request."""
+        try:
+            await task()
+        except Exception:
+            error_log.exception("an app task failed")
+        finally:
+            self.tasks.discard(asyncio.current_task())
+            self._check_drained()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -655,6 +664,8 @@ class AsyncioServer:
                     protocol.cut()  # their channels tell app tasks: gone
                 for task in self.tasks:
                     task.cancel()
+                    # One cancelled before its first step never runs `_run_task`'s `finally`.
+                    task.add_done_callback(self._task_done)
                 with contextlib.suppress(TimeoutError):  # cut connections and cancelled tasks clean up
                     await asyncio.wait_for(self._drained.wait(), CLEANUP_WAIT)
         logs.shutdown_done()

@@ -222,6 +222,27 @@ def test_spawned_tasks_are_reaped(transport: str) -> None:
         assert len(sessions) == 0, "tasks (or their sessions) are still held"
 
 
+def test_a_response_leaves_while_its_task_still_waits(transport: str) -> None:
+    # The task posts its whole response, then waits before it ends: the response must not
+    # wait for the task's end (the asyncio transport acts on a task's wakes when its step ends).
+    ended = threading.Event()
+
+    class Lingering:
+        async def run(self, channel: Channel) -> None:
+            channel.start(Response(200, [(b"content-length", b"5")]))
+            channel.send(b"hello", more=False)
+            await Waker(channel).sleep(1.5)
+            channel.finish()
+            ended.set()
+
+    with running(transport, lambda request: Lingering()) as server, server.connect() as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_until(sock, b"hello").startswith(b"HTTP/1.1 200 ")
+        assert time.monotonic() - started < 1.2 and not ended.is_set()
+        assert ended.wait(5)
+
+
 class Endless:
     """An event stream: a piece every 50 ms until `stopping`, then a last one (if polite)."""
 
