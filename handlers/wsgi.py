@@ -237,7 +237,7 @@ class WSGIApp:
                 _METHODS[request.method] = method
         environ["REQUEST_METHOD"] = method
         target = request.target
-        if b"?" in target:
+        if target.find(b"?") >= 0:  # not `in`: bytes `in` raises and clears a TypeError first
             path, _, query = target.partition(b"?")
             environ["QUERY_STRING"] = query.decode("latin-1")
         else:
@@ -246,7 +246,7 @@ class WSGIApp:
         if path[:1] != b"/" and path != b"*":  # absolute-form: drop scheme://authority
             start = path.find(b"/", path.find(b"://") + 3) if b"://" in path else -1
             path = path[start:] if start >= 0 else b"/"
-        path_info = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
+        path_info = (unquote_to_bytes(path) if path.find(b"%") >= 0 else path).decode("latin-1")
         root = self._root
         if root and path_info.startswith(root) and path_info[len(root) : len(root) + 1] in ("", "/"):
             path_info = path_info[len(root) :]
