@@ -44,7 +44,8 @@ def root(request: Request, rest: bytes) -> Response:
 
 def echo(request: Request, rest: bytes) -> Response:
     """`GET /echo/{s}`: s, percent-decoded."""
-    return text_response(request, unquote_to_bytes(rest) if b"%" in rest else rest)
+    # find, not `in`: CPython's bytes `in` raises and clears a TypeError first (~0.3 µs)
+    return text_response(request, unquote_to_bytes(rest) if rest.find(b"%") >= 0 else rest)
 
 
 def user_agent(request: Request, rest: bytes) -> Response:

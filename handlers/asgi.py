@@ -76,6 +76,8 @@ _VERSIONS: Final = {b"1.1": "1.1", b"1.0": "1.0"}
 _DISCONNECT: Final = {"type": "http.disconnect"}
 _NAME: Final = itemgetter(0)
 _CREDENTIALS: Final = (b"authorization", b"proxy-authorization", b"cookie")
+_C_OR_T: Final = frozenset((b"c", b"C", b"t", b"T"))
+"""A set: bytes `in` bytes first tries its operand as an int, raising and clearing a TypeError."""
 
 # The states of a response, as the app's messages move it on.
 _INITIAL: Final = 0  # nothing sent
@@ -419,7 +421,7 @@ def _check_headers(items: tuple[Any, ...]) -> tuple[tuple[tuple[bytes, bytes], .
             if not (isinstance(name, bytes) and isinstance(value, bytes)):
                 raise TypeError(f"header names and values must be bytes, not {name!r}: {value!r}")
             headers.append((name, value))
-            if name[:1] in b"cCtT":  # the two names looked at, in any case, cheaply
+            if name[:1] in _C_OR_T:  # the two names looked at, in any case, cheaply
                 lower = name.lower()
                 if lower == b"content-type":
                     stream = value.lower().startswith(b"text/event-stream")

@@ -116,7 +116,7 @@ class Router:
         query = path.find(b"?")
         if query >= 0:
             path = path[:query]
-        if b"/." in path:
+        if path.find(b"/.") >= 0:  # not `in`: bytes `in` raises and clears a TypeError first
             resolved = remove_dot_segments(path)
             if resolved is None:
                 return BAD_REQUEST

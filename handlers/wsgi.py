@@ -238,7 +238,7 @@ class WSGIApp:
         if path[:1] != b"/" and path != b"*":  # absolute-form: drop scheme://authority
             start = path.find(b"/", path.find(b"://") + 3) if b"://" in path else -1
             path = path[start:] if start >= 0 else b"/"
-        path_info = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
+        path_info = (unquote_to_bytes(path) if path.find(b"%") >= 0 else path).decode("latin-1")
         root = self._root
         if root and path_info.startswith(root) and path_info[len(root) : len(root) + 1] in ("", "/"):
             path_info = path_info[len(root) :]

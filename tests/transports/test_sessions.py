@@ -6,6 +6,7 @@ whose client leaves."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import socket
 import ssl
@@ -220,6 +221,51 @@ def test_spawned_tasks_are_reaped(transport: str) -> None:
                 break
             time.sleep(0.05)
         assert len(sessions) == 0, "tasks (or their sessions) are still held"
+
+
+def test_a_response_leaves_while_its_task_still_waits(transport: str) -> None:
+    # The task posts its whole response, then waits before it ends: the response must not
+    # wait for the task's end (the asyncio transport acts on a task's wakes when its step ends).
+    ended = threading.Event()
+
+    class Lingering:
+        async def run(self, channel: Channel) -> None:
+            channel.start(Response(200, [(b"content-length", b"5")]))
+            channel.send(b"hello", more=False)
+            await Waker(channel).sleep(1.5)
+            channel.finish()
+            ended.set()
+
+    with running(transport, lambda request: Lingering()) as server, server.connect() as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_until(sock, b"hello").startswith(b"HTTP/1.1 200 ")
+        assert time.monotonic() - started < 1.2 and not ended.is_set()
+        assert ended.wait(5)
+
+
+_SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="")
+
+
+def test_an_app_tasks_context_does_not_reach_the_next_requests_task(transport: str) -> None:
+    # Two pipelined requests: the second one's task starts where the first one's ended
+    # (the transport acts on the first task's wake), but must not inherit its context.
+    seen: list[str] = []
+
+    class Marking:
+        async def run(self, channel: Channel) -> None:
+            seen.append(_SEEN.get())
+            _SEEN.set("set by an earlier request's task")
+            channel.start(Response(200, [(b"content-length", b"2")]))
+            channel.send(b"ok", more=False)
+            channel.finish()
+
+    with running(transport, lambda request: Marking()) as server, server.connect() as sock:
+        sock.sendall(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+        received = b""
+        while received.count(b"ok") < 2:
+            received += _read_until(sock, b"ok")
+    assert seen == ["", ""]
 
 
 class Endless:
