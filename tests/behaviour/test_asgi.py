@@ -182,7 +182,11 @@ def test_body_with_content_length(app: Server, size: int) -> None:
     body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     result = json.loads(post(app, "/body", body).body)
     assert (result["length"], result["sha256"]) == (size, hashlib.sha256(body).hexdigest())
-    assert all(result["messages"]) or size == 0  # no empty messages in between
+    # No empty message in between. The last may be empty: when the read-ahead filled up with
+    # the body's last bytes, its end is read only when the app asks again (uvicorn does so too).
+    assert all(result["messages"][:-1]) and (
+        result["messages"][-1] or size == 0 or len(result["messages"]) > 1
+    )
     if size > 1_000_000:
         assert len(result["messages"]) > 1  # streamed, not buffered whole
 
