@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import re
+import select
 import signal
 import socket
 import sys
@@ -439,6 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--certfile and --keyfile go together")
     if args.loop != "asyncio" and args.transport not in LOOP_TRANSPORTS:
         p.error(f"--loop {args.loop} needs --transport {' or '.join(sorted(LOOP_TRANSPORTS))}")
+    if args.transport == "threads" and not hasattr(select, "epoll"):  # its reactor is an epoll
+        p.error("--transport threads needs Linux (epoll); use --transport asyncio or trio here")
     try:  # an extra that is not installed: one line saying what to install, exit 1
         select_parser(args.parser)
         new_loop_factory(args.loop)

@@ -136,3 +136,16 @@ def test_a_missing_extra_is_one_clear_line_and_exit_1(
     assert err.count("\n") == 1, err
     assert f"needs the {package} package" in err and "requirements-fast.txt" in err, err
     assert current_parser() == "h11"
+
+
+def test_threads_transport_without_epoll_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where there is no epoll (macOS, Windows) the threads transport says so at once."""
+    import select
+
+    monkeypatch.delattr(select, "epoll", raising=False)
+    with pytest.raises(SystemExit) as exit:
+        main(["--transport", "threads"])
+    assert exit.value.code == 2
+    assert "--transport threads needs Linux (epoll)" in capsys.readouterr().err
