@@ -309,7 +309,9 @@ class ThreadServer:
                 lot.acquire()
             listeners = []
             for fd, _ in events:
-                polled_object = polled[fd]
+                polled_object = polled.get(fd)
+                if polled_object is None:
+                    continue  # a worker closed that connection while this thread waited in epoll
                 if type(polled_object) is _Connection:
                     # Unparked connections stay armed (see `_unpark`): an event may come
                     # while it is elsewhere (ignored), or be stale, from before it was
