@@ -5,14 +5,15 @@ its actions synchronously until the core waits for input again. Reading is pause
 whenever the core is not asking for data, except while it waits for an app (`Wait`, a
 watched `Run`): then bytes are read and held (up to `HOLD_LIMIT`) to see the peer leave.
 Writes respect the transport's flow control; deadlines are `loop.call_at` timers on
-`loop.time()`; blocking steps go to an executor; app tasks (`Spawn`) are tasks on the
-loop, and a `wake` is acted on in a later loop callback (so that what a task posts in one go
-leaves together), one callback for all the wakes of a loop iteration.
+`loop.time()`; blocking steps go to a pool of worker threads (`_StepPool`); app tasks
+(`Spawn`) are tasks on the loop, and a `wake` is acted on in a later loop callback (so
+that what a task posts in one go leaves together), one callback for all the wakes of a
+loop iteration.
 
 It runs on asyncio's own loop or on uvloop (`transports.loops`). uvloop's transports
 implement `asyncio.Transport` without subclassing it, and uvloop has no `loop.sendfile`:
-there a file goes out with os.sendfile in the executor while the socket takes it at once
-(a thread never waits for a slow client), the rest in pieces read in the executor and
+there a file goes out with os.sendfile in the step pool while the socket takes it at once
+(a thread never waits for a slow client), the rest in pieces read in the pool and
 written through the transport, each once the previous one drained.
 """
 
@@ -27,9 +28,7 @@ import signal
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Future as ConcurrentFuture
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, TypeVar, cast
 
 from handlers.plain_http import plain_http_app
 from protocol import (
@@ -53,6 +52,8 @@ from .common import (
     FILE_PIECE_SIZE,
     HOLD_LIMIT,
     TLS_HANDSHAKE,
+    Step,
+    StepPool,
     abandon,
     accept_error,
     address_pair,
@@ -64,18 +65,87 @@ from .common import (
 )
 from .options import ServerOptions
 
+T = TypeVar("T")
+
 
 def _sendfile_some(out_fd: int, in_fd: int, offset: int, count: int) -> int | None:
-    """One os.sendfile on a non-blocking socket: bytes sent (0: end of file), None if full."""
+    """One os.sendfile on a non-blocking socket: bytes sent (0: end of file), None if full.
+    Closes both descriptors (duplicates, the thread's own)."""
     try:
         return os.sendfile(out_fd, in_fd, offset, count)
     except BlockingIOError:
         return None
+    finally:
+        _close_both(out_fd, in_fd)
 
 
-def _close_both(out_fd: int, in_fd: int, _: object) -> None:
+def _close_both(out_fd: int, in_fd: int) -> None:
     os.close(out_fd)
     os.close(in_fd)
+
+
+class _StepPool(StepPool):
+    """Runs blocking steps (`Run`, and on uvloop a file's os.sendfile and reads) on at most
+    `size` worker threads (`common.StepPool`), in place of a `ThreadPoolExecutor`: a step
+    costs no concurrent future, no `wrap_future` and no `call_soon_threadsafe` of its own;
+    the results of all the steps done meanwhile come back in one `call_soon_threadsafe`.
+
+    `submit` calls back on the loop's thread (the core's `Run`: no future at all); `run` is
+    awaited, with `run_in_executor`'s cancellation: a step no worker took yet is dropped, a
+    running one runs on and its result is dropped, and the awaiting task is cancelled at
+    once. A step runs in a copy of the context the pool was made in (the server's).
+    """
+
+    def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(size, "http-step", contextvars.copy_context())
+        self._loop = loop
+
+    def submit(self, function: Callable[[], object], done: Callable[[Step], None]) -> None:
+        """Run `function()` in a worker thread, then `done(step)` on the loop's thread (the
+        step's `error` says whether it raised)."""
+        self._submit(Step(function, self._context.copy(), done))
+
+    async def run(self, function: Callable[[], T], dropped: Callable[[], None] | None = None) -> T:
+        """Run `function()` in a worker thread; return what it returned, raise what it raised.
+        `dropped()` is called if it never runs (cancelled before a worker took it, or no
+        thread could start)."""
+        future: asyncio.Future[T] = self._loop.create_future()
+        step = Step(function, self._context.copy(), functools.partial(_settle, future))
+        try:
+            self._submit(step)
+        except BaseException:  # no thread could start: it never runs
+            if dropped is not None:
+                dropped()
+            raise
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self._drop(step) and dropped is not None:
+                dropped()
+            raise
+
+    def _post(self) -> None:
+        # In the pool's context: not a worker thread's, whatever the callbacks then start.
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
+            self._loop.call_soon_threadsafe(self._deliver, context=self._context)
+
+    def _deliver(self) -> None:
+        self._delivering = False
+        done = self._done
+        while done:
+            step = done.popleft()
+            try:
+                step.waiter(step)  # type: ignore[operator]
+            except Exception:  # the other steps of the batch are delivered still
+                error_log.exception("delivering a step's result failed")
+
+
+def _settle(future: asyncio.Future[Any], step: Step) -> None:
+    if not future.done():  # else cancelled: the result is dropped
+        if step.error is not None:
+            future.set_exception(step.error)
+        else:
+            future.set_result(step.result)
 
 
 class _HttpProtocol(asyncio.Protocol):
@@ -250,8 +320,7 @@ class _HttpProtocol(asyncio.Protocol):
                 else:
                     self._pause_reading()
                 self._busy = True
-                future = self._server.executor.submit(action.step)
-                future.add_done_callback(self._step_done_threadsafe)
+                self._server.steps.submit(action.step, self._step_done)
                 return
             elif type(action) is Wait:
                 if self._eof:  # the peer left already
@@ -332,8 +401,8 @@ class _HttpProtocol(asyncio.Protocol):
         if self._server.loop_sendfile:
             return await self._loop.sendfile(self._transport, file, offset, count)
         # uvloop has no loop.sendfile. While the transport holds no bytes of its own,
-        # os.sendfile in the executor sends what the socket takes at once (it never
-        # waits for the client); the rest goes through the transport, read in the executor.
+        # os.sendfile in the step pool sends what the socket takes at once (it never
+        # waits for the client); the rest goes through the transport, read in the pool.
         native = self._server.ssl_context is None and has_fileno(file)
         sent = 0
         while sent < count:
@@ -345,9 +414,7 @@ class _HttpProtocol(asyncio.Protocol):
                     sent += more
                     continue
             size = min(FILE_PIECE_SIZE, count - sent)
-            piece = await self._loop.run_in_executor(
-                self._server.executor, read_at, file, offset + sent, size
-            )
+            piece = await self._server.steps.run(functools.partial(read_at, file, offset + sent, size))
             if not piece:
                 break
             self._transport.write(piece)
@@ -361,7 +428,7 @@ class _HttpProtocol(asyncio.Protocol):
         return sent
 
     async def _sendfile_now(self, file: BinaryIO, offset: int, count: int) -> int | None:
-        """os.sendfile of what the socket takes now, in the executor: bytes sent (0 at the
+        """os.sendfile of what the socket takes now, in the step pool: bytes sent (0 at the
         file's end), None when the socket took nothing. The thread works on duplicates of
         both descriptors, closed when it returns: a connection closed meanwhile (and its
         descriptor number reused) can never receive another's bytes, or another file's."""
@@ -372,9 +439,10 @@ class _HttpProtocol(asyncio.Protocol):
         except OSError:
             os.close(out_fd)
             raise
-        future = self._server.executor.submit(_sendfile_some, out_fd, in_fd, offset, count)
-        future.add_done_callback(functools.partial(_close_both, out_fd, in_fd))
-        return await asyncio.wrap_future(future)
+        return await self._server.steps.run(
+            functools.partial(_sendfile_some, out_fd, in_fd, offset, count),
+            dropped=functools.partial(_close_both, out_fd, in_fd),  # never ran: they are still open
+        )
 
     def _sent_file(self, task: asyncio.Task[int], count: int) -> None:
         self._busy = False
@@ -397,10 +465,8 @@ class _HttpProtocol(asyncio.Protocol):
         if self._sending_file is not None:
             self._sending_file.cancel()
 
-    def _step_done_threadsafe(self, future: ConcurrentFuture[None]) -> None:
-        self._loop.call_soon_threadsafe(self._step_done)
-
-    def _step_done(self) -> None:
+    def _step_done(self, step: Step) -> None:
+        """A `Run` step returned (the core's steps handle their own errors)."""
         self._busy = False
         self._action = None
         if self._lost:
@@ -466,7 +532,7 @@ class AsyncioServer:
         self.loop_sendfile = isinstance(loop, asyncio.BaseEventLoop)
         self.ssl_context = options.ssl_context
         self.ports = ports(sockets)
-        self.executor = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="http-step")
+        self.steps = _StepPool(options.threads, loop)  # all blocking work: at most `threads` threads
         self.connections: set[_HttpProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()  # spawned app tasks not yet over
         self._options = options
@@ -727,7 +793,7 @@ async def serve(
     finally:
         for sock in server._sockets:  # also when the lifespan failed before serving
             sock.close()
-        server.executor.shutdown(wait=False)
+        server.steps.close()
         if options.handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 loop.remove_signal_handler(signum)

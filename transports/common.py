@@ -1,11 +1,17 @@
 """What the three transports share: binding, addresses, file pieces, tearing a connection down,
-watching a socket for its peer leaving, and the lifespan."""
+watching a socket for its peer leaving, the lifespan, and the worker side of the trio and
+asyncio transports' step pools (`StepPool`)."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import contextvars
 import errno
+import itertools
 import logging
 import socket
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import BinaryIO, Final
 
@@ -219,3 +225,136 @@ def read_at(file: BinaryIO, offset: int, size: int) -> bytes:
     """Up to `size` bytes of `file` from `offset` (the portable way to send a file: TLS...)."""
     file.seek(offset)
     return file.read(size)
+
+
+class Step:
+    """A blocking step handed to a `StepPool`, and how it ended. `waiter` is the runtime's
+    (trio: the task to reschedule; asyncio: the callback given the step)."""
+
+    __slots__ = ("context", "error", "function", "result", "waiter")
+
+    def __init__(self, function: Callable[[], object], context: contextvars.Context, waiter: object) -> None:
+        self.function: Callable[[], object] | None = function
+        self.context: contextvars.Context | None = context
+        self.waiter = waiter
+        self.result: object = None
+        self.error: BaseException | None = None
+
+
+class StepPool:
+    """Runs blocking steps (`Run`, disk reads) on at most `size` worker threads, started as
+    needed and kept until `close`; the steps beyond wait in a queue, first come first served.
+    The worker side, shared by the trio and asyncio transports; a subclass delivers the
+    results on its runtime's thread (`_post` asks for a `_deliver` there).
+
+    It replaces `trio.to_thread.run_sync` and `loop.run_in_executor`, whose hand-off per step
+    cost a minimal WSGI request more than its parsing, every idle thread woken in turn and
+    fighting for the GIL. Here a thread is woken only when no worker is already awake and
+    about to look at the queue (`_searching`): a worker that finished a step takes the next
+    one queued without sleeping, so under load one or two threads serve the steps. Still, no
+    step waits behind one that blocks while a thread could take it: a worker that takes a
+    step and leaves others queued wakes another one first. Results go back in batches: one
+    `_post` for all the steps done meanwhile.
+
+    A step runs in a copy of `context` (made by the subclass, one per step): what it sets
+    is seen by no other step.
+    """
+
+    _names = itertools.count(1)
+
+    def __init__(self, size: int, name: str, context: contextvars.Context) -> None:
+        self._size = size
+        self._name = name  # of its threads, numbered
+        self._context = context
+        self._lock = threading.Lock()  # guards the five below
+        self._queue: collections.deque[Step] = collections.deque()
+        self._idle: list[threading.Lock] = []  # a sleeping worker waits for its lock
+        self._threads = 0
+        self._searching = 0  # workers awake and not in a step: each will look at the queue
+        self._closed = False
+        self._done: collections.deque[Step] = collections.deque()
+        self._delivering = False  # a `_deliver` is on its way to the runtime's thread
+
+    def _submit(self, step: Step) -> None:
+        """Queue `step`, waking a worker if none is about to look; raises if no thread could start."""
+        with self._lock:
+            self._queue.append(step)
+            if not self._searching:
+                try:
+                    self._wake_one()
+                except BaseException:  # no thread could start (as the runtimes' own pools raise)
+                    self._queue.remove(step)
+                    raise
+
+    def _drop(self, step: Step) -> bool:
+        """Take `step` off the queue if no worker took it yet (it never runs): whether it was."""
+        with self._lock:
+            try:
+                self._queue.remove(step)
+            except ValueError:
+                return False  # running or done
+        return True
+
+    def _wake_one(self) -> None:
+        """Get one more worker looking at the queue (the lock held)."""
+        if self._idle:
+            self._searching += 1
+            self._idle.pop().release()
+        elif self._threads < self._size:
+            name = f"{self._name}-{next(self._names)}"
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+            self._searching += 1  # the new thread looks at the queue once it has the lock
+            self._threads += 1
+
+    def close(self) -> None:
+        """Let the workers go once the queue is empty (the server stopped)."""
+        with self._lock:
+            self._closed = True
+            while self._idle:
+                self._searching += 1
+                self._idle.pop().release()
+
+    def _post(self) -> None:
+        """Have `_deliver` run soon on the runtime's thread (from a worker; never raises)."""
+        raise NotImplementedError
+
+    def _work(self) -> None:
+        lock = self._lock
+        queue = self._queue
+        done = self._done
+        post = self._post
+        wake = threading.Lock()
+        wake.acquire()
+        while True:
+            with lock:
+                if queue:
+                    step: Step | None = queue.popleft()
+                    self._searching -= 1
+                    if queue and not self._searching:
+                        # The rest must not wait behind this step, should it block.
+                        with contextlib.suppress(RuntimeError):  # no thread could start
+                            self._wake_one()
+                else:
+                    step = None
+                    self._searching -= 1
+                    if self._closed:
+                        self._threads -= 1
+                        return
+                    self._idle.append(wake)
+            if step is None:
+                wake.acquire()
+                continue
+            assert step.function is not None and step.context is not None
+            try:
+                step.result = step.context.run(step.function)
+            except BaseException as exc:
+                step.error = exc
+            step.function = step.context = None  # nothing of the step is kept alive meanwhile
+            with lock:
+                self._searching += 1  # looks at the queue again before it sleeps
+            done.append(step)
+            if not self._delivering:
+                # `_deliver` clears the flag before it empties `done`: a step added after
+                # that sees the flag down and asks for another delivery.
+                self._delivering = True
+                post()

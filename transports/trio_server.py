@@ -9,10 +9,8 @@ in a nursery of their own beside the connections' nursery, on pooled runner task
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import contextvars
-import itertools
 import math
 import os
 import signal
@@ -44,6 +42,8 @@ from .common import (
     FILE_PIECE_SIZE,
     RECEIVE_SIZE,
     TLS_HANDSHAKE,
+    Step,
+    StepPool,
     abandon,
     accept_error,
     addresses,
@@ -141,33 +141,12 @@ class _AppRunner:
         return trio.lowlevel.Abort.SUCCEEDED
 
 
-class _Step:
-    """A blocking step handed to `_StepPool`, and how it ended."""
-
-    __slots__ = ("context", "error", "function", "task")
-
-    def __init__(
-        self, function: Callable[[], object], context: contextvars.Context, task: trio.lowlevel.Task
-    ) -> None:
-        self.function: Callable[[], object] | None = function
-        self.context: contextvars.Context | None = context
-        self.task = task
-        self.error: BaseException | None = None
-
-
-class _StepPool:
-    """Runs blocking steps (`Run`) on at most `size` worker threads, started as needed and
-    kept until the server stops; the steps beyond wait in a queue, first come first served.
-
-    It replaces `trio.to_thread.run_sync` with a `CapacityLimiter`, whose hand-off cost a
+class _StepPool(StepPool):
+    """Runs blocking steps (`Run`) on at most `size` worker threads (`common.StepPool`), in
+    place of `trio.to_thread.run_sync` with a `CapacityLimiter`, whose hand-off cost a
     minimal WSGI request more than its parsing: a limiter checkpoint, closures and thread
     names per call, a thread cache hand-off, one `run_sync_soon` per result, and every idle
-    thread woken in turn, all fighting for the GIL. Here a thread is woken only when no worker is
-    already awake and about to look at the queue (`_searching`): a worker that finished a
-    step takes the next one queued without sleeping, so under load one or two threads serve
-    the steps. Still, no step waits behind one that blocks while a thread could take it: a
-    worker that takes a step and leaves others queued wakes another one first. Results go
-    back in batches: one `run_sync_soon` for all the steps done meanwhile.
+    thread woken in turn. Here results come back in one `run_sync_soon` per batch.
 
     Cancellation is as with `run_sync`: a step that no worker took yet is dropped and the
     cancellation goes through; one that runs is waited for (a thread cannot be stopped) and
@@ -176,113 +155,37 @@ class _StepPool:
     copy of the caller's (a connection's context is a copy of the server's).
     """
 
-    _names = itertools.count(1)
-
     def __init__(self, size: int, token: trio.lowlevel.TrioToken) -> None:
-        self._size = size
+        context = contextvars.copy_context()
+        context.run(sniffio.current_async_library_cvar.set, None)
+        super().__init__(size, "trio-step-worker", context)
         self._token = token
-        self._lock = threading.Lock()  # guards the five below
-        self._queue: collections.deque[_Step] = collections.deque()
-        self._idle: list[threading.Lock] = []  # a sleeping worker waits for its lock
-        self._threads = 0
-        self._searching = 0  # workers awake and not in a step: each will look at the queue
-        self._closed = False
-        self._done: collections.deque[_Step] = collections.deque()
-        self._delivering = False  # a `_deliver` is on its way to trio's thread
-        self._context = contextvars.copy_context()
-        self._context.run(sniffio.current_async_library_cvar.set, None)
 
     async def run(self, function: Callable[[], object]) -> None:
         """Run `function()` in a worker thread; raise what it raised."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        step = _Step(function, self._context.copy(), trio.lowlevel.current_task())
-        with self._lock:
-            self._queue.append(step)
-            if not self._searching:
-                try:
-                    self._wake_one()
-                except BaseException:  # no thread could start (as run_sync would raise)
-                    self._queue.remove(step)
-                    raise
+        step = Step(function, self._context.copy(), trio.lowlevel.current_task())
+        self._submit(step)
 
         def abort(raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            with self._lock:
-                try:
-                    self._queue.remove(step)
-                except ValueError:
-                    return trio.lowlevel.Abort.FAILED  # running: wait for it
-            return trio.lowlevel.Abort.SUCCEEDED  # still queued: dropped, never run
+            if self._drop(step):
+                return trio.lowlevel.Abort.SUCCEEDED  # still queued: dropped, never run
+            return trio.lowlevel.Abort.FAILED  # running: wait for it
 
         await trio.lowlevel.wait_task_rescheduled(abort)
         if step.error is not None:
             raise step.error
 
-    def _wake_one(self) -> None:
-        """Get one more worker looking at the queue (the lock held)."""
-        if self._idle:
-            self._searching += 1
-            self._idle.pop().release()
-        elif self._threads < self._size:
-            name = f"trio-step-worker-{next(self._names)}"
-            threading.Thread(target=self._work, name=name, daemon=True).start()
-            self._searching += 1  # the new thread looks at the queue once it has the lock
-            self._threads += 1
-
-    def close(self) -> None:
-        """Let the workers go (the server stopped: no step is in flight)."""
-        with self._lock:
-            self._closed = True
-            while self._idle:
-                self._searching += 1
-                self._idle.pop().release()
-
-    def _work(self) -> None:
-        lock = self._lock
-        queue = self._queue
-        done = self._done
-        wake = threading.Lock()
-        wake.acquire()
-        while True:
-            with lock:
-                if queue:
-                    step: _Step | None = queue.popleft()
-                    self._searching -= 1
-                    if queue and not self._searching:
-                        # The rest must not wait behind this step, should it block.
-                        with contextlib.suppress(RuntimeError):  # no thread could start
-                            self._wake_one()
-                else:
-                    step = None
-                    self._searching -= 1
-                    if self._closed:
-                        self._threads -= 1
-                        return
-                    self._idle.append(wake)
-            if step is None:
-                wake.acquire()
-                continue
-            assert step.function is not None and step.context is not None
-            try:
-                step.context.run(step.function)
-            except BaseException as exc:
-                step.error = exc
-            step.function = step.context = None  # nothing of the step is kept alive meanwhile
-            with lock:
-                self._searching += 1  # looks at the queue again before it sleeps
-            done.append(step)
-            if not self._delivering:
-                # `_deliver` clears the flag before it empties `done`: a step added after
-                # that sees the flag down and asks for another delivery.
-                self._delivering = True
-                with contextlib.suppress(trio.RunFinishedError):
-                    self._token.run_sync_soon(self._deliver)
+    def _post(self) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._deliver)
 
     def _deliver(self) -> None:
         self._delivering = False
         done = self._done
         reschedule = trio.lowlevel.reschedule
         while done:
-            reschedule(done.popleft().task)
+            reschedule(done.popleft().waiter)  # type: ignore[arg-type]
 
 
 class TrioServer:
