@@ -670,6 +670,8 @@ class ServerConnection:
         """Send `response`'s head, and its body unless it is a file or a stream to send in pieces."""
         status = response.status
         body = response.body
+        if type(body) is not bytes and isinstance(body, (bytearray, memoryview)):
+            body = bytes(body)  # rare: one copy, then the usual path (h11 joins pieces anyway)
         if type(body) is bytes:  # the usual case first: the whole body at hand
             if not self._send_head(status, response.headers, len(body), now):
                 return
@@ -690,8 +692,6 @@ class ServerConnection:
         if isinstance(body, FileBody):
             file = body
             length: int | None = body.length
-        elif isinstance(body, (bytearray, memoryview)):
-            length = len(body)
         else:  # a Stream: framed by the handler's own Content-Length, if any
             stream = cast(Stream, body)
             length = None
@@ -712,15 +712,12 @@ class ServerConnection:
                 self._piece = _NO_PIECE
                 self._phase = _STREAM
                 return
-        elif length and not silent:
+        elif file is not None and length and not silent:
             self._body_length = length
-            if file is None:
-                out += h.send_with_data_passthrough(h11.Data(data=cast(bytes, body))) or ()
-            else:
-                self._file = file
-                self._file_remaining = length
-                self._phase = _RESPONDING
-                return
+            self._file = file
+            self._file_remaining = length
+            self._phase = _RESPONDING
+            return
         else:
             self._body_length = 0
             if file is not None:
