@@ -389,11 +389,7 @@ def _head(message: Message) -> tuple[int, tuple[tuple[bytes, bytes], ...], bool]
         known = _HEADS.get(items)
     except TypeError:  # say, lists as pairs: checked one by one
         known = None
-    if (
-        known is not None
-        and _TUPLE_ONLY.issuperset(map(type, items))
-        and _BYTES_ONLY.issuperset(map(type, chain.from_iterable(items)))
-    ):  # (_plain, inline)
+    if known is not None and _plain(items):
         return status, known[0], known[1]
     headers, stream = _check_headers(items)
     return status, headers, stream
