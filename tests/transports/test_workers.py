@@ -84,20 +84,22 @@ def test_first_workers_that_cannot_start_stop_the_supervisor() -> None:
 def test_a_worker_that_served_then_died_is_replaced_not_fatal(tmp_path: Path) -> None:
     """Only a worker that never served stops the server; one that served is replaced."""
     marker = tmp_path / "died"
+    replaced = tmp_path / "replaced"  # written by the replacement: the first one has exited by then
     code = (
         "import os, sys, time;"
         "from transports.workers import supervise;"
-        f"marker = {str(marker)!r}\n"
+        f"marker, replaced = {str(marker)!r}, {str(replaced)!r}\n"
         "def work(ready):\n"
         "    ready()\n"
         "    if not os.path.exists(marker):\n"
         "        open(marker, 'w').close(); os._exit(3)\n"
+        "    open(replaced, 'w').close()\n"
         "    time.sleep(60)\n"
         "sys.exit(supervise(1, work))"
     )
     process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: marker.exists() and len(_children(process.pid)) == 1)
+        _wait_for(lambda: replaced.exists() and len(_children(process.pid)) == 1)
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0
         assert process.stderr is not None
