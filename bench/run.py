@@ -322,33 +322,51 @@ def measure(root: int, port: int, scenario: Scenario, seconds: int) -> Sample:
 # --- one server, one round -----------------------------------------------------------
 
 
-def bench_server(server: Server, directory: Path, args: argparse.Namespace, results: Results) -> None:
+@contextlib.contextmanager
+def serving(server: Server, directory: Path, problems: list[str]) -> Iterator[tuple[int, int] | None]:
+    """Start `server` on a free port: (its pid, the port) once it answers, or None (said in
+    `problems`) if it never did. It is stopped when the block ends, whatever happens."""
     port = free_port()
     print(f"  {server.name} on port {port}", flush=True)
     with running(server, port, directory) as proc:
-        if not wait_ready(proc, port):
-            results.problems.append(f"{server.name} did not start (see bench/results/tmp/{server.name}.log)")
+        if wait_ready(proc, port):
+            yield proc.pid, port
+        else:
+            problems.append(f"{server.name} did not start (see bench/results/tmp/{server.name}.log)")
+            yield None
+
+
+def take_sample(
+    server: Server, pid: int, port: int, scenario: Scenario, args: argparse.Namespace, results: Results
+) -> None:
+    """Warm up, then measure `scenario`; its sample (None if it failed) goes to `results`."""
+    sample: Sample | None = None
+    try:
+        wrk(port, scenario, args.warmup)
+        sample = measure(pid, port, scenario, args.duration)
+    except (subprocess.SubprocessError, RuntimeError, OSError, ValueError) as exc:
+        results.problems.append(f"{server.name} {scenario.name}: {str(exc)[:300]}")
+    if sample and sample.errors:
+        results.problems.append(f"{server.name} {scenario.name}: wrk errors: {sample.errors}")
+    results.add(server.name, scenario.name, sample)
+    time.sleep(0.3)  # let closed connections settle before the next run
+
+
+def bench_server(server: Server, directory: Path, args: argparse.Namespace, results: Results) -> None:
+    with serving(server, directory, results.problems) as started:
+        if started is None:
             for scenario in SCENARIOS:
-                results.add(server.name, scenario.name, None)
+                results.add(server.name, scenario.name, None)  # keeps the rounds aligned
             return
+        pid, port = started
         try:
             if args.idle:
-                results.idle.setdefault(server.name, []).append(idle_kib_per_connection(proc.pid, port))
+                results.idle.setdefault(server.name, []).append(idle_kib_per_connection(pid, port))
         except OSError as exc:
             results.problems.append(f"{server.name}: idle connections failed: {exc!r}")
         for scenario in args.scenario_list:
-            if scenario.full_only and not server.full:
-                continue
-            try:
-                wrk(port, scenario, args.warmup)
-                sample = measure(proc.pid, port, scenario, args.duration)
-            except (subprocess.SubprocessError, RuntimeError, OSError) as exc:
-                results.problems.append(f"{server.name} {scenario.name}: {str(exc)[:300]}")
-                sample = None
-            if sample and sample.errors:
-                results.problems.append(f"{server.name} {scenario.name}: wrk errors: {sample.errors}")
-            results.add(server.name, scenario.name, sample)
-            time.sleep(0.3)  # let closed connections settle before the next run
+            if not scenario.full_only or server.full:
+                take_sample(server, pid, port, scenario, args, results)
 
 
 # --- report --------------------------------------------------------------------------
@@ -582,13 +600,56 @@ def _cpu_ticks() -> list[int]:
     return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 round of short runs (about 4 minutes)")
+def arguments(doc: str, quick: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes; `quick`: how long `--quick` takes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"1 round of short runs ({quick})")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--duration", type=int, default=4, help="seconds per measured run (default 4)")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per run (default 1)")
     parser.add_argument("--servers", default="", help="comma-separated server names (default: all)")
+    return parser
+
+
+def chosen(args: argparse.Namespace, servers: list[Server]) -> list[Server]:
+    """The servers `--servers` names (all by default); `--quick` shortens the runs."""
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 1, 2, 1
+    return [s for s in servers if not args.servers or s.name in args.servers.split(",")]
+
+
+def in_rounds(servers: list[Server], rounds: int, visit: Callable[[Server], None]) -> float | None:
+    """Visit each server once a round, in an order shifted every round so that drift (thermal,
+    noisy neighbours) hits all alike. Returns the share of the machine's CPU time that the
+    hypervisor stole meanwhile (None if the kernel does not say)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    os.sched_setaffinity(0, {int(CLIENT_CORE)})  # this process's clients stay off the server's core
+    WORK.mkdir(parents=True, exist_ok=True)
+    before = _cpu_ticks()
+    for round_ in range(rounds):
+        print(f"round {round_ + 1}/{rounds}", flush=True)
+        shift = round_ % len(servers)
+        for server in servers[shift:] + servers[:shift]:
+            visit(server)
+    after = _cpu_ticks()
+    total = sum(after) - sum(before)
+    return (after[7] - before[7]) / total if total and len(after) > 7 else None
+
+
+def publish(text: str, stem: str, partial: bool, draw: Callable[[Path], None]) -> None:
+    """Write the report and its chart (`draw`): a run over everything replaces the published
+    results (bench/results/STEM-latest.*), a partial one goes to tmp/ (STEM-partial.*)."""
+    prefix = f"{stem}-" if stem else ""
+    where = WORK / f"{prefix}partial" if partial else RESULTS / f"{prefix}latest"
+    where.with_suffix(".md").write_text(text.rstrip("\n") + "\n")
+    draw(where.with_suffix(".png"))
+    print(text)
+    print(f"Written: {where}.md and {where}.png", file=sys.stderr)
+
+
+def main() -> None:
+    parser = arguments(__doc__, "about 4 minutes")
     parser.add_argument(
         "--scenarios", default="", help="comma-separated: keep-alive,close,gzip,file,idle (default: all)"
     )
@@ -596,36 +657,20 @@ def main() -> None:
     wanted = args.scenarios.split(",") if args.scenarios else [sc.name for sc in SCENARIOS] + ["idle"]
     args.scenario_list = [sc for sc in SCENARIOS if sc.name in wanted]
     args.idle = "idle" in wanted
-    if args.quick:
-        args.rounds, args.duration, args.warmup = 1, 2, 1
-    servers = [s for s in SERVERS if not args.servers or s.name in args.servers.split(",")]
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    os.sched_setaffinity(0, {int(CLIENT_CORE)})  # the idle-connection client stays off the server's core
-    WORK.mkdir(parents=True, exist_ok=True)
+    servers = chosen(args, SERVERS)
     directory = WORK / "files"
-    directory.mkdir(exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / FILE_NAME).write_bytes(os.urandom(2**20))
-
     results = Results()
-    before = _cpu_ticks()
-    for round_ in range(args.rounds):
-        print(f"round {round_ + 1}/{args.rounds}", flush=True)
-        shift = round_ % len(servers)
-        for server in servers[shift:] + servers[:shift]:  # vary the order between rounds
-            bench_server(server, directory, args, results)
-
-    after = _cpu_ticks()
-    total = sum(after) - sum(before)
-    results.steal = (after[7] - before[7]) / total if total and len(after) > 7 else None
-    text = report(results, args, servers)
-    # Only a run over everything replaces the published results; a partial one goes to tmp/.
-    where = WORK / "partial" if args.servers or args.scenarios else RESULTS / "latest"
-    where.with_suffix(".md").write_text(text + "\n")
-    chart(results, servers, args.scenario_list, where.with_suffix(".png"))
-    print(text)
-    print(f"\nWritten: {where}.md and {where}.png")
+    results.steal = in_rounds(
+        servers, args.rounds, lambda server: bench_server(server, directory, args, results)
+    )
+    publish(
+        report(results, args, servers),
+        "",
+        bool(args.servers or args.scenarios),
+        lambda path: chart(results, servers, args.scenario_list, path),
+    )
 
 
 if __name__ == "__main__":

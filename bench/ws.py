@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import os
-import resource
 import struct
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,19 +30,19 @@ from bench.run import (
     FAST,
     OURS_PY,
     PEERS_PY,
-    RESULTS,
     WORK,
     Results,
     Server,
-    _cpu_ticks,
+    arguments,
+    chosen,
     cpu_seconds,
     fmt,
-    free_port,
+    in_rounds,
     machine_info,
     median,
     process_tree,
-    running,
-    wait_ready,
+    publish,
+    serving,
 )
 
 APP = "bench.peers.ws_app:app"
@@ -241,9 +240,7 @@ async def run_load(port: int, pid: int, size: int, connections: int, warmup: flo
     for _ in range(connections):
         ready: asyncio.Future[None] = loop.create_future()
         _, client = await loop.create_connection(
-            lambda ready=ready: EchoClient(load, ready),
-            "127.0.0.1",
-            port,
+            functools.partial(EchoClient, load, ready), "127.0.0.1", port
         )
         clients.append(client)
         await asyncio.wait_for(ready, 10)
@@ -287,18 +284,16 @@ class WSResults:
 
 
 def bench_server(server: Server, args: argparse.Namespace, results: WSResults) -> None:
-    port = free_port()
-    print(f"  {server.name} on port {port}", flush=True)
-    with running(server, port, WORK) as proc:
-        if not wait_ready(proc, port):
-            results.problems.append(f"{server.name} did not start (see bench/results/tmp/{server.name}.log)")
+    with serving(server, WORK, results.problems) as started:
+        if started is None:
             return
+        pid, port = started
         for name, size, connections, store in (
             ("echo", ECHO_SIZE, ECHO_CONNECTIONS, results.echo),
             ("big", BIG_SIZE, BIG_CONNECTIONS, results.big),
         ):
             try:
-                run = asyncio.run(run_load(port, proc.pid, size, connections, args.warmup, args.duration))
+                run = asyncio.run(run_load(port, pid, size, connections, args.warmup, args.duration))
             except (OSError, RuntimeError, TimeoutError) as exc:
                 results.problems.append(f"{server.name} {name}: {str(exc)[:300]}")
                 continue
@@ -448,36 +443,13 @@ def chart(results: WSResults, servers: list[Server], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 round of short runs (about 2 minutes)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--duration", type=int, default=4, help="seconds per measured run (default 4)")
-    parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per run (default 1)")
-    parser.add_argument("--servers", default="", help="comma-separated server names (default: all)")
-    args = parser.parse_args()
-    if args.quick:
-        args.rounds, args.duration, args.warmup = 1, 2, 1
-    servers = [s for s in SERVERS if not args.servers or s.name in args.servers.split(",")]
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    os.sched_setaffinity(0, {1})  # the load client stays off the server's core
-    WORK.mkdir(parents=True, exist_ok=True)
+    args = arguments(__doc__, "about 2 minutes").parse_args()
+    servers = chosen(args, SERVERS)
     results = WSResults()
-    before = _cpu_ticks()
-    for round_ in range(args.rounds):
-        print(f"round {round_ + 1}/{args.rounds}", flush=True)
-        shift = round_ % len(servers)
-        for server in servers[shift:] + servers[:shift]:
-            bench_server(server, args, results)
-    after = _cpu_ticks()
-    total = sum(after) - sum(before)
-    results.steal = (after[7] - before[7]) / total if total and len(after) > 7 else None
-    text = report(results, args, servers)
-    where = WORK / "ws-partial" if args.servers else RESULTS / "ws-latest"
-    where.with_suffix(".md").write_text(text)
-    chart(results, servers, where.with_suffix(".png"))
-    print(text)
-    print(f"Written: {where}.md and {where}.png", file=sys.stderr)
+    results.steal = in_rounds(servers, args.rounds, lambda server: bench_server(server, args, results))
+    publish(
+        report(results, args, servers), "ws", bool(args.servers), lambda path: chart(results, servers, path)
+    )
 
 
 if __name__ == "__main__":

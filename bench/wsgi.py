@@ -9,32 +9,27 @@ server serves `bench/peers/wsgi_app.py` (a 3-byte body with Content-Length; `/st
 from __future__ import annotations
 
 import argparse
-import os
-import resource
 import socket
-import sys
 import time
 from pathlib import Path
 
 from bench.run import (
     OURS_PY,
     PEERS_PY,
-    RESULTS,
     WORK,
     Results,
-    Sample,
     Scenario,
     Server,
-    _cpu_ticks,
+    arguments,
+    chosen,
     fmt,
-    free_port,
+    in_rounds,
     machine_info,
-    measure,
     median,
+    publish,
     ratio,
-    running,
-    wait_ready,
-    wrk,
+    serving,
+    take_sample,
 )
 
 APP = "bench.peers.wsgi_app:app"
@@ -119,29 +114,17 @@ def stream(port: int, size: int) -> float:
 def bench_server(
     server: Server, args: argparse.Namespace, results: Results, streams: dict[str, list[float]]
 ) -> None:
-    port = free_port()
-    print(f"  {server.name} on port {port}", flush=True)
-    with running(server, port, WORK) as proc:
-        if not wait_ready(proc, port):
-            results.problems.append(f"{server.name} did not start (see bench/results/tmp/{server.name}.log)")
-            results.add(server.name, KEEP_ALIVE.name, None)
+    with serving(server, WORK, results.problems) as started:
+        if started is None:
+            results.add(server.name, KEEP_ALIVE.name, None)  # keeps the rounds aligned
             return
-        try:
-            wrk(port, KEEP_ALIVE, args.warmup)
-            sample: Sample | None = measure(proc.pid, port, KEEP_ALIVE, args.duration)
-        except (OSError, RuntimeError, ValueError) as exc:
-            results.problems.append(f"{server.name} keep-alive: {str(exc)[:300]}")
-            sample = None
-        if sample and sample.errors:
-            results.problems.append(f"{server.name} keep-alive: wrk errors: {sample.errors}")
-        results.add(server.name, KEEP_ALIVE.name, sample)
+        take_sample(server, *started, KEEP_ALIVE, args, results)
         if server.name in STREAMERS and args.stream:
             try:
-                seconds = stream(port, args.stream_size)
+                seconds = stream(started[1], args.stream_size)
                 streams.setdefault(server.name, []).append(args.stream_size / seconds / 1e9)
             except (OSError, RuntimeError) as exc:
                 results.problems.append(f"{server.name} stream: {exc!r}")
-        time.sleep(0.3)
 
 
 def report(results: Results, args: argparse.Namespace, streams: dict[str, list[float]]) -> str:
@@ -235,38 +218,18 @@ def chart(results: Results, streams: dict[str, list[float]], path: Path) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 round of short runs (about 2 minutes)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--duration", type=int, default=4, help="seconds per measured run (default 4)")
-    parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per run (default 1)")
-    parser.add_argument("--servers", default="", help="comma-separated server names (default: all)")
+    parser = arguments(__doc__, "about 2 minutes")
     parser.add_argument("--no-stream", dest="stream", action="store_false", help="skip the 1 GiB stream")
     parser.add_argument("--stream-size", type=int, default=STREAM_SIZE, help="bytes of the streamed response")
     args = parser.parse_args()
-    if args.quick:
-        args.rounds, args.duration, args.warmup = 1, 2, 1
-    servers = [s for s in SERVERS if not args.servers or s.name in args.servers.split(",")]
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    os.sched_setaffinity(0, {1})  # the stream client stays off the server's core
-    WORK.mkdir(parents=True, exist_ok=True)
-    results, streams = Results(), {}
-    before = _cpu_ticks()
-    for round_ in range(args.rounds):
-        print(f"round {round_ + 1}/{args.rounds}", flush=True)
-        shift = round_ % len(servers)
-        for server in servers[shift:] + servers[:shift]:
-            bench_server(server, args, results, streams)
-    after = _cpu_ticks()
-    total = sum(after) - sum(before)
-    results.steal = (after[7] - before[7]) / total if total and len(after) > 7 else None
-    text = report(results, args, streams)
-    where = WORK / "wsgi-partial" if args.servers else RESULTS / "wsgi-latest"
-    where.with_suffix(".md").write_text(text)
-    chart(results, streams, where.with_suffix(".png"))
-    print(text)
-    print(f"Written: {where}.md and {where}.png", file=sys.stderr)
+    servers = chosen(args, SERVERS)
+    results, streams = Results(), dict[str, list[float]]()
+    results.steal = in_rounds(
+        servers, args.rounds, lambda server: bench_server(server, args, results, streams)
+    )
+    publish(
+        report(results, args, streams), "wsgi", bool(args.servers), lambda path: chart(results, streams, path)
+    )
 
 
 if __name__ == "__main__":
