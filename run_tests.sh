@@ -9,5 +9,5 @@ cd "$root"
 py="$root/.venv/bin/python"
 "$py" -m ruff check protocol handlers transports examples tests bench scripts
 "$py" -m ruff format --check protocol handlers transports examples tests bench scripts
-"$py" -m mypy protocol handlers transports examples
+"$py" -m mypy protocol handlers transports examples bench
 exec "$py" -m pytest "$@"
