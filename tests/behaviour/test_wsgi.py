@@ -16,12 +16,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import h11
 import pytest
 import trustme
 
+from .app_client import Reader, get_json, post
 from .client import RawClient, Response, chunked, request
 from .conftest import Server, SharedApps, StartServer, app_args, stop
 
@@ -42,16 +42,6 @@ def app(shared_apps: SharedApps) -> Iterator[Server]:
         assert complaint not in new, new
 
 
-def get_json(server: Server, target: str, headers: list[tuple[str, str]] | None = None) -> Any:
-    response = server.get(target, headers)
-    assert response.status == 200, response.raw[:2000]
-    return json.loads(response.body)
-
-
-def post(server: Server, target: str, body: bytes, headers: list[tuple[str, str]] | None = None) -> Response:
-    return server.fetch(request("POST", target, headers, body), "POST")
-
-
 def wait_closed(server: Server, track: str, timeout: float = 5.0) -> bool:
     """Whether the app's iterable tracked as `track` was closed within `timeout`."""
     deadline = time.monotonic() + timeout
@@ -60,39 +50,6 @@ def wait_closed(server: Server, track: str, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-class Reader:
-    """A response read event by event, as it arrives (h11 client)."""
-
-    def __init__(self, server: Server, target: str, method: str = "GET", timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((server.host, server.port), timeout=timeout)
-        self.sock.sendall(request(method, target))
-        self.conn = h11.Connection(h11.CLIENT)
-        self.conn.send(h11.Request(method=method, target=target, headers=[("Host", "localhost")]))
-        self.conn.send(h11.EndOfMessage())
-
-    def next_event(self) -> Any:
-        while True:
-            try:
-                event = self.conn.next_event()
-            except h11.RemoteProtocolError as exc:  # the server cut the body short
-                return exc
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                data = self.sock.recv(1 << 20)
-            except ConnectionResetError:
-                data = b""
-            self.conn.receive_data(data)
-
-    def head(self) -> h11.Response:
-        event = self.next_event()
-        assert isinstance(event, h11.Response), event
-        return event
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 # --- environ and input ----------------------------------------------------------------
