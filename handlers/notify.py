@@ -74,13 +74,18 @@ async def _run(function: Callable[[], Awaitable[None]]) -> None:
     await function()
 
 
-class AsyncioNotifier:
-    __slots__ = ("_loop", "_scheduled", "_thread", "_waiters", "generation")
+class _Notifier:
+    """What both runtimes share: the generation, the waiters, and waking them from any thread."""
 
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    __slots__ = ("_resume", "_schedule", "_scheduled", "_thread", "_waiters", "generation")
+
+    def __init__(
+        self, schedule: Callable[[Callable[[], None]], object], resume: Callable[[Any], object]
+    ) -> None:
+        self._schedule = schedule  # runs a function soon on the loop's thread; callable from any thread
+        self._resume = resume  # wakes one waiter, on the loop's thread
         self._thread = threading.get_ident()
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[Any] = []  # asyncio futures or trio tasks
         self._scheduled = False
         self.generation = 0
 
@@ -92,14 +97,22 @@ class AsyncioNotifier:
             self._wake()
         elif not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon_threadsafe(self._wake)
+            self._schedule(self._wake)
 
     def _wake(self) -> None:
         self._scheduled = False
         waiters, self._waiters = self._waiters, []
-        for future in waiters:
-            if not future.done():
-                future.set_result(None)
+        resume = self._resume
+        for waiter in waiters:
+            resume(waiter)
+
+
+class AsyncioNotifier(_Notifier):
+    __slots__ = ("_loop",)
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        super().__init__(self._loop.call_soon_threadsafe, _resolve)
 
     async def wait(self, since: int, timeout: float | None = None) -> None:
         future = self._loop.create_future()
@@ -122,8 +135,8 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-class TrioNotifier:
-    __slots__ = ("_scheduled", "_thread", "_token", "_waiters", "generation")
+class TrioNotifier(_Notifier):
+    __slots__ = ()
 
     def __init__(self) -> None:
         global _lowlevel
@@ -131,28 +144,7 @@ class TrioNotifier:
             import trio
 
             _lowlevel = trio.lowlevel
-        self._token = _lowlevel.current_trio_token()
-        self._thread = threading.get_ident()
-        self._waiters: list[Any] = []  # trio.lowlevel.Task
-        self._scheduled = False
-        self.generation = 0
-
-    def set(self) -> None:
-        self.generation += 1
-        if not self._waiters:
-            return
-        if threading.get_ident() == self._thread:
-            self._wake()
-        elif not self._scheduled:
-            self._scheduled = True
-            self._token.run_sync_soon(self._wake)
-
-    def _wake(self) -> None:
-        self._scheduled = False
-        waiters, self._waiters = self._waiters, []
-        reschedule = _lowlevel.reschedule
-        for task in waiters:
-            reschedule(task)
+        super().__init__(_lowlevel.current_trio_token().run_sync_soon, _lowlevel.reschedule)
 
     async def wait(self, since: int, timeout: float | None = None) -> None:
         lowlevel = _lowlevel
