@@ -23,7 +23,9 @@ parked; workers see it through two flags.
 
 Per keep-alive request that costs few system calls: a connection's descriptor is
 registered once, one-shot, and re-armed (one epoll_ctl) at each wait; its event disarms
-it, and one taken back before its event stays armed (the event, if it comes, is ignored).
+it, and one taken back before its event stays armed (the event, if it comes, is ignored;
+a wait for the events it is still armed for needs no epoll_ctl: an ASGI response's
+Receive waits on the read its app's Wait armed).
 After a response a worker parks for the next request without trying to read it first (a
 client sends it after reading the response; not under TLS, whose buffered bytes epoll
 cannot see).
@@ -130,6 +132,7 @@ class _Connection:
 
     __slots__ = (
         "action",
+        "armed",
         "client",
         "closed",
         "conn",
@@ -168,6 +171,7 @@ class _Connection:
         # The reactor's own:
         self.parked = False
         self.fd = -1  # its descriptor once registered with epoll (it stays so until closed)
+        self.armed = 0  # the events its registration waits for; 0 once its event came
         self.timer: tuple[float, int, _Connection] | None = None  # its live entry in the deadline heap
 
 
@@ -317,6 +321,7 @@ class ThreadServer:
                     # while it is elsewhere (ignored), or be stale, from before it was
                     # parked again earlier in this batch: a spurious wake-up, harmless
                     # (the worker tries again and parks it again).
+                    polled_object.armed = 0  # one-shot: the event disarmed it
                     if polled_object.parked:
                         self._unpark(polled_object)  # one-shot: the event disarmed it
                         self._dispatch(polled_object)
@@ -458,12 +463,17 @@ class ThreadServer:
             self._sleeping.add(connection)
         elif connection.fd >= 0:
             # Registered once, then re-armed: one system call per wait, and none when
-            # its event comes (one-shot), where register/unregister took two.
-            self._epoll.modify(connection.fd, events | _ONESHOT)
+            # its event comes (one-shot), where register/unregister took two. None if
+            # it is still armed so, taken back before its event (see `_unpark`): an
+            # ASGI request's response waits for the read its app's Wait armed.
+            if connection.armed != events:
+                self._epoll.modify(connection.fd, events | _ONESHOT)
+                connection.armed = events
         else:
             fd = connection.fd = connection.sock.fileno()
             self._epoll.register(fd, events | _ONESHOT)
             self._polled[fd] = connection
+            connection.armed = events
         connection.parked = True
         deadline = connection.deadline
         if deadline is not None and (connection.timer is None or deadline < connection.timer[0]):
