@@ -33,11 +33,13 @@ cannot see).
 App tasks (`Spawn`) run on one asyncio event loop in a thread of its own (`_AppLoop`,
 started at the first task, or at start-up for `options.lifespan`; the tasks spawned
 together start with one `call_soon_threadsafe`). A task's `wake` takes a connection
-parked for a `Receive` or a `Wait` out of the lot to a worker, with no reactor between;
-one held elsewhere sees the flag before it parks. A `Wait` parks for readability without
-peeking first (the app usually answers before); readable, a worker peeks: the peer
-leaving ends it at once, bytes waiting park it on its deadline and wake only. A watched
-`Run` step runs inline, unwatched; the socket is peeked at once it has returned.
+parked for a `Receive` or a `Wait` out of the lot to a worker, with no reactor between
+(unless the lot is held: it never waits for it, the reactor does it then, told by a
+message); one held elsewhere sees the flag before it parks. A `Wait` parks for
+readability without peeking first (the app usually answers before); readable, a worker
+peeks: the peer leaving ends it at once, bytes waiting park it on its deadline and wake
+only. A watched `Run` step runs inline, unwatched; the socket is peeked at once it has
+returned.
 """
 
 from __future__ import annotations
@@ -200,6 +202,7 @@ class ThreadServer:
         self._cutting = False
         self._ready: queue.SimpleQueue[_Connection | None] = queue.SimpleQueue()  # to the workers
         self._inbox: queue.SimpleQueue[_Connection] = queue.SimpleQueue()  # to the reactor
+        self._woken: queue.SimpleQueue[_Connection] = queue.SimpleQueue()  # `_wake`s, to the reactor
         # Held by the reactor whenever it is not waiting in epoll, and by `wake` while it
         # takes a parked connection to the workers (re-entrant: the core may call `wake`
         # from the reactor, in `shutdown`).
@@ -426,7 +429,7 @@ class ThreadServer:
             self._dispatch(_Connection(sock))  # a worker sets it up (TLS: the handshake)
 
     def _take_messages(self) -> None:
-        """Connections workers handed back: to park, or closed."""
+        """Connections workers handed back (to park, or closed), and those woken (`_wake`)."""
         with contextlib.suppress(OSError):
             self._wake_reader.recv(4096)
         # Cleared after the bytes are read and before the queue is: a message put after
@@ -450,6 +453,14 @@ class ThreadServer:
                 self._dispatch(connection)  # woken on its way here: it gives its wait up
             else:
                 self._park(connection)
+        woken = self._woken
+        for _ in range(woken.qsize()):
+            connection = woken.get()
+            # Else it was not parked then (it sees the flag before it parks), or its
+            # worker gave the wait up since (the flag is down).
+            if connection.woken and connection.parked and type(connection.action) in _WAKEABLE:
+                self._unpark(connection)
+                self._dispatch(connection)
 
     def _make_room(self, connection: _Connection) -> None:
         """Close `connection`, which waits for a request, for a client that found no slot."""
@@ -620,12 +631,23 @@ class ThreadServer:
         handoff less per answer of an app task). Elsewhere, it sees the flag before it
         parks: the flag is set before the lot is looked at, and the reactor checks it,
         under the lot, when the connection comes back (`_take_messages`).
+
+        Never waits for the lot: held by the reactor, which may wait for the GIL while it
+        holds it, it would stall the app loop (about 0.1 ms a wake, under load). The
+        reactor then takes the connection out itself, told by a message.
         """
         connection.woken = True
-        with self._lot:
+        lot = self._lot
+        if not lot.acquire(blocking=False):
+            self._woken.put(connection)
+            self._notify_reactor()
+            return
+        try:
             if connection.parked and type(connection.action) in _WAKEABLE:
                 self._unpark(connection)
                 self._dispatch(connection)
+        finally:
+            lot.release()
 
     # --- app tasks ----------------------------------------------------------------------
 
