@@ -173,7 +173,9 @@ class _Connection:
         # The reactor's own:
         self.parked = False
         self.fd = -1  # its descriptor once registered with epoll (it stays so until closed)
-        self.armed = 0  # the events its registration waits for; 0 once its event came
+        # The events its registration waits for; 0 once its event came (whoever takes
+        # events from the epoll must clear it, under the lot: `_park` trusts it).
+        self.armed = 0
         self.timer: tuple[float, int, _Connection] | None = None  # its live entry in the deadline heap
 
 
