@@ -210,6 +210,43 @@ def test_a_wait_with_a_pipelined_request_waiting_sleeps_until_woken(
     assert not core.lost
 
 
+def test_a_receive_after_a_wait_woken_before_any_byte_still_reads(
+    transport: str, scripted: list[ScriptedCore]
+) -> None:
+    """A Wait that `wake` ended while its read was armed, then a Receive: it reads the next
+    bytes (threads: a wait for the events still armed is not armed again; once the event
+    came, during a later Wait, it is armed again)."""
+
+    def script(core: ScriptedCore) -> Generator[Action, None, None]:
+        yield Receive(None)
+        _later(0.2, core.wake)
+        yield Wait(core.now + 30)  # woken before any byte: its read stays armed
+        yield Send(b"woken", None)
+        yield Receive(core.now + 5)
+        yield Send(b"again", None)
+        _later(0.3, core.wake)
+        yield Wait(core.now + 30)  # the next bytes come during this one
+        yield Send(b"more", None)
+        yield Receive(core.now + 5)
+        yield Send(b"done", None)
+        yield Receive(core.now + 5)
+
+    with _serve(transport, script) as server, _connect(server) as sock:
+        sock.sendall(b"first")
+        assert sock.recv(10) == b"woken"
+        time.sleep(0.1)  # the Receive parked
+        sock.sendall(b"second")
+        assert sock.recv(10) == b"again"
+        sock.sendall(b"third")
+        answer = b""
+        while len(answer) < 8 and (piece := sock.recv(10)):
+            answer += piece
+        assert answer == b"moredone"
+    (core,) = scripted
+    data = [report[1] for report in core.reports if report[0] == "data"]
+    assert data[:3] == [b"first", b"second", b"third"]
+
+
 def test_a_watched_step_reports_the_client_leaving_once_it_returned(
     transport: str, scripted: list[ScriptedCore]
 ) -> None:

@@ -4,16 +4,20 @@ no client holds a worker while it makes the server wait."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from handlers import build_app
+from handlers.asgi import ASGIApp
 from protocol import Config, Request, Response
 from transports import thread_server
 from transports.options import ServerOptions
@@ -226,3 +230,36 @@ def test_serve_releases_everything_when_started_fails() -> None:
     with pytest.raises(RuntimeError, match="embedding"):
         thread_server.serve(build_app(None), Config(access_log=False), options, started=failing)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_an_app_wake_never_waits_for_the_reactors_lot() -> None:
+    """A wake that finds the lot held (the reactor at work) leaves the parked connection to
+    the reactor, told by a message: the app's send returns at once (the app loop, where
+    every app task runs, must not wait on the reactor), and the answer still goes out."""
+    servers: list[thread_server.ThreadServer] = []
+    original = thread_server.ThreadServer.__init__
+
+    def record(self: thread_server.ThreadServer, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        servers.append(self)
+
+    answer = threading.Event()  # set by the test: the app may answer
+    sent = threading.Event()  # set by the app once its last send returned
+
+    async def app(scope: dict[str, object], receive: object, send: Callable[..., Any]) -> None:
+        while not answer.is_set():
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+        sent.set()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(thread_server.ThreadServer, "__init__", record)
+        with running("threads", ASGIApp(app)) as server, server.connect() as sock:
+            sock.sendall(GET)
+            time.sleep(0.3)  # the connection parks for the app's answer (a Wait)
+            (served,) = servers
+            with served._lot:  # as the reactor holds it while it works
+                answer.set()
+                assert sent.wait(2), "the app's send waited for the lot"
+            assert _body(sock.recv(65536)) == b"ok"
