@@ -562,7 +562,7 @@ class AsyncioServer:
         self._drained = asyncio.Event()  # stopping, and no connection or app task is left
         self.draining = False  # stopping, and idle connections wait for a last request
         self._peeking: set[asyncio.Future[None]] = set()  # TLS servers: waits for a client's first byte
-        self.woken: list[_HttpProtocol] = []  # connections whose app task woke them (wake_soon)
+        self.woken: list[_HttpProtocol] = []  # connections their app task woke (`_wake`, `run_wakes`)
         # Where woken connections look: the server's context, not the waking app task's (whose
         # context variables would reach the tasks spawned for the connection's next requests).
         self.context = contextvars.copy_context()
