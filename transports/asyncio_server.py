@@ -705,10 +705,15 @@ class AsyncioServer:
                 protocol._pump()
 
     def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
-        """Start an app task on the loop; it is kept until it ends, under `task` (a new closure
-        per `Spawn`; a callable met again gets a key of its own)."""
+        """Start an app task on the loop; it is kept until it ends, under `task` (the core's
+        `Spawn` brings a new closure each time; a callable met again, or unhashable, gets a
+        key of its own)."""
         tasks = self.tasks
-        if task in tasks:
+        try:
+            known = task in tasks
+        except TypeError:  # unhashable
+            known = True
+        if known:
             task = functools.partial(task)
         tasks[task] = self.loop.create_task(self._run_task(task))
 

@@ -41,6 +41,30 @@ def test_an_app_task_is_kept_until_it_ends_even_for_a_callable_spawned_twice() -
     asyncio.run(main())
 
 
+def test_an_unhashable_callable_is_kept_too() -> None:
+    class Job:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __init__(self) -> None:
+            self.ran = False
+
+        async def __call__(self) -> None:
+            self.ran = True
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = asyncio_server.AsyncioServer(_ok, Config(), ServerOptions(), [], loop)
+        job = Job()
+        server.spawn(job)
+        assert len(server.tasks) == 1
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert job.ran and not server.tasks
+        server.steps.close()
+
+    asyncio.run(main())
+
+
 def test_an_app_task_that_fails_is_logged_and_forgotten(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
