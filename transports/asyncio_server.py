@@ -249,11 +249,16 @@ class _HttpProtocol(asyncio.Protocol):
 
     def _wake(self) -> None:
         """The core's `wake`, from any thread. Scheduled, not run at once: a task that posts a
-        response head and then its body gets both into one write (`AsyncioServer.wake_soon`)."""
+        response head and then its body gets both into one write (`AsyncioServer.run_wakes`)."""
         if threading.get_ident() == self._server.thread:
             if not self._wake_scheduled:
                 self._wake_scheduled = True
-                self._server.wake_soon(self)
+                # One loop callback for all the connections woken meanwhile (`run_wakes`).
+                server = self._server
+                woken = server.woken
+                if not woken:
+                    self._loop.call_soon(server.run_wakes, context=server.context)
+                woken.append(self)
         else:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
                 self._loop.call_soon_threadsafe(self._on_wake)
@@ -269,80 +274,89 @@ class _HttpProtocol(asyncio.Protocol):
     # --- driving the core ------------------------------------------------------------
 
     def _pump(self) -> None:
-        """Perform the core's actions until one has to wait; a failure ends this connection only."""
+        """Perform the core's actions until one has to wait; a failure ends this connection only.
+        (The loop is inline, not a method of its own: this runs twice per request.)"""
         try:
-            self._perform()
+            conn = self._conn
+            transport = self._transport
+            loop = self._loop
+            # One reading of the clock for the pass: nothing in it blocks (asyncio's
+            # loop.time() is a Python call, and a request makes two or three passes).
+            now = loop.time()
+            while True:
+                action = conn.next_action(now)
+                if type(action) is Receive:
+                    if self._pending:
+                        data = bytes(self._pending)
+                        self._pending.clear()
+                        conn.receive_data(data, now)
+                        continue
+                    if self._eof:
+                        conn.receive_data(b"", now)
+                        continue
+                    if self._server.room_wanted and conn.phase is Phase.IDLE:
+                        self._server.room_wanted = False  # a client found no free slot: make room
+                        conn.shutdown()
+                        continue  # asked again, the core closes
+                    # `_wait`, inline (twice per request, as below)
+                    self._action = action
+                    deadline = self._deadline = action.deadline
+                    if deadline is not None and (self._timer is None or deadline < self._timer_at):
+                        self._arm(deadline)
+                    if not transport.is_reading():
+                        transport.resume_reading()
+                    return
+                if type(action) is Send:
+                    transport.write(action.data)
+                    if self._write_paused:
+                        self._wait(action, action.deadline)
+                        self._pause_reading()
+                        return
+                elif type(action) is SendFile:
+                    self._wait(action, action.deadline)
+                    self._pause_reading()
+                    self._busy = True
+                    task = loop.create_task(self._send_file(action.file, action.offset, action.count))
+                    self._sending_file = task
+                    task.add_done_callback(functools.partial(self._sent_file, count=action.count))
+                    return
+                elif type(action) is Run:
+                    self._wait(action, None)
+                    if action.watch:
+                        self._watch()
+                    else:
+                        self._pause_reading()
+                    self._busy = True
+                    self._server.steps.submit(action.step, self._step_done)
+                    return
+                elif type(action) is Wait:
+                    if self._eof:  # the peer left already
+                        self._broken = True
+                        conn.connection_lost(now)
+                        continue
+                    self._action = action
+                    deadline = self._deadline = action.deadline
+                    if deadline is not None and (self._timer is None or deadline < self._timer_at):
+                        self._arm(deadline)
+                    if not transport.is_reading():  # else `_watch` has nothing to do
+                        self._watch()
+                    return
+                elif type(action) is Spawn:
+                    self._server.spawn(action.task)
+                elif type(action) is HalfClose:
+                    if transport.can_write_eof():
+                        transport.write_eof()
+                else:  # Close
+                    self._cancel_timer()
+                    self._done = True
+                    if self._broken:
+                        transport.abort()
+                    else:
+                        transport.close()
+                    return
         except Exception:
             error_log.exception("connection failed")
             self._finish_lost()
-
-    def _perform(self) -> None:
-        conn = self._conn
-        transport = self._transport
-        loop = self._loop
-        while True:
-            action = conn.next_action(loop.time())
-            if type(action) is Receive:
-                if self._pending:
-                    data = bytes(self._pending)
-                    self._pending.clear()
-                    conn.receive_data(data, loop.time())
-                    continue
-                if self._eof:
-                    conn.receive_data(b"", loop.time())
-                    continue
-                if self._server.room_wanted and conn.phase is Phase.IDLE:
-                    self._server.room_wanted = False  # a client found no free slot: make room
-                    conn.shutdown()
-                    continue  # asked again, the core closes
-                self._wait(action, action.deadline)
-                if not transport.is_reading():
-                    transport.resume_reading()
-                return
-            if type(action) is Send:
-                transport.write(action.data)
-                if self._write_paused:
-                    self._wait(action, action.deadline)
-                    self._pause_reading()
-                    return
-            elif type(action) is SendFile:
-                self._wait(action, action.deadline)
-                self._pause_reading()
-                self._busy = True
-                task = loop.create_task(self._send_file(action.file, action.offset, action.count))
-                self._sending_file = task
-                task.add_done_callback(functools.partial(self._sent_file, count=action.count))
-                return
-            elif type(action) is Run:
-                self._wait(action, None)
-                if action.watch:
-                    self._watch()
-                else:
-                    self._pause_reading()
-                self._busy = True
-                self._server.steps.submit(action.step, self._step_done)
-                return
-            elif type(action) is Wait:
-                if self._eof:  # the peer left already
-                    self._broken = True
-                    conn.connection_lost(loop.time())
-                    continue
-                self._wait(action, action.deadline)
-                self._watch()
-                return
-            elif type(action) is Spawn:
-                self._server.spawn(action.task)
-            elif type(action) is HalfClose:
-                if transport.can_write_eof():
-                    transport.write_eof()
-            else:  # Close
-                self._cancel_timer()
-                self._done = True
-                if self._broken:
-                    transport.abort()
-                else:
-                    transport.close()
-                return
 
     def _wait(self, action: Action, deadline: float | None) -> None:
         """Wait for `action` to complete, until `deadline`.
@@ -534,7 +548,8 @@ class AsyncioServer:
         self.ports = ports(sockets)
         self.steps = _StepPool(options.threads, loop)  # all blocking work: at most `threads` threads
         self.connections: set[_HttpProtocol] = set()
-        self.tasks: set[asyncio.Task[None]] = set()  # spawned app tasks not yet over
+        # Spawned app tasks not yet over, by the callable they run (`spawn`).
+        self.tasks: dict[Callable[[], Awaitable[None]], asyncio.Task[None]] = {}
         self._options = options
         self._sockets = sockets
         self._accepting: set[socket.socket] = set()
@@ -547,10 +562,10 @@ class AsyncioServer:
         self._drained = asyncio.Event()  # stopping, and no connection or app task is left
         self.draining = False  # stopping, and idle connections wait for a last request
         self._peeking: set[asyncio.Future[None]] = set()  # TLS servers: waits for a client's first byte
-        self._woken: list[_HttpProtocol] = []  # connections whose app task woke them (wake_soon)
+        self.woken: list[_HttpProtocol] = []  # connections their app task woke (`_wake`, `run_wakes`)
         # Where woken connections look: the server's context, not the waking app task's (whose
         # context variables would reach the tasks spawned for the connection's next requests).
-        self._context = contextvars.copy_context()
+        self.context = contextvars.copy_context()
 
     def shutdown(self, *, drain: bool = False) -> None:
         """Stop accepting, finish in-flight requests (within the grace period), return from serve.
@@ -674,39 +689,49 @@ class AsyncioServer:
         self._resume_accepting()
         self._check_drained()
 
-    def wake_soon(self, protocol: _HttpProtocol) -> None:
-        """Have `protocol` look at its app in a later callback, with the other connections woken
-        meanwhile: one loop callback per batch (on asyncio's loop, a Handle made and run per
-        request cost ~3% of an ASGI request's CPU time). The wakes still run after the task
-        steps that made them, so each iteration's writes go out together."""
-        woken = self._woken
-        if not woken:
-            self.loop.call_soon(self._run_wakes, context=self._context)
-        woken.append(protocol)
-
-    def _run_wakes(self) -> None:
-        woken, self._woken = self._woken, []
+    def run_wakes(self) -> None:
+        """Have the connections woken meanwhile look at their apps (`_HttpProtocol._wake` adds
+        to `woken` and asks for this callback): one loop callback per batch (on asyncio's loop,
+        a Handle made and run per request cost ~3% of an ASGI request's CPU time). The wakes
+        still run after the task steps that made them, so each iteration's writes go out
+        together."""
+        woken, self.woken = self.woken, []
         for protocol in woken:
-            protocol._on_wake()
+            # `_HttpProtocol._on_wake`, inline: once per request
+            protocol._wake_scheduled = False
+            kind = type(protocol._action)
+            if not protocol._done and (kind is Receive or kind is Wait):
+                protocol._action = None
+                protocol._pump()
 
     def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
-        """Start an app task on the loop; it is kept until it ends."""
-        self.tasks.add(self.loop.create_task(self._run_task(task)))
+        """Start an app task on the loop; it is kept until it ends, under `task` (the core's
+        `Spawn` brings a new closure each time; a callable met again, or unhashable, gets a
+        key of its own)."""
+        tasks = self.tasks
+        try:
+            known = task in tasks
+        except TypeError:  # unhashable
+            known = True
+        if known:
+            task = functools.partial(task)
+        tasks[task] = self.loop.create_task(self._run_task(task))
 
     async def _run_task(self, task: Callable[[], Awaitable[None]]) -> None:
         """Run a spawned app task to its end. It handles its own errors; one that escapes is
         a bug, logged here so that it ends only that task (cancellation goes through). It
-        forgets itself as it ends: a done callback would cost a loop callback per request."""
+        forgets itself as it ends, by its key: a done callback would cost a loop callback per
+        request, and `asyncio.current_task()` a getpid system call (the running loop's check)."""
         try:
             await task()
         except Exception:
             error_log.exception("an app task failed")
         finally:
-            self.tasks.discard(asyncio.current_task())
+            self.tasks.pop(task, None)
             self._check_drained()
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
+    def _task_done(self, key: Callable[[], Awaitable[None]], task: asyncio.Task[None]) -> None:
+        self.tasks.pop(key, None)
         self._check_drained()
 
     def _check_drained(self) -> None:
@@ -749,10 +774,10 @@ class AsyncioServer:
                 logs.shutdown_cuts(sum(not protocol._done for protocol in self.connections))
                 for protocol in list(self.connections):
                     protocol.cut()  # their channels tell app tasks: gone
-                for task in self.tasks:
+                for key, task in self.tasks.items():
                     task.cancel()
                     # One cancelled before its first step never runs `_run_task`'s `finally`.
-                    task.add_done_callback(self._task_done)
+                    task.add_done_callback(functools.partial(self._task_done, key))
                 with contextlib.suppress(TimeoutError):  # cut connections and cancelled tasks clean up
                     await asyncio.wait_for(self._drained.wait(), CLEANUP_WAIT)
         logs.shutdown_done()
