@@ -24,6 +24,7 @@ import trio
 
 from handlers.plain_http import plain_http_app
 from protocol import (
+    Action,
     App,
     Config,
     HalfClose,
@@ -63,18 +64,40 @@ _ACCEPT_BURST: Final = 64
 
 
 class _Connection:
-    """What shutdown and `wake` need to reach a running connection."""
+    """What shutdown and `wake` need to reach a running connection, and what an app task's
+    runner needs to hand the connection's task its next step (`kick`, `help`)."""
 
-    __slots__ = ("conn", "scope", "stopped", "thread", "token", "woken")
+    __slots__ = (
+        "conn",
+        "error",
+        "expecting",
+        "handed",
+        "kicked",
+        "parked",
+        "raw",
+        "scope",
+        "stopped",
+        "task",
+        "thread",
+        "token",
+        "woken",
+    )
 
     conn: ServerConnection
 
-    def __init__(self, thread: int, token: trio.lowlevel.TrioToken) -> None:
+    def __init__(self, thread: int, token: trio.lowlevel.TrioToken, raw: socket.socket | None) -> None:
         self.scope: trio.CancelScope | None = None  # of the Receive or Wait in progress
         self.woken = False  # give the next (or current) Receive or Wait up: ask the core again
         self.stopped = False
         self.thread = thread
         self.token = token
+        self.raw = raw  # the socket itself, without TLS: what `help` may send on
+        self.task = trio.lowlevel.current_task()  # the connection's own
+        self.expecting = False  # an app task was spawned: its runner's first step is to come
+        self.parked = False  # the task waits for that step (`park`)
+        self.kicked = False  # ... and the step rescheduled it: it resumes in the next batch
+        self.handed: Action | None = None  # the core's next action, taken by `help`
+        self.error: Exception | None = None  # what `help` met, for the task to raise
 
     def wake(self) -> None:
         """The core's `wake`, from any thread: give the wait in progress (or the next) up."""
@@ -98,6 +121,65 @@ class _Connection:
         self.conn.shutdown(drain=drain)
         self.wake_here()  # asked again, an idle connection's core closes (or, draining, waits on)
 
+    # An app task usually answers in its first step: the connection's task waits for that
+    # step with a bare park instead of checkpoints (one scheduler pass, not one or two by
+    # chance: trio runs a batch in either order) and, when the answer is there, the
+    # runner sends it on the connection's behalf in the same step. A request then costs
+    # two task steps (the connection's read, the app's step) instead of three or four.
+
+    async def park(self) -> bool:
+        """Wait for the first step of the app task spawned last (`kick`); whether the
+        runner acted for this task (`help`)."""
+        self.parked = True
+        await trio.lowlevel.wait_task_rescheduled(self._unpark)
+        helped = not self.kicked
+        self.kicked = False
+        return helped
+
+    def _unpark(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self.parked = False
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def kick(self) -> None:
+        """An app task's first step begins: a task parked for it resumes after the step."""
+        self.expecting = False
+        if self.parked:
+            self.parked = False
+            self.kicked = True
+            trio.lowlevel.reschedule(self.task)
+
+    def take(self) -> Action | None:
+        """What `help` left for the task to do (None: nothing, the response went out);
+        raises what it met."""
+        error = self.error
+        if error is not None:
+            self.error = None
+            raise error
+        handed, self.handed = self.handed, None
+        return handed
+
+    def help(self, now: float) -> None:
+        """Act for the kicked task (it has yet to ask the core again), in the app task's step:
+        the core's next action, if it is a send that the socket takes at once. Else, or for
+        what is left of it, the action is handed to the task, as is an error."""
+        self.kicked = False  # acted for: the task's next Receive needs no checkpoint first
+        self.woken = False  # the task would give its Wait up and ask the core again: asking
+        try:
+            action = self.conn.next_action(now)
+            if type(action) is Send and self.raw is not None:
+                data = action.data
+                try:
+                    sent = self.raw.send(data)
+                except OSError:  # full (BlockingIOError), or broken: the task finds out itself
+                    sent = 0
+                if sent == len(data):
+                    return
+                if sent:
+                    action = Send(data[sent:], action.deadline)
+            self.handed = action
+        except Exception as exc:
+            self.error = exc
+
 
 class _AppRunner:
     """A task of the apps' nursery that runs spawned app tasks one after another.
@@ -110,16 +192,20 @@ class _AppRunner:
     leaks into the next request, and it sees no more than `start_soon` would show it.
     """
 
-    __slots__ = ("job", "pool", "task")
+    __slots__ = ("connection", "job", "pool", "task")
 
-    def __init__(self, pool: list[_AppRunner]) -> None:
+    def __init__(self, pool: list[_AppRunner], connection: _Connection) -> None:
         self.task = trio.lowlevel.current_task()
         self.job: Callable[[], Awaitable[None]] | None = None
+        self.connection: _Connection | None = connection  # the job's
         self.pool = pool
 
-    def start(self, job: Callable[[], Awaitable[None]], context: contextvars.Context) -> None:
-        """Hand a parked runner `job`, to run in `context`."""
+    def start(
+        self, job: Callable[[], Awaitable[None]], connection: _Connection, context: contextvars.Context
+    ) -> None:
+        """Hand a parked runner `job` of `connection`, to run in `context`."""
         self.job = job
+        self.connection = connection
         self.task.context = context  # in effect from the runner's next step: the job's
         trio.lowlevel.reschedule(self.task)
 
@@ -131,6 +217,7 @@ class _AppRunner:
     async def park(self, idle: contextvars.Context) -> Callable[[], Awaitable[None]] | None:
         """Wait in the pool for the next job (None: retired)."""
         self.job = None
+        self.connection = None
         self.task.context = idle  # the last job's contextvars are not kept alive meanwhile
         self.pool.append(self)
         await trio.lowlevel.wait_task_rescheduled(self._abort)
@@ -343,7 +430,7 @@ class TrioServer:
                 stream = trio.SSLStream(tcp, context, server_side=True)
             client, server = addresses(sock)
             peer = format_peer(client)
-            connection = _Connection(self._thread, self._token)
+            connection = _Connection(self._thread, self._token, sock if context is None else None)
             conn = connection.conn = ServerConnection(
                 app,
                 self._config,
@@ -380,20 +467,25 @@ class TrioServer:
             self._retire_runners()
             self._check_drained()
 
-    def _spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+    def _spawn(self, task: Callable[[], Awaitable[None]], connection: _Connection) -> None:
         self._tasks += 1
+        connection.expecting = True
         if self._runners:
             # A copy of the caller's context, as start_soon would make (the connection's).
-            self._runners.pop().start(task, contextvars.copy_context())
+            self._runners.pop().start(task, connection, contextvars.copy_context())
         else:
             assert self._apps is not None
-            self._apps.start_soon(self._run_tasks, task)
+            self._apps.start_soon(self._run_tasks, task, connection)
 
-    async def _run_tasks(self, task: Callable[[], Awaitable[None]] | None) -> None:
+    async def _run_tasks(self, task: Callable[[], Awaitable[None]] | None, connection: _Connection) -> None:
         """An `_AppRunner`'s life: run `task`, then, while a connection may want a runner,
         park in the pool and run what it is handed. Cancelled, it ends (as a task would)."""
-        runner = _AppRunner(self._runners)
+        runner = _AppRunner(self._runners, connection)
+        del connection
         while task is not None:
+            owner = runner.connection
+            assert owner is not None
+            owner.kick()  # before anything that could yield: this is the task's first step
             try:
                 await task()  # as common.run_task, one coroutine less
             except Exception:
@@ -402,6 +494,11 @@ class TrioServer:
                 task = None  # a parked runner holds nothing of the request it ran
                 self._tasks -= 1
                 self._check_drained()
+            if owner.kicked and owner.woken:
+                # Done, and the connection's task, kicked, has yet to resume: its next
+                # action (usually the response) is taken here, in its context.
+                owner.task.context.run(owner.help, trio.current_time())
+            del owner  # a parked runner holds nothing of the connection either
             if self._stop.is_set() or len(self._runners) >= len(self._connections):
                 return
             task = await runner.park(self._idle_context)
@@ -437,8 +534,13 @@ class TrioServer:
         checkpoint = trio.lowlevel.checkpoint
         received = False
         cut = False
+        handed: Action | None = None  # the next action, taken by an app task's runner
+        rested = False  # yielded since the last read (an app task's runner sent meanwhile)
         while True:
-            action = conn.next_action(current_time())
+            if handed is None:
+                action = conn.next_action(current_time())
+            else:
+                action, handed = handed, None
             try:
                 if type(action) is Receive:
                     if self._room_wanted and conn.phase is Phase.IDLE:
@@ -451,7 +553,10 @@ class TrioServer:
                         # so the recv succeeds and no cancel scope or epoll registration is
                         # needed (the bare loop gets this from send_all). One yield per read
                         # also keeps a connection that always has data from starving others.
-                        await checkpoint()
+                        if rested:
+                            rested = False
+                        else:
+                            await checkpoint()
                         try:
                             data: bytes | None = raw.recv(RECEIVE_SIZE)
                         except BlockingIOError:
@@ -496,14 +601,19 @@ class TrioServer:
                         cut = True
                         conn.connection_lost(current_time())
                 elif type(action) is Wait:
-                    outcome = await _wait(sock, action.deadline, connection)
+                    parked = connection.expecting  # an app task was spawned: its first step is next
+                    if parked and await connection.park():
+                        handed = connection.take()  # None: it answered, and its runner sent that
+                        rested = True
+                        continue
+                    outcome = await _wait(sock, action.deadline, connection, yielded=parked)
                     if outcome is _LEFT:
                         cut = True
                         conn.connection_lost(current_time())
                     elif outcome is _TIMED_OUT:
                         conn.timeout(current_time())
                 elif type(action) is Spawn:
-                    self._spawn(action.task)
+                    self._spawn(action.task, connection)
                 elif type(action) is HalfClose:
                     if raw is not None:
                         await tcp.send_eof()
@@ -546,16 +656,20 @@ _TIMED_OUT: Final = "timed out"
 _LEFT: Final = "left"
 
 
-async def _wait(sock: socket.socket, deadline: float | None, connection: _Connection) -> str:
+async def _wait(
+    sock: socket.socket, deadline: float | None, connection: _Connection, *, yielded: bool = False
+) -> str:
     """Until `wake` (`_WOKEN`) or `deadline` (`_TIMED_OUT`), watching the socket: `_LEFT` as
-    soon as the peer leaves. Once bytes wait to be read (a pipelined request), only waits."""
+    soon as the peer leaves. Once bytes wait to be read (a pipelined request), only waits.
+    `yielded`: the app task spawned last had its first step since (`_Connection.park`)."""
     # Yield first: an app task spawned just now runs, and if it posts at once (a quick
     # response) its wake comes before the wait begins, sparing a cancel scope, an epoll
     # registration and a Cancelled unwinding (most of a Session's cost on trio). Twice:
     # trio runs a batch of tasks in either order, and the task was started in this one.
-    await trio.lowlevel.checkpoint()
-    if not connection.woken:
+    if not yielded:
         await trio.lowlevel.checkpoint()
+        if not connection.woken:
+            await trio.lowlevel.checkpoint()
     if not connection.woken:
         with trio.CancelScope(deadline=_at(deadline)) as scope:
             connection.scope = scope

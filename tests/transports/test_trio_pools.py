@@ -208,3 +208,40 @@ def test_parked_runners_are_not_more_than_the_connections() -> None:
             while servers[0]._runners and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert servers[0]._runners == []
+
+
+def _answer(body: bytes) -> Callable[..., object]:
+    async def app(scope: dict[str, object], receive: object, send: Callable[..., object]) -> None:
+        if scope["path"] == "/later":
+            await trio.sleep(0.05)  # the first step ends without an answer
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[misc]
+        await send({"type": "http.response.body", "body": body})  # type: ignore[misc]
+
+    return app
+
+
+def test_a_response_larger_than_the_socket_takes_is_sent_whole_then_the_next() -> None:
+    """An app task that answers at once has its response sent by its runner; what the socket
+    does not take at once is left to the connection's task, which sends the rest."""
+    body = bytes(range(256)) * 40_000  # 10 MB: more than any socket buffer
+    with running("trio", ASGIApp(_answer(body))) as server, server.connect() as sock:
+        for _ in range(2):
+            sock.sendall(GET)
+            time.sleep(0.2)  # the runner's send fills the buffer before the client reads
+            assert _response(sock) == body
+
+
+def test_app_tasks_that_answer_at_once_or_later_pipelined_or_not_are_answered_in_order() -> None:
+    with running("trio", ASGIApp(_answer(b"ok"))) as server, server.connect() as sock:
+        for path in (b"/", b"/later", b"/", b"/later"):
+            sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _response(sock) == b"ok"
+        # pipelined: the runner of the first finds the second request's task next, not a send
+        sock.sendall((GET + b"GET /later HTTP/1.1\r\nHost: x\r\n\r\n" + GET) * 2)
+        data = b""
+        while data.count(b"\r\n\r\nok") < 6:
+            chunk = sock.recv(65536)
+            assert chunk, "closed before six responses"
+            data += chunk
+        assert data.count(b"HTTP/1.1 200 ") == 6
