@@ -159,11 +159,11 @@ class _Connection:
         return handed
 
     def help(self, now: float) -> None:
-        """Act for the kicked task (it has yet to ask the core again), in the app task's step:
-        the core's next action, if it is a send that the socket takes at once. Else, or for
-        what is left of it, the action is handed to the task, as is an error."""
+        """Act for the task, which resumes in the next batch to ask the core for its next
+        action (kicked, or its blocking step done): take that action now, and if it is a
+        send that the socket takes at once, that is all. Else, or for what is left of it,
+        the action is handed to the task, as is an error."""
         self.kicked = False  # acted for: the task's next Receive needs no checkpoint first
-        self.woken = False  # the task would give its Wait up and ask the core again: asking
         try:
             action = self.conn.next_action(now)
             if type(action) is Send and self.raw is not None:
@@ -248,13 +248,16 @@ class _StepPool(StepPool):
         super().__init__(size, "trio-step-worker", context)
         self._token = token
 
-    async def run(self, function: Callable[[], object]) -> None:
-        """Run `function()` in a worker thread; raise what it raised."""
+    async def run(self, function: Callable[[], object], connection: _Connection | None = None) -> bool:
+        """Run `function()` in a worker thread; raise what it raised. With `connection` (the
+        calling task's), the step's delivery may take the connection's next action for the
+        task (`_Connection.help`: the response of a WSGI app's step): whether it did."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        step = Step(function, self._context.copy(), trio.lowlevel.current_task())
+        step = _Step(function, self._context.copy(), trio.lowlevel.current_task(), connection)
         self._submit(step)
 
         def abort(raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            step.connection = None  # cancelled: the task goes on by itself
             if self._drop(step):
                 return trio.lowlevel.Abort.SUCCEEDED  # still queued: dropped, never run
             return trio.lowlevel.Abort.FAILED  # running: wait for it
@@ -262,6 +265,7 @@ class _StepPool(StepPool):
         await trio.lowlevel.wait_task_rescheduled(abort)
         if step.error is not None:
             raise step.error
+        return step.helped
 
     def _post(self) -> None:
         with contextlib.suppress(trio.RunFinishedError):
@@ -272,7 +276,31 @@ class _StepPool(StepPool):
         done = self._done
         reschedule = trio.lowlevel.reschedule
         while done:
-            reschedule(done.popleft().waiter)  # type: ignore[arg-type]
+            step = done.popleft()
+            connection = step.connection  # type: ignore[attr-defined]
+            if connection is not None and step.error is None:
+                # The task resumes in the next batch to ask the core for its next action
+                # (the response): taken here, in its context, as an app task's runner does.
+                connection.task.context.run(connection.help, trio.current_time())
+                step.helped = True  # type: ignore[attr-defined]
+            reschedule(step.waiter)  # type: ignore[arg-type]
+
+
+class _Step(Step):
+    """A step of a connection's task whose delivery may take the task's next action."""
+
+    __slots__ = ("connection", "helped")
+
+    def __init__(
+        self,
+        function: Callable[[], object],
+        context: contextvars.Context,
+        waiter: trio.lowlevel.Task,
+        connection: _Connection | None,
+    ) -> None:
+        super().__init__(function, context, waiter)
+        self.connection = connection
+        self.helped = False
 
 
 class TrioServer:
@@ -497,6 +525,7 @@ class TrioServer:
             if owner.kicked and owner.woken:
                 # Done, and the connection's task, kicked, has yet to resume: its next
                 # action (usually the response) is taken here, in its context.
+                owner.woken = False  # its Wait would give up and ask the core again
                 owner.task.context.run(owner.help, trio.current_time())
             del owner  # a parked runner holds nothing of the connection either
             if self._stop.is_set() or len(self._runners) >= len(self._connections):
@@ -596,7 +625,9 @@ class TrioServer:
                         conn.timeout(current_time())
                 elif type(action) is Run:
                     if not action.watch:
-                        await self._steps.run(action.step)
+                        if await self._steps.run(action.step, connection if raw is not None else None):
+                            handed = connection.take()  # None: the response went out meanwhile
+                            rested = True  # the task yielded since its read
                     elif await _run_watched(action.step, sock, self._steps):
                         cut = True
                         conn.connection_lost(current_time())

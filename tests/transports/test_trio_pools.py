@@ -245,3 +245,19 @@ def test_app_tasks_that_answer_at_once_or_later_pipelined_or_not_are_answered_in
             assert chunk, "closed before six responses"
             data += chunk
         assert data.count(b"HTTP/1.1 200 ") == 6
+
+
+def test_a_wsgi_response_larger_than_the_socket_takes_is_sent_whole_then_the_next() -> None:
+    """The response of a WSGI app's step is sent as the step is delivered; what the socket
+    does not take at once is left to the connection's task."""
+    body = bytes(range(256)) * 40_000
+
+    def app(environ: dict[str, object], start_response: Callable[..., object]) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    with running("trio", WSGIApp(app)) as server, server.connect() as sock:
+        for _ in range(2):
+            sock.sendall(GET)
+            time.sleep(0.2)
+            assert _response(sock) == body
