@@ -261,3 +261,40 @@ def test_a_wsgi_response_larger_than_the_socket_takes_is_sent_whole_then_the_nex
             sock.sendall(GET)
             time.sleep(0.2)
             assert _response(sock) == body
+
+
+def test_while_a_server_runs_trio_runs_each_batch_first_come_first_served() -> None:
+    """Each pass of trio's scheduler runs its tasks in the order they became runnable
+    (not that or its reverse at random), so busy connections keep their places."""
+    order: list[int] = []
+
+    async def task(number: int) -> None:
+        for _ in range(20):
+            order.append(number)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for number in range(5):
+                nursery.start_soon(task, number)
+
+    with pytest.MonkeyPatch.context() as patch:  # pytest-trio has trio shuffle each batch instead
+        patch.setattr(trio._core._run, "_ALLOW_DETERMINISTIC_SCHEDULING", False)
+        trio_server._batches_in_order(True)
+        try:
+            trio.run(main)
+        finally:
+            trio_server._batches_in_order(False)
+    assert order == list(range(5)) * 20
+
+
+def test_trios_own_order_is_back_once_every_server_stopped() -> None:
+    generator = trio._core._run._r
+    with running("trio", ASGIApp(_answer(b"ok"))) as one, one.connect() as sock:
+        assert "random" in vars(generator)
+        with running("trio", ASGIApp(_answer(b"ok"))):
+            pass
+        assert "random" in vars(generator)  # one server still runs
+        sock.sendall(GET)
+        assert _response(sock) == b"ok"
+    assert "random" not in vars(generator)
