@@ -42,13 +42,15 @@ def _nothing() -> None:
 
 
 class Start:
-    """The response head (the Response's body is ignored); `trailers`: trailer fields follow."""
+    """The response head; `trailers`: trailer fields follow. `whole`: the Response's body
+    (bytes) is the whole body, its last piece, and no Piece follows; else the body is ignored."""
 
-    __slots__ = ("response", "trailers")
+    __slots__ = ("response", "trailers", "whole")
 
-    def __init__(self, response: Response, trailers: bool) -> None:
+    def __init__(self, response: Response, trailers: bool, whole: bool) -> None:
         self.response = response
         self.trailers = trailers
+        self.whole = whole
 
 
 class Piece:
@@ -122,6 +124,8 @@ class Channel:
     __slots__ = (
         "_body",
         "_body_complete",
+        "_body_in",
+        "_body_out",
         "_core_waiting",
         "_messages",
         "_messages_in",
@@ -146,6 +150,10 @@ class Channel:
         self._outbox: deque[Message] = deque()
         self._body: deque[bytes] = deque()
         self._body_complete = False
+        # Body bytes put (by the core) and taken (by the task): one writer each, so their
+        # difference, what is read ahead, needs no lock and no sum over the pieces.
+        self._body_in = 0
+        self._body_out = 0
         self._wants_body = False
         self._core_waiting = False
         self._posted = 0
@@ -181,6 +189,7 @@ class Channel:
         body = self._body
         if body:
             data = body.popleft() if len(body) == 1 else b"".join([body.popleft() for _ in range(len(body))])
+            self._body_out += len(data)
             return data, not (self._body_complete and not body)
         if self._body_complete or self.gone:
             return b"", False
@@ -194,10 +203,21 @@ class Channel:
     def start(self, response: Response, *, trailers: bool = False) -> None:
         """Post the response head. It leaves with the first piece of the body when that is
         posted before the core looks (the usual case), else on its own."""
-        self._outbox.append(Start(response, trailers))
+        self._outbox.append(Start(response, trailers, False))
         if self._core_waiting:  # _post_wake, inline: the posts of every response
             self._core_waiting = False
             self._wake()
+
+    def send_response(self, response: Response) -> int:
+        """Post a whole response at once: its head and its `bytes` body as the last piece (the
+        usual case, one body message), taken by the core in one step. The same as `start`
+        then `send(response.body, more=False)`, and a ticket as from `send`."""
+        self._posted = posted = self._posted + 1
+        self._outbox.append(Start(response, False, True))
+        if self._core_waiting:
+            self._core_waiting = False
+            self._wake()
+        return posted
 
     def send(self, data: bytes | FileBody, *, more: bool) -> int:
         """Post a piece of the body; returns a ticket: it has left once `delivered` >= ticket."""
@@ -282,13 +302,14 @@ class Channel:
     def put_body(self, data: bytes, complete: bool) -> None:
         if data:
             self._body.append(data)
+            self._body_in += len(data)
         if complete:
             self._body_complete = True
         self._wants_body = False
 
     def buffered(self) -> int:
         """Body bytes read ahead that the task has not taken yet."""
-        return sum(len(piece) for piece in self._body)
+        return self._body_in - self._body_out
 
     def mark_delivered(self, count: int) -> None:
         self.delivered += count

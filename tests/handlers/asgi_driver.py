@@ -50,6 +50,8 @@ class Outcome:
     finished: bool = False
     error: BaseException | None = None
     finish_count: int = 0
+    whole: bool = False
+    """The head came with its last piece (`Channel.send_response`): recorded as a Start then a Piece."""
 
     @property
     def start(self) -> Start:
@@ -121,6 +123,12 @@ class Driver:
         self.rounds += 1
         channel = self.channel
         while (message := channel.next_message()) is not None:
+            if isinstance(message, Start) and message.whole:
+                self.outcome.whole = True
+                response = message.response
+                assert isinstance(response.body, bytes)
+                self.outcome.messages.append(Start(response, message.trailers, False))
+                message = Piece(response.body, False)
             self.outcome.messages.append(message)
             if isinstance(message, Piece):
                 self.undelivered += 1

@@ -101,6 +101,38 @@ def test_a_content_length_from_the_app_frames_the_body() -> None:
     assert (response.body, response.header(b"content-length")) == (b"hello", b"5")
 
 
+def whole(status: int = 200, body: bytes = b"hello", headers: tuple[tuple[bytes, bytes], ...] = ()) -> Script:
+    async def script(channel: Channel) -> None:
+        await sent(channel, channel.send_response(Response(status, headers, body)))
+        channel.finish()
+
+    return script
+
+
+def test_a_whole_response_posted_at_once_is_served_as_head_then_last_piece() -> None:
+    app = SessionApp(whole(headers=((b"Content-Length", b"5"),)))
+    d = Driver(app)
+    d.feed(get() + get(method=b"HEAD") + get())
+    first, head, third = parse(bytes(d.output), [b"GET", b"HEAD", b"GET"])
+    assert (first.status, first.body, first.header(b"content-length")) == (200, b"hello", b"5")
+    assert (head.body, head.header(b"content-length")) == (b"", b"5")
+    assert third.body == b"hello"
+    assert not d.closed
+    assert [channel.delivered for channel in app.channels] == [1, 1, 1]
+    assert all(channel.done for channel in app.channels)
+
+
+def test_a_whole_response_is_framed_and_checked_as_pieces_are() -> None:
+    d = Driver(SessionApp(whole()))
+    d.feed(get())
+    response = parse_one(bytes(d.output))
+    assert (response.body, response.header(b"transfer-encoding")) == (b"hello", b"chunked")
+    short = Driver(SessionApp(whole(headers=((b"Content-Length", b"9"),))))
+    short.feed(get() + get())
+    assert short.closed  # its Content-Length promised more: cut, as for a last piece
+    assert not bytes(short.output).endswith(b"hello\r\n0\r\n\r\n")
+
+
 def test_a_piece_counts_as_delivered_only_once_its_send_is_done() -> None:
     seen: list[int] = []
 
