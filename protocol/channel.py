@@ -42,15 +42,13 @@ def _nothing() -> None:
 
 
 class Start:
-    """The response head; `trailers`: trailer fields follow. `whole`: the Response's body
-    (bytes) is the whole body, its last piece, and no Piece follows; else the body is ignored."""
+    """The response head (the Response's body is ignored); `trailers`: trailer fields follow."""
 
-    __slots__ = ("response", "trailers", "whole")
+    __slots__ = ("response", "trailers")
 
-    def __init__(self, response: Response, trailers: bool, whole: bool) -> None:
+    def __init__(self, response: Response, trailers: bool) -> None:
         self.response = response
         self.trailers = trailers
-        self.whole = whole
 
 
 class Piece:
@@ -108,7 +106,8 @@ class Closing:
         self.reason = reason
 
 
-Message = Start | Piece | Trailers | Finish | Accept | Outgoing | Closing
+Message = Start | Piece | Trailers | Finish | Accept | Outgoing | Closing | Response
+"""A Response itself is a whole response: head and `bytes` body (`Channel.send_response`)."""
 
 _FINISHED: Final = Finish(None)
 """What every task that returned posts (messages are only read): one instance serves them all."""
@@ -148,7 +147,9 @@ class Channel:
     def __init__(self, wake: Callable[[], None]) -> None:
         self._wake = wake
         self._outbox: deque[Message] = deque()
-        self._body: deque[bytes] = deque()
+        # Made by the core with the first bytes (a deque costs more to make than all else
+        # here, and most requests have no body).
+        self._body: deque[bytes] | None = None
         self._body_complete = False
         # Body bytes put (by the core) and taken (by the task): one writer each, so their
         # difference, what is read ahead, needs no lock and no sum over the pieces.
@@ -169,7 +170,7 @@ class Channel:
         """Set by the task's side; the core calls it whenever the attributes above or the
         body change, on the connection's thread."""
         # WebSockets: messages received, and their sizes counted in (core) and out (task).
-        self._messages: deque[str | bytes] = deque()
+        self._messages: deque[str | bytes] | None = None  # made by the core with the first one
         self._messages_in = 0
         self._messages_out = 0
         self._read_paused = 0  # the core stopped reading until this many are buffered or fewer
@@ -196,14 +197,14 @@ class Channel:
         if not self._wants_body:  # asked once, until the core hands over some
             self._wants_body = True
             self._post_wake()
-        if body or self._body_complete:  # arrived meanwhile
+        if self._body or self._body_complete:  # arrived meanwhile
             return self.receive()
         return None
 
     def start(self, response: Response, *, trailers: bool = False) -> None:
         """Post the response head. It leaves with the first piece of the body when that is
         posted before the core looks (the usual case), else on its own."""
-        self._outbox.append(Start(response, trailers, False))
+        self._outbox.append(Start(response, trailers))
         if self._core_waiting:  # _post_wake, inline: the posts of every response
             self._core_waiting = False
             self._wake()
@@ -213,7 +214,7 @@ class Channel:
         usual case, one body message), taken by the core in one step. The same as `start`
         then `send(response.body, more=False)`, and a ticket as from `send`."""
         self._posted = posted = self._posted + 1
-        self._outbox.append(Start(response, False, True))
+        self._outbox.append(response)
         if self._core_waiting:
             self._core_waiting = False
             self._wake()
@@ -301,7 +302,10 @@ class Channel:
 
     def put_body(self, data: bytes, complete: bool) -> None:
         if data:
-            self._body.append(data)
+            body = self._body
+            if body is None:
+                body = self._body = deque()
+            body.append(data)
             self._body_in += len(data)
         if complete:
             self._body_complete = True
@@ -333,7 +337,10 @@ class Channel:
     # WebSockets (the core's side)
 
     def put_message(self, data: str | bytes) -> None:
-        self._messages.append(data)
+        messages = self._messages
+        if messages is None:
+            messages = self._messages = deque()
+        messages.append(data)
         self._messages_in += len(data) + MESSAGE_OVERHEAD
 
     def messages_buffered(self) -> int:

@@ -948,13 +948,16 @@ class ServerConnection:
                 self._fail(500, now)
                 return False
             return self._take_piece(state, piece.data, piece.more, now)
-        if kind is Start:
-            start: Start = message  # type: ignore[assignment]
+        if kind is Start or kind is Response:  # a Response: a whole one (`Channel.send_response`)
+            if kind is Start:
+                start: Start = message  # type: ignore[assignment]
+                response, trailers = start.response, start.trailers
+            else:
+                response, trailers = message, False  # type: ignore[assignment]
             if state.started:
                 error_log.error("app started the response twice for %r", self._request)
                 self._cut(now)
                 return False
-            response = start.response
             # Its body would come as a next request (only while the body is unread).
             if not state.body_done and h.they_are_waiting_for_100_continue:
                 self._close_after_response = True
@@ -966,9 +969,9 @@ class ServerConnection:
             state.silent = self._head or response.status in _NO_BODY_STATUSES
             if state.silent:  # else the app's Content-Length, which _send_head looked up
                 self._stream_left = -1
-            state.trailers = start.trailers
-            if start.whole:  # its body too, in this step (`Channel.send_response`)
-                return self._take_piece(state, cast(bytes, response.body), False, now)
+            state.trailers = trailers
+            if kind is Response:  # its body too, in this step
+                return self._take_piece(state, response.body, False, now)  # type: ignore[arg-type] # bytes
             return True
         if kind is Trailers:
             if state.ended and state.trailers and not state.complete:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import trio
 
 from handlers.asgi import ASGI3App, ASGIApp
-from protocol import Channel, FileBody, Request, Session
+from protocol import Channel, FileBody, Request, Response, Session
 from protocol.channel import Finish, Message, Piece, Start, Trailers
 
 RUNTIMES = ["trio", "asyncio", "asyncio-thread"]
@@ -123,12 +123,11 @@ class Driver:
         self.rounds += 1
         channel = self.channel
         while (message := channel.next_message()) is not None:
-            if isinstance(message, Start) and message.whole:
+            if isinstance(message, Response):
                 self.outcome.whole = True
-                response = message.response
-                assert isinstance(response.body, bytes)
-                self.outcome.messages.append(Start(response, message.trailers, False))
-                message = Piece(response.body, False)
+                assert isinstance(message.body, bytes)
+                self.outcome.messages.append(Start(message, False))
+                message = Piece(message.body, False)
             self.outcome.messages.append(message)
             if isinstance(message, Piece):
                 self.undelivered += 1
