@@ -55,7 +55,6 @@ import re
 import time
 from collections.abc import Callable
 from email.utils import formatdate
-from functools import partial
 from http import HTTPStatus
 from itertools import chain
 from operator import itemgetter
@@ -618,7 +617,7 @@ class ServerConnection:
         self._phase = _STEP
         if exchange.may_block:
             self._step_outcome = _NOT_RUN
-            self._emit(Run(partial(self._step, exchange, data, finished)))  # a partial: cheaper than a lambda
+            self._emit(Run(lambda: self._step(exchange, data, finished)))
             return
         self._step(exchange, data, finished)
         self._after_step(now)
@@ -890,7 +889,7 @@ class ServerConnection:
             channel.put_body(b"", True)
             state.body_done = True
         self._phase = _APP
-        self._emit(Spawn(partial(session.run, channel)))
+        self._emit(Spawn(lambda: session.run(channel)))
 
     def _serve_session(self, now: float) -> None:
         """Take what the task posted, feed it the body it wants, send; else wait for it."""
