@@ -55,6 +55,7 @@ import re
 import time
 from collections.abc import Callable
 from email.utils import formatdate
+from functools import partial
 from http import HTTPStatus
 from itertools import chain
 from operator import itemgetter
@@ -401,17 +402,19 @@ class ServerConnection:
     def _advance(self, now: float) -> None:
         """Make progress until at least one action is queued."""
         phase = self._phase
+        # The phases most requests pass through first: a head, then a session's steps
+        # (twice per response) or an exchange's.
         if phase is _IDLE or phase is _HEAD:
             if self._stopping and phase is _IDLE and not self._fresh and not self._draining:
                 self._begin_close(now, linger=False)
             else:
                 self._read_head(now)
-        elif phase is _BODY:
-            self._read_body(now)
-        elif phase is _STEP:
-            self._after_step(now)
         elif phase is _APP:
             self._serve_session(now)
+        elif phase is _STEP:
+            self._after_step(now)
+        elif phase is _BODY:
+            self._read_body(now)
         elif phase is _WEBSOCKET:
             self._serve_websocket(now)
         elif phase is _STREAM:
@@ -617,7 +620,8 @@ class ServerConnection:
         self._phase = _STEP
         if exchange.may_block:
             self._step_outcome = _NOT_RUN
-            self._emit(Run(lambda: self._step(exchange, data, finished)))
+            # A partial: no closure cells made on every call of this method (measured).
+            self._emit(Run(partial(self._step, exchange, data, finished)))
             return
         self._step(exchange, data, finished)
         self._after_step(now)
