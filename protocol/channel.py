@@ -193,6 +193,8 @@ class Channel:
             self._body_out += len(data)
             return data, not (self._body_complete and not body)
         if self._body_complete or self.gone:
+            if self._body:  # the last bytes came with the end, since the look above
+                return self.receive()
             return b"", False
         if not self._wants_body:  # asked once, until the core hands over some
             self._wants_body = True

@@ -6,6 +6,7 @@ loop) whenever they would wait; the Driver resumes them whenever the core would 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
@@ -131,6 +132,26 @@ def test_a_whole_response_is_framed_and_checked_as_pieces_are() -> None:
     short.feed(get() + get())
     assert short.closed  # its Content-Length promised more: cut, as for a last piece
     assert not bytes(short.output).endswith(b"hello\r\n0\r\n\r\n")
+
+
+def test_body_bytes_put_with_the_end_while_the_task_looks_are_not_lost() -> None:
+    # The core's thread runs put_body(data, True) between the task's look at the body
+    # (empty) and its look at the end: the task must still get the bytes.
+    channel = Channel(lambda: None)
+
+    class Racing(deque[bytes]):
+        looked = False
+
+        def __len__(self) -> int:
+            if not Racing.looked:
+                Racing.looked = True
+                channel.put_body(b"last", True)  # appends to this deque, then marks the end
+                return 0  # what the task saw before it
+            return super().__len__()
+
+    channel._body = Racing()
+    assert channel.receive() == (b"last", False)
+    assert channel.buffered() == 0
 
 
 def test_a_piece_counts_as_delivered_only_once_its_send_is_done() -> None:
