@@ -319,6 +319,12 @@ class _Cycle:
     def _start(self, body: bytes | FileBody, more: bool) -> None:
         status, headers, stream = self._head
         self._end_stream = stream
+        if not more and type(body) is bytes and not self._wants_trailers:
+            # The usual response, one body message: head and body posted together, and
+            # taken by the core in one step.
+            self._channel.send_response(Response(status, headers, body))
+            self._state = _COMPLETE
+            return
         self._channel.start(Response(status, headers), trailers=self._wants_trailers and self._trailers)
         self._state = _BODY
         self._piece(body, more)

@@ -194,7 +194,7 @@ class _Spool:
 class WSGIApp:
     """A WSGI application served by the core (an `App`). See the module docstring."""
 
-    __slots__ = ("_base", "_root", "app", "spool_threshold")
+    __slots__ = ("_base", "_root", "_targets", "app", "spool_threshold")
 
     def __init__(
         self,
@@ -222,6 +222,8 @@ class WSGIApp:
             "wsgi.input_terminated": True,
             "wsgi.file_wrapper": FileWrapper,
         }
+        self._targets: dict[bytes, tuple[str, str]] = {}
+        """Request targets to their (PATH_INFO, QUERY_STRING): clients repeat theirs (bounded)."""
 
     def __call__(self, request: Request) -> _Exchange:
         return _Exchange(self, request)
@@ -234,20 +236,15 @@ class WSGIApp:
             method = request.method.decode("latin-1")
             if len(_METHODS) < _CACHE_MAX:
                 _METHODS[request.method] = method
-        path, _, query = request.target.partition(b"?")
-        if path[:1] != b"/" and path != b"*":  # absolute-form: drop scheme://authority
-            start = path.find(b"/", path.find(b"://") + 3) if b"://" in path else -1
-            path = path[start:] if start >= 0 else b"/"
-        path_info = (unquote_to_bytes(path) if path.find(b"%") >= 0 else path).decode("latin-1")
-        root = self._root
-        if root and path_info.startswith(root) and path_info[len(root) : len(root) + 1] in ("", "/"):
-            path_info = path_info[len(root) :]
+        target = request.target
+        path_and_query = self._targets.get(target)
+        if path_and_query is None:
+            path_and_query = self._path_and_query(target)
         version = request.http_version
         scheme = request.scheme
         environ = self._base.copy()  # a copy of a dict's table: cheaper than a display with **
         environ["REQUEST_METHOD"] = method
-        environ["QUERY_STRING"] = query.decode("latin-1")
-        environ["PATH_INFO"] = path_info
+        environ["PATH_INFO"], environ["QUERY_STRING"] = path_and_query
         environ["SERVER_PROTOCOL"] = "HTTP/1.1" if version == b"1.1" else "HTTP/" + version.decode("latin-1")
         environ["wsgi.url_scheme"] = scheme
         environ["wsgi.input"] = body
@@ -268,12 +265,10 @@ class WSGIApp:
             environ.pop("HTTP_TRANSFER_ENCODING", None)
             environ["CONTENT_LENGTH"] = str(body_size)
         if host:
-            if host[:1] == "[":  # an IPv6 literal
-                end = host.find("]") + 1
-                name_part, port = host[:end], host[end + 1 :]
-            else:
-                name_part, _, port = host.partition(":")
-            environ["SERVER_NAME"] = name_part
+            name_and_port = _HOSTS.get(host)
+            if name_and_port is None:
+                name_and_port = _host_parts(host)
+            environ["SERVER_NAME"], port = name_and_port
             environ["SERVER_PORT"] = port or ("443" if scheme == "https" else "80")
         else:
             server = request.server
@@ -287,6 +282,39 @@ class WSGIApp:
             environ["REMOTE_ADDR"] = client[0]
             environ["REMOTE_PORT"] = str(client[1])
         return environ
+
+    def _path_and_query(self, target: bytes) -> tuple[str, str]:
+        """(PATH_INFO, QUERY_STRING) for a request target, remembered (see `_targets`)."""
+        path, _, query = target.partition(b"?")
+        if path[:1] != b"/" and path != b"*":  # absolute-form: drop scheme://authority
+            start = path.find(b"/", path.find(b"://") + 3) if b"://" in path else -1
+            path = path[start:] if start >= 0 else b"/"
+        path_info = (unquote_to_bytes(path) if path.find(b"%") >= 0 else path).decode("latin-1")
+        root = self._root
+        if root and path_info.startswith(root) and path_info[len(root) : len(root) + 1] in ("", "/"):
+            path_info = path_info[len(root) :]
+        result = path_info, query.decode("latin-1")
+        targets = self._targets
+        if len(targets) >= _CACHE_MAX:
+            targets.clear()
+        targets[target] = result
+        return result
+
+
+_HOSTS: dict[str, tuple[str, str]] = {}
+"""Host values to (SERVER_NAME, the port given or "") (bounded like _METHODS)."""
+
+
+def _host_parts(host: str) -> tuple[str, str]:
+    if host[:1] == "[":  # an IPv6 literal
+        end = host.find("]") + 1
+        parts = host[:end], host[end + 1 :]
+    else:
+        name, _, port = host.partition(":")
+        parts = name, port
+    if len(_HOSTS) < _CACHE_MAX:
+        _HOSTS[host] = parts
+    return parts
 
 
 class _Exchange:
@@ -431,7 +459,7 @@ class _Call:
                 file = result.file_body(self.content_length)
                 if file is not None:
                     owned = True  # the core closes the file
-                    return Response(self.status, self._without_length(), file)
+                    return Response(self.status, self._without, file)
             if type(result) is list or type(result) is tuple:
                 whole = b"".join(result)
                 if not self.status:
@@ -470,7 +498,7 @@ class _Call:
             return _INTERNAL_ERROR
         finally:
             if not owned:
-                self.close_input()
+                self._input.close()
                 if close is not None:
                     try:
                         close()
@@ -492,12 +520,9 @@ class _Call:
         if length is None:
             return Response(self.status, self.headers, body)
         if length == len(body):
-            return Response(self.status, self._without_length(), body)
+            return Response(self.status, self._without, body)
         # Declared more (or less) than given: the core frames by the app's Content-Length.
         return Response(self.status, self.headers, _Stream(self, iter((body,)), None, b""))
-
-    def _without_length(self) -> tuple[tuple[bytes, bytes], ...]:
-        return self._without
 
     def take_written(self) -> BinaryIO | None:
         spool = self._spool

@@ -106,7 +106,8 @@ class Closing:
         self.reason = reason
 
 
-Message = Start | Piece | Trailers | Finish | Accept | Outgoing | Closing
+Message = Start | Piece | Trailers | Finish | Accept | Outgoing | Closing | Response
+"""A Response itself is a whole response: head and `bytes` body (`Channel.send_response`)."""
 
 _FINISHED: Final = Finish(None)
 """What every task that returned posts (messages are only read): one instance serves them all."""
@@ -122,6 +123,8 @@ class Channel:
     __slots__ = (
         "_body",
         "_body_complete",
+        "_body_in",
+        "_body_out",
         "_core_waiting",
         "_messages",
         "_messages_in",
@@ -144,8 +147,14 @@ class Channel:
     def __init__(self, wake: Callable[[], None]) -> None:
         self._wake = wake
         self._outbox: deque[Message] = deque()
-        self._body: deque[bytes] = deque()
+        # Made by the core with the first bytes (a deque costs more to make than all else
+        # here, and most requests have no body).
+        self._body: deque[bytes] | None = None
         self._body_complete = False
+        # Body bytes put (by the core) and taken (by the task): one writer each, so their
+        # difference, what is read ahead, needs no lock and no sum over the pieces.
+        self._body_in = 0
+        self._body_out = 0
         self._wants_body = False
         self._core_waiting = False
         self._posted = 0
@@ -161,7 +170,7 @@ class Channel:
         """Set by the task's side; the core calls it whenever the attributes above or the
         body change, on the connection's thread."""
         # WebSockets: messages received, and their sizes counted in (core) and out (task).
-        self._messages: deque[str | bytes] = deque()
+        self._messages: deque[str | bytes] | None = None  # made by the core with the first one
         self._messages_in = 0
         self._messages_out = 0
         self._read_paused = 0  # the core stopped reading until this many are buffered or fewer
@@ -181,13 +190,16 @@ class Channel:
         body = self._body
         if body:
             data = body.popleft() if len(body) == 1 else b"".join([body.popleft() for _ in range(len(body))])
+            self._body_out += len(data)
             return data, not (self._body_complete and not body)
         if self._body_complete or self.gone:
+            if self._body:  # the last bytes came with the end, since the look above
+                return self.receive()
             return b"", False
         if not self._wants_body:  # asked once, until the core hands over some
             self._wants_body = True
             self._post_wake()
-        if body or self._body_complete:  # arrived meanwhile
+        if self._body or self._body_complete:  # arrived meanwhile
             return self.receive()
         return None
 
@@ -198,6 +210,17 @@ class Channel:
         if self._core_waiting:  # _post_wake, inline: the posts of every response
             self._core_waiting = False
             self._wake()
+
+    def send_response(self, response: Response) -> int:
+        """Post a whole response at once: its head and its `bytes` body as the last piece (the
+        usual case, one body message), taken by the core in one step. The same as `start`
+        then `send(response.body, more=False)`, and a ticket as from `send`."""
+        self._posted = posted = self._posted + 1
+        self._outbox.append(response)
+        if self._core_waiting:
+            self._core_waiting = False
+            self._wake()
+        return posted
 
     def send(self, data: bytes | FileBody, *, more: bool) -> int:
         """Post a piece of the body; returns a ticket: it has left once `delivered` >= ticket."""
@@ -281,14 +304,18 @@ class Channel:
 
     def put_body(self, data: bytes, complete: bool) -> None:
         if data:
-            self._body.append(data)
+            body = self._body
+            if body is None:
+                body = self._body = deque()
+            body.append(data)
+            self._body_in += len(data)
         if complete:
             self._body_complete = True
         self._wants_body = False
 
     def buffered(self) -> int:
         """Body bytes read ahead that the task has not taken yet."""
-        return sum(len(piece) for piece in self._body)
+        return self._body_in - self._body_out
 
     def mark_delivered(self, count: int) -> None:
         self.delivered += count
@@ -312,7 +339,10 @@ class Channel:
     # WebSockets (the core's side)
 
     def put_message(self, data: str | bytes) -> None:
-        self._messages.append(data)
+        messages = self._messages
+        if messages is None:
+            messages = self._messages = deque()
+        messages.append(data)
         self._messages_in += len(data) + MESSAGE_OVERHEAD
 
     def messages_buffered(self) -> int:

@@ -92,11 +92,13 @@ class Stream(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Response:
     """A final response. The core adds the framing headers (Content-Length, Connection).
 
     With a `Stream` body the handler's Content-Length, if any, frames it (see `Stream`).
+    Read-only by contract, but not frozen (as `Request`): handlers build one per request,
+    and a frozen dataclass costs twice as much to build.
     """
 
     status: int

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import trio
 
 from handlers.asgi import ASGI3App, ASGIApp
-from protocol import Channel, FileBody, Request, Session
+from protocol import Channel, FileBody, Request, Response, Session
 from protocol.channel import Finish, Message, Piece, Start, Trailers
 
 RUNTIMES = ["trio", "asyncio", "asyncio-thread"]
@@ -50,6 +50,8 @@ class Outcome:
     finished: bool = False
     error: BaseException | None = None
     finish_count: int = 0
+    whole: bool = False
+    """The head came with its last piece (`Channel.send_response`): recorded as a Start then a Piece."""
 
     @property
     def start(self) -> Start:
@@ -121,6 +123,11 @@ class Driver:
         self.rounds += 1
         channel = self.channel
         while (message := channel.next_message()) is not None:
+            if isinstance(message, Response):
+                self.outcome.whole = True
+                assert isinstance(message.body, bytes)
+                self.outcome.messages.append(Start(message, False))
+                message = Piece(message.body, False)
             self.outcome.messages.append(message)
             if isinstance(message, Piece):
                 self.undelivered += 1

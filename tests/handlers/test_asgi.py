@@ -46,6 +46,7 @@ def test_a_minimal_app_posts_start_and_one_last_piece(runtime: str) -> None:
     assert list(outcome.start.response.headers) == [(b"content-length", b"3")]
     assert not outcome.start.trailers
     assert [(p.data, p.more) for p in outcome.pieces] == [(b"hi!", False)]
+    assert outcome.whole  # posted together, for the core to take in one step
     assert outcome.finish_count == 1 and outcome.error is None
 
 

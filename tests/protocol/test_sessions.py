@@ -6,6 +6,7 @@ loop) whenever they would wait; the Driver resumes them whenever the core would 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
@@ -99,6 +100,58 @@ def test_a_content_length_from_the_app_frames_the_body() -> None:
     d.feed(get())
     response = parse_one(bytes(d.output))
     assert (response.body, response.header(b"content-length")) == (b"hello", b"5")
+
+
+def whole(status: int = 200, body: bytes = b"hello", headers: tuple[tuple[bytes, bytes], ...] = ()) -> Script:
+    async def script(channel: Channel) -> None:
+        await sent(channel, channel.send_response(Response(status, headers, body)))
+        channel.finish()
+
+    return script
+
+
+def test_a_whole_response_posted_at_once_is_served_as_head_then_last_piece() -> None:
+    app = SessionApp(whole(headers=((b"Content-Length", b"5"),)))
+    d = Driver(app)
+    d.feed(get() + get(method=b"HEAD") + get())
+    first, head, third = parse(bytes(d.output), [b"GET", b"HEAD", b"GET"])
+    assert (first.status, first.body, first.header(b"content-length")) == (200, b"hello", b"5")
+    assert (head.body, head.header(b"content-length")) == (b"", b"5")
+    assert third.body == b"hello"
+    assert not d.closed
+    assert [channel.delivered for channel in app.channels] == [1, 1, 1]
+    assert all(channel.done for channel in app.channels)
+
+
+def test_a_whole_response_is_framed_and_checked_as_pieces_are() -> None:
+    d = Driver(SessionApp(whole()))
+    d.feed(get())
+    response = parse_one(bytes(d.output))
+    assert (response.body, response.header(b"transfer-encoding")) == (b"hello", b"chunked")
+    short = Driver(SessionApp(whole(headers=((b"Content-Length", b"9"),))))
+    short.feed(get() + get())
+    assert short.closed  # its Content-Length promised more: cut, as for a last piece
+    assert not bytes(short.output).endswith(b"hello\r\n0\r\n\r\n")
+
+
+def test_body_bytes_put_with_the_end_while_the_task_looks_are_not_lost() -> None:
+    # The core's thread runs put_body(data, True) between the task's look at the body
+    # (empty) and its look at the end: the task must still get the bytes.
+    channel = Channel(lambda: None)
+
+    class Racing(deque[bytes]):
+        looked = False
+
+        def __len__(self) -> int:
+            if not Racing.looked:
+                Racing.looked = True
+                channel.put_body(b"last", True)  # appends to this deque, then marks the end
+                return 0  # what the task saw before it
+            return super().__len__()
+
+    channel._body = Racing()
+    assert channel.receive() == (b"last", False)
+    assert channel.buffered() == 0
 
 
 def test_a_piece_counts_as_delivered_only_once_its_send_is_done() -> None:
