@@ -13,7 +13,6 @@ import contextlib
 import contextvars
 import math
 import os
-import random
 import signal
 import socket
 import threading
@@ -818,7 +817,6 @@ async def serve(
     sockets = bind(options) if sockets is None else sockets
     failure: Exception | None = None
     try:
-        _batches_in_order(True)
         server = TrioServer(app, config, options, ports(sockets))
         async with trio.open_nursery() as signals:
             if options.handle_signals:  # until the very end: a second signal cuts the grace period
@@ -830,45 +828,7 @@ async def serve(
                 failure = exc
             signals.cancel_scope.cancel()
     finally:
-        _batches_in_order(False)
         for sock in sockets:
             sock.close()
     if failure is not None:
         raise failure
-
-
-_in_order_lock = threading.Lock()
-_in_order_servers = 0  # serve() calls running (tests run several servers, each on a thread)
-
-
-def _batches_in_order(on: bool) -> None:
-    """While a server runs, have trio run each batch of tasks in the order they became
-    runnable (first come, first served, as asyncio's ready queue), instead of that order or
-    its reverse at random.
-
-    trio 0.35 (pinned) takes a batch of the runnable tasks per scheduler pass and reverses
-    it half the time (`if _r.random() < 0.5: batch.reverse()` in `unrolled_run`, so that no
-    code comes to rely on an order; `_r` serves nothing else but the clock's random offset).
-    Under load that order is the latency: a connection served early in one pass is served
-    late in the next as often as not, so with 50 busy connections a request waited from
-    almost nothing to two passes, and the 99th percentile was about twice the mean. Taking
-    the reversal every time keeps every task's place from one pass to the next. trio
-    promises no order either way; apps see one that is merely steady. Without that private
-    generator (another trio), this does nothing.
-    """
-    global _in_order_servers
-    generator = getattr(getattr(trio, "_core", None), "_run", None)
-    generator = getattr(generator, "_r", None)
-    if not isinstance(generator, random.Random):
-        return
-    with _in_order_lock:
-        _in_order_servers += 1 if on else -1
-        if _in_order_servers == (1 if on else 0):
-            if on:
-                generator.random = _always_reverse  # type: ignore[method-assign]
-            else:
-                del generator.random  # the class's own again
-
-
-def _always_reverse() -> float:
-    return 0.0
