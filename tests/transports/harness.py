@@ -20,6 +20,8 @@ from transports.options import ServerOptions
 TRANSPORTS = ["trio", "asyncio", "threads", "asyncio-uvloop"]
 """Transport ids: "asyncio-uvloop" is the asyncio transport on uvloop (an optional extra)."""
 TIMEOUT = 10.0
+GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+"""A keep-alive request for `/`."""
 
 
 def cli_args(transport: str) -> list[str]:
@@ -128,3 +130,19 @@ def read_until_close(sock: socket.socket) -> bytes:
         if not data:
             return b"".join(chunks)
         chunks.append(data)
+
+
+def read_response_body(sock: socket.socket) -> bytes:
+    """Read one response with a Content-Length from `sock`; its body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before a response"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return body

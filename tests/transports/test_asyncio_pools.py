@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -22,24 +21,7 @@ from transports import asyncio_server
 from transports.common import Step
 from transports.options import ServerOptions
 
-from .harness import running
-
-GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
-
-
-def _response(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, "closed before a response"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        body += sock.recv(65536)
-    return body
+from .harness import GET, read_response_body, running
 
 
 def _on_asyncio(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
@@ -238,9 +220,9 @@ def test_a_wsgi_app_that_blocks_stalls_no_other_connection(transport: str) -> No
         with server.connect() as fast:
             for _ in range(3):
                 fast.sendall(GET)
-                assert _response(fast) == b"ok"
+                assert read_response_body(fast) == b"ok"
         release.set()
-        assert _response(slow) == b"ok"
+        assert read_response_body(slow) == b"ok"
 
 
 @pytest.mark.parametrize("transport", ["asyncio", "asyncio-uvloop"])
@@ -269,7 +251,7 @@ def test_all_blocking_work_shares_the_threads_bound(transport: str, tmp_path: Pa
         for i, sock in enumerate(socks):
             sock.sendall(b"GET /file HTTP/1.1\r\nHost: x\r\n\r\n" if i % 2 else GET)
         for i, sock in enumerate(socks):
-            assert len(_response(sock)) == (1 << 20 if i % 2 else 2)
+            assert len(read_response_body(sock)) == (1 << 20 if i % 2 else 2)
             sock.close()
         workers = {t.name for t in threading.enumerate() if t.name.startswith("http-step")} - before
         assert 1 <= len(workers) <= 2

@@ -22,9 +22,7 @@ from protocol import Config, Request, Response
 from transports import thread_server
 from transports.options import ServerOptions
 
-from .harness import read_until_close, running
-
-GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+from .harness import GET, read_until_close, running
 
 
 def _workers() -> set[threading.Thread]:

@@ -5,7 +5,6 @@ pooled trio tasks, each in a context of its own)."""
 from __future__ import annotations
 
 import contextvars
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -18,25 +17,7 @@ from handlers.wsgi import WSGIApp
 from transports import trio_server
 from transports.options import ServerOptions
 
-from .harness import running
-
-GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
-
-
-def _response(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, "closed before a response"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        body += sock.recv(65536)
-    return body
-
+from .harness import GET, read_response_body, running
 
 # --- _StepPool ----------------------------------------------------------------------
 
@@ -152,9 +133,9 @@ def test_a_wsgi_app_that_blocks_stalls_no_other_connection() -> None:
         with server.connect() as fast:
             for _ in range(3):
                 fast.sendall(GET)
-                assert _response(fast) == b"ok"
+                assert read_response_body(fast) == b"ok"
         release.set()
-        assert _response(slow) == b"ok"
+        assert read_response_body(slow) == b"ok"
 
 
 # --- _AppRunner ---------------------------------------------------------------------
@@ -177,7 +158,7 @@ def test_each_asgi_request_runs_in_a_context_of_its_own() -> None:
         for path in (b"/a", b"/b", b"/c"):
             for sock in (one, two):
                 sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-                assert _response(sock) == b"ok"
+                assert read_response_body(sock) == b"ok"
     assert seen == ["unset"] * 6
 
 
@@ -199,7 +180,7 @@ def test_parked_runners_are_not_more_than_the_connections() -> None:
             socks = [server.connect() for _ in range(5)]
             for sock in socks:
                 sock.sendall(GET)
-                assert _response(sock) == b"ok"
+                assert read_response_body(sock) == b"ok"
             time.sleep(0.1)
             assert 1 <= len(servers[0]._runners) <= 5
             for sock in socks:
@@ -229,14 +210,14 @@ def test_a_response_larger_than_the_socket_takes_is_sent_whole_then_the_next() -
         for _ in range(2):
             sock.sendall(GET)
             time.sleep(0.2)  # the runner's send fills the buffer before the client reads
-            assert _response(sock) == body
+            assert read_response_body(sock) == body
 
 
 def test_app_tasks_that_answer_at_once_or_later_pipelined_or_not_are_answered_in_order() -> None:
     with running("trio", ASGIApp(_answer(b"ok"))) as server, server.connect() as sock:
         for path in (b"/", b"/later", b"/", b"/later"):
             sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert _response(sock) == b"ok"
+            assert read_response_body(sock) == b"ok"
         # pipelined: the runner of the first finds the second request's task next, not a send
         sock.sendall((GET + b"GET /later HTTP/1.1\r\nHost: x\r\n\r\n" + GET) * 2)
         data = b""
@@ -260,4 +241,4 @@ def test_a_wsgi_response_larger_than_the_socket_takes_is_sent_whole_then_the_nex
         for _ in range(2):
             sock.sendall(GET)
             time.sleep(0.2)
-            assert _response(sock) == body
+            assert read_response_body(sock) == body
