@@ -35,7 +35,7 @@ The rules, each with the reason where it is a choice (docs/asgi.md has the long 
 - Errors: an exception before the first body message → 500; after → the connection is
   cut; returning without completing the response → the same. Logged with a traceback in
   which the request's credentials (Authorization, Proxy-Authorization, Cookie values) are
-  replaced by `[redacted]`. `channel.finish()` is called exactly once, last.
+  replaced by `<redacted>`. `channel.finish()` is called exactly once, last.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
 from protocol import Channel, FileBody, Request, Response
+from protocol.redaction import redact_values
 
 from .notify import Notifier, notifier
 
@@ -75,7 +76,6 @@ _METHODS: Final = {m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"D
 _VERSIONS: Final = {b"1.1": "1.1", b"1.0": "1.0"}
 _DISCONNECT: Final = {"type": "http.disconnect"}
 _NAME: Final = itemgetter(0)
-_CREDENTIALS: Final = (b"authorization", b"proxy-authorization", b"cookie")
 _C_OR_T: Final = frozenset((b"c", b"C", b"t", b"T"))
 """A set: bytes `in` bytes first tries its operand as an int, raising and clearing a TypeError."""
 
@@ -520,23 +520,4 @@ def log_failure(message: str, error: BaseException | None, request: Request, wha
         error_log.error("%s (%s)", message, what)
         return
     text = "".join(traceback.format_exception(error)).rstrip()
-    for secret in _secrets(request.headers):
-        text = text.replace(secret, "[redacted]")
-    error_log.error("%s\n%s", message, text)
-
-
-def _secrets(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
-    """The request's credential values as they may appear in a traceback, longest first."""
-    found: set[str] = set()
-    for name, value in headers:
-        if name not in _CREDENTIALS:
-            continue
-        text = value.decode("latin-1")
-        found.add(text)
-        if name == b"cookie":
-            for part in text.split(";"):
-                found.add(part.strip())
-                found.add(part.partition("=")[2].strip())
-        else:
-            found.add(text.partition(" ")[2].strip())  # the credentials after the scheme
-    return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
+    error_log.error("%s\n%s", message, redact_values(text, request.headers))

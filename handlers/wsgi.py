@@ -49,12 +49,14 @@ import os
 import stat
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import IO, Any, BinaryIO, Final, cast
 from urllib.parse import unquote_to_bytes
 
 from protocol import FileBody, Request, Response
+from protocol.redaction import redact_values
 
 __all__ = ["FileWrapper", "WSGIApp"]
 
@@ -444,10 +446,15 @@ class _Call:
         spool.write(data)
 
     def log_failure(self) -> None:
+        """Log the exception being handled, the request's credentials replaced wherever they
+        appear in its traceback (an exception message that quotes the environ, say)."""
         request = self._request
         path = request.target.partition(b"?")[0]
-        error_log.exception(
-            "WSGI app failed for %s %s", request.method.decode("latin-1"), path.decode("latin-1")
+        error_log.error(
+            "WSGI app failed for %s %s\n%s",
+            request.method.decode("latin-1"),
+            path.decode("latin-1"),
+            redact_values(traceback.format_exc().rstrip(), request.headers),
         )
 
     def response(self, result: Iterable[bytes]) -> Response:

@@ -45,15 +45,39 @@ def headers_repr(headers: object) -> str:
 
 
 def redact_values(text: str, headers: object) -> str:
-    """`text` (say, an error message about `headers`) without their credential fields' values."""
+    """`text` (an error message, an app's traceback) without the values of `headers`'
+    credential fields, in every form they may take there: whole (as bytes, as text, their
+    reprs), a cookie's parts and their values, the credentials after an auth scheme. Then
+    `redact_text`, for what names a credential field in `text` itself."""
     try:
-        for name, value in headers:  # type: ignore[attr-defined]
-            if bytes(name).lower() in SENSITIVE_FIELDS and value:
-                for form in (repr(value), repr(bytes(value)), bytes(value).decode("latin-1")):
-                    text = text.replace(form, "<redacted>")
+        secrets = _secrets(headers)
     except Exception:  # not headers at all: nothing of theirs to find
-        pass
+        secrets = []
+    for secret in secrets:
+        text = text.replace(secret, "<redacted>")
     return redact_text(text)
+
+
+def _secrets(headers: object) -> list[str]:
+    """The forms of `headers`' credential values, longest first (a repr before the text in
+    it); none shorter than 4 characters, which would blank out unrelated text."""
+    found: set[str] = set()
+    for name, value in headers:  # type: ignore[attr-defined]
+        name, value = bytes(name).lower(), bytes(value)
+        if name not in SENSITIVE_FIELDS or not value:
+            continue
+        text = value.decode("latin-1")
+        found.update((repr(value), repr(text), text))
+        if name == b"cookie":
+            parts = text.split(";")
+        elif name == b"set-cookie":
+            parts = text.split(";")[:1]  # the rest are attributes (Path, HttpOnly...)
+        else:
+            parts = [text.partition(" ")[2]]  # the credentials after the scheme
+        for part in parts:
+            found.add(part.strip())
+            found.add(part.partition("=")[2].strip())
+    return sorted((form for form in found if len(form) >= 4), key=len, reverse=True)
 
 
 def redact_text(text: str) -> str:

@@ -595,6 +595,25 @@ def test_error_before_the_start_is_a_500_logged_without_credentials(caplog: pyte
     assert "SECRET" not in caplog.text
 
 
+def test_credentials_an_app_quotes_in_its_exception_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    """The values themselves, not only `Name: value` forms: the token after the scheme, a
+    cookie's value, as an app's own message may quote them."""
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        token = environ["HTTP_AUTHORIZATION"].split()[1]
+        raise PermissionError(f"token {token} refused; cookie value {environ['HTTP_COOKIE'][2:]}")
+
+    request = make_request(
+        b"/x",
+        headers=[(b"host", b"h"), (b"authorization", b"Bearer tok-12345"), (b"cookie", b"s=cookie-6789")],
+    )
+    with caplog.at_level(logging.ERROR, logger="httpserver.error"):
+        response = call(app, request)
+    assert response.status == 500
+    assert "PermissionError: token <redacted> refused; cookie value <redacted>" in caplog.text
+    assert "tok-12345" not in caplog.text and "cookie-6789" not in caplog.text
+
+
 # --- wsgi.file_wrapper -----------------------------------------------------------------
 
 
