@@ -5,7 +5,9 @@ line such as `handler failed for %r` names the request without its credentials. 
 does the same to text already formatted (a traceback, an app's own message), for the forms in
 which header fields get printed: `Name: value` lines, and (name, value) pairs in reprs of
 tuples, lists and dicts, WSGI's `HTTP_NAME` keys included. The server's log formatter applies
-it to every line but the access log's, which holds no header values.
+it to every line but the access log's, which holds no header values. `redact_values` goes
+further where the headers are known (an app's traceback, the core's message about a bad
+response): it finds their credential values by value, whatever text surrounds them.
 """
 
 from __future__ import annotations
