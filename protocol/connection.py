@@ -1584,10 +1584,14 @@ def _target(request: Request | None) -> str:
 
 
 def _format_client(address: tuple[str, int] | None) -> str:
-    """host:port ([host]:port for IPv6) for the access log; "-" when unknown."""
+    """host:port ([host]:port for IPv6) for the access log; the host alone when the port is
+    unknown (0: a client a proxy named without one), as nginx's `$remote_addr`; "-" when
+    there is no address (a Unix socket's peer)."""
     if address is None:
         return "-"
     host, port = address
+    if not port:
+        return host
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
