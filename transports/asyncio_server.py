@@ -298,11 +298,7 @@ class _HttpProtocol(asyncio.Protocol):
                         self._server.room_wanted = False  # a client found no free slot: make room
                         conn.shutdown()
                         continue  # asked again, the core closes
-                    # `_wait`, inline (twice per request, as below)
-                    self._action = action
-                    deadline = self._deadline = action.deadline
-                    if deadline is not None and (self._timer is None or deadline < self._timer_at):
-                        self._arm(deadline)
+                    self._wait(action, action.deadline)
                     if not transport.is_reading():
                         transport.resume_reading()
                     return
@@ -334,10 +330,7 @@ class _HttpProtocol(asyncio.Protocol):
                         self._broken = True
                         conn.connection_lost(now)
                         continue
-                    self._action = action
-                    deadline = self._deadline = action.deadline
-                    if deadline is not None and (self._timer is None or deadline < self._timer_at):
-                        self._arm(deadline)
+                    self._wait(action, action.deadline)
                     if not transport.is_reading():  # else `_watch` has nothing to do
                         self._watch()
                     return
@@ -697,12 +690,7 @@ class AsyncioServer:
         together."""
         woken, self.woken = self.woken, []
         for protocol in woken:
-            # `_HttpProtocol._on_wake`, inline: once per request
-            protocol._wake_scheduled = False
-            kind = type(protocol._action)
-            if not protocol._done and (kind is Receive or kind is Wait):
-                protocol._action = None
-                protocol._pump()
+            protocol._on_wake()
 
     def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
         """Start an app task on the loop; it is kept until it ends, under `task` (the core's
