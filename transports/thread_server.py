@@ -328,7 +328,7 @@ class ThreadServer:
                     # (the worker tries again and parks it again).
                     polled_object.armed = 0  # one-shot: the event disarmed it
                     if polled_object.parked:
-                        self._unpark(polled_object)  # one-shot: the event disarmed it
+                        self._unpark(polled_object)
                         self._dispatch(polled_object)
                 elif polled_object is self._wake_reader:
                     self._take_messages()
@@ -460,9 +460,8 @@ class ThreadServer:
             connection = woken.get()
             # Else it was not parked then (it sees the flag before it parks), or its
             # worker gave the wait up since (the flag is down).
-            if connection.woken and connection.parked and type(connection.action) in _WAKEABLE:
-                self._unpark(connection)
-                self._dispatch(connection)
+            if connection.woken:
+                self._end_parked_wait(connection)
 
     def _make_room(self, connection: _Connection) -> None:
         """Close `connection`, which waits for a request, for a client that found no slot."""
@@ -645,11 +644,16 @@ class ThreadServer:
             self._notify_reactor()
             return
         try:
-            if connection.parked and type(connection.action) in _WAKEABLE:
-                self._unpark(connection)
-                self._dispatch(connection)
+            self._end_parked_wait(connection)
         finally:
             lot.release()
+
+    def _end_parked_wait(self, connection: _Connection) -> None:
+        """A woken connection parked for a `Receive` or a `Wait` goes to a worker, which
+        gives the wait up and asks the core again (the lot held)."""
+        if connection.parked and type(connection.action) in _WAKEABLE:
+            self._unpark(connection)
+            self._dispatch(connection)
 
     # --- app tasks ----------------------------------------------------------------------
 
