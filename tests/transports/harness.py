@@ -8,6 +8,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -146,3 +147,24 @@ def read_response_body(sock: socket.socket) -> bytes:
     while len(body) < length:
         body += sock.recv(65536)
     return body
+
+
+class StepCounter:
+    """A blocking step (`step`, 10 ms, returns 7) that records how many ran at once at most
+    (`peak`) and on which threads (`threads`): for the step pools' bound."""
+
+    def __init__(self) -> None:
+        self.threads: set[str] = set()
+        self.peak = 0
+        self._running = 0
+        self._lock = threading.Lock()
+
+    def step(self) -> int:
+        with self._lock:
+            self._running += 1
+            self.peak = max(self.peak, self._running)
+        time.sleep(0.01)
+        self.threads.add(threading.current_thread().name)
+        with self._lock:
+            self._running -= 1
+        return 7

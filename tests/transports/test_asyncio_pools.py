@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 
 from handlers.wsgi import WSGIApp
-from protocol import App
 from transports import asyncio_server
 from transports.common import Step
 from transports.options import ServerOptions
 
-from .harness import GET, read_response_body, running
+from .harness import GET, StepCounter, read_response_body, running
 
 
 def _on_asyncio(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
@@ -41,29 +40,16 @@ def _pool(size: int) -> asyncio_server._StepPool:
 @_on_asyncio
 async def test_steps_run_on_at_most_size_threads_and_raise_what_they_raise() -> None:
     pool = _pool(2)
-    threads: set[str] = set()
-    running_now = peak = 0
-    lock = threading.Lock()
-
-    def step() -> int:
-        nonlocal running_now, peak
-        with lock:
-            running_now += 1
-            peak = max(peak, running_now)
-        time.sleep(0.01)
-        threads.add(threading.current_thread().name)
-        with lock:
-            running_now -= 1
-        return 7
+    counter = StepCounter()
 
     def fails() -> None:
         raise ValueError("from the step")
 
     try:
-        results = await asyncio.gather(*(pool.run(step) for _ in range(10)))
+        results = await asyncio.gather(*(pool.run(counter.step) for _ in range(10)))
         assert results == [7] * 10
-        assert peak <= 2 and 1 <= len(threads) <= 2
-        assert all(name.startswith("http-step") for name in threads)
+        assert counter.peak <= 2 and 1 <= len(counter.threads) <= 2
+        assert all(name.startswith("http-step") for name in counter.threads)
         with pytest.raises(ValueError, match="from the step"):
             await pool.run(fails)
     finally:
@@ -194,35 +180,6 @@ def test_the_steps_done_meanwhile_come_back_in_one_loop_callback() -> None:
     finally:
         pool.close()
         loop.close()
-
-
-def _blocking_app() -> tuple[App, threading.Event]:
-    release = threading.Event()
-
-    def app(environ: dict[str, object], start_response: Callable[..., object]) -> Iterable[bytes]:
-        if environ["PATH_INFO"] == "/slow":
-            release.wait(10)
-        start_response("200 OK", [("Content-Length", "2")])
-        return [b"ok"]
-
-    return WSGIApp(app), release
-
-
-@pytest.mark.parametrize("transport", ["asyncio", "asyncio-uvloop"])
-def test_a_wsgi_app_that_blocks_stalls_no_other_connection(transport: str) -> None:
-    if transport == "asyncio-uvloop":
-        pytest.importorskip("uvloop")
-    app, release = _blocking_app()
-    options = ServerOptions(port=0, threads=2)
-    with running(transport, app, options=options) as server, server.connect() as slow:
-        slow.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-        time.sleep(0.1)
-        with server.connect() as fast:
-            for _ in range(3):
-                fast.sendall(GET)
-                assert read_response_body(fast) == b"ok"
-        release.set()
-        assert read_response_body(slow) == b"ok"
 
 
 @pytest.mark.parametrize("transport", ["asyncio", "asyncio-uvloop"])

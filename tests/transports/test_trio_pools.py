@@ -15,28 +15,15 @@ import trio
 from handlers.asgi import ASGIApp
 from handlers.wsgi import WSGIApp
 from transports import trio_server
-from transports.options import ServerOptions
 
-from .harness import GET, read_response_body, running
+from .harness import GET, StepCounter, read_response_body, running
 
 # --- _StepPool ----------------------------------------------------------------------
 
 
 async def test_steps_run_on_at_most_size_threads_and_raise_what_they_raise() -> None:
     pool = trio_server._StepPool(2, trio.lowlevel.current_trio_token())
-    threads: set[str] = set()
-    running_now = peak = 0
-    lock = threading.Lock()
-
-    def step() -> None:
-        nonlocal running_now, peak
-        with lock:
-            running_now += 1
-            peak = max(peak, running_now)
-        time.sleep(0.01)
-        threads.add(threading.current_thread().name)
-        with lock:
-            running_now -= 1
+    counter = StepCounter()
 
     def fails() -> None:
         raise ValueError("from the step")
@@ -44,9 +31,9 @@ async def test_steps_run_on_at_most_size_threads_and_raise_what_they_raise() -> 
     try:
         async with trio.open_nursery() as nursery:
             for _ in range(10):
-                nursery.start_soon(pool.run, step)
-        assert peak <= 2 and 1 <= len(threads) <= 2
-        assert all(name.startswith("trio-step-worker") for name in threads)
+                nursery.start_soon(pool.run, counter.step)
+        assert counter.peak <= 2 and 1 <= len(counter.threads) <= 2
+        assert all(name.startswith("trio-step-worker") for name in counter.threads)
         with pytest.raises(ValueError, match="from the step"):
             await pool.run(fails)
     finally:
@@ -115,27 +102,6 @@ async def test_a_step_runs_in_a_copy_of_the_pools_context_without_sniffio_set() 
         pool.close()
     assert seen == ["server", None, "server", None]
     assert var.get() == "server"
-
-
-def test_a_wsgi_app_that_blocks_stalls_no_other_connection() -> None:
-    release = threading.Event()
-
-    def app(environ: dict[str, object], start_response: Callable[..., object]) -> Iterable[bytes]:
-        if environ["PATH_INFO"] == "/slow":
-            release.wait(10)
-        start_response("200 OK", [("Content-Length", "2")])
-        return [b"ok"]
-
-    options = ServerOptions(port=0, threads=2)
-    with running("trio", WSGIApp(app), options=options) as server, server.connect() as slow:
-        slow.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-        time.sleep(0.1)
-        with server.connect() as fast:
-            for _ in range(3):
-                fast.sendall(GET)
-                assert read_response_body(fast) == b"ok"
-        release.set()
-        assert read_response_body(slow) == b"ok"
 
 
 # --- _AppRunner ---------------------------------------------------------------------
