@@ -5,6 +5,7 @@ pooled trio tasks, each in a context of its own)."""
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -14,7 +15,9 @@ import trio
 
 from handlers.asgi import ASGIApp
 from handlers.wsgi import WSGIApp
+from protocol import Config
 from transports import trio_server
+from transports.options import ServerOptions
 
 from .harness import GET, StepCounter, read_response_body, running
 
@@ -208,3 +211,44 @@ def test_a_wsgi_response_larger_than_the_socket_takes_is_sent_whole_then_the_nex
             sock.sendall(GET)
             time.sleep(0.2)
             assert read_response_body(sock) == body
+
+
+async def test_responses_go_out_at_the_end_of_a_batch_through_a_hook_that_serve_removes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An app task that answers in its first step has its response sent by the server's
+    `_Flush` instrument once the scheduler's batch is over; the hook is there while the
+    server runs only (an embedder's trio run is left as it was)."""
+    helped: list[bool] = []  # per help: whether it ran in the server's hook
+    in_hook = False
+    original = trio_server._Connection.help
+
+    def help(self: trio_server._Connection, now: float) -> None:
+        helped.append(in_hook)
+        original(self, now)
+
+    class Around(trio.abc.Instrument):  # sees each batch's end before the server's hook
+        def before_io_wait(self, timeout: float) -> None:
+            nonlocal in_hook
+            in_hook = True
+
+        def after_io_wait(self, timeout: float) -> None:
+            nonlocal in_hook
+            in_hook = False
+
+    monkeypatch.setattr(trio_server._Connection, "help", help)
+    trio.lowlevel.add_instrument(Around())
+    serve = functools.partial(trio_server.serve, ASGIApp(_answer(b"ok")), Config(), ServerOptions(port=0))
+    async with trio.open_nursery() as nursery:
+        server: trio_server.TrioServer = await nursery.start(serve)
+        stream = await trio.open_tcp_stream("127.0.0.1", server.ports[0])
+        for _ in range(3):
+            await stream.send_all(GET)
+            data = b""
+            while not data.endswith(b"\r\n\r\nok"):
+                data += await stream.receive_some()
+        await stream.aclose()
+        server.shutdown()
+    assert helped == [True] * 3  # each response, sent by the hook
+    with pytest.raises(KeyError):  # not there any more: serve removed it
+        trio.lowlevel.remove_instrument(server._flush)
