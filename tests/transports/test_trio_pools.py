@@ -8,6 +8,7 @@ import contextvars
 import functools
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable
 
 import pytest
@@ -252,3 +253,24 @@ async def test_responses_go_out_at_the_end_of_a_batch_through_a_hook_that_serve_
     assert helped == [True] * 3  # each response, sent by the hook
     with pytest.raises(KeyError):  # not there any more: serve removed it
         trio.lowlevel.remove_instrument(server._flush)
+
+
+async def test_the_hook_sends_from_both_ends_of_its_list_inward() -> None:
+    """The connections' tasks resume in the order they were rescheduled in or its reverse
+    (trio's pick): the first responses out are those of the first to resume either way."""
+    order: list[int] = []
+
+    class Fake:
+        def __init__(self, number: int) -> None:
+            self.number = number
+            self.task = types.SimpleNamespace(context=contextvars.copy_context())
+
+        def help(self, now: float) -> None:
+            order.append(self.number)
+
+    for count, expected in ((0, []), (1, [0]), (4, [0, 3, 1, 2]), (5, [0, 4, 1, 3, 2])):
+        helps: list[trio_server._Connection] = [Fake(n) for n in range(count)]  # type: ignore[misc]
+        order.clear()
+        trio_server._Flush(helps).before_io_wait(0)
+        assert order == expected
+        assert helps == []
