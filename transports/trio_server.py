@@ -234,11 +234,10 @@ class _AppRunner:
 class _Flush(trio.abc.Instrument):
     """Acts for the connections whose app task answered in its first step in this batch
     (`_Connection.help`), once the batch is over: before their tasks, rescheduled
-    meanwhile, resume in the next. Sending the responses of a
-    batch in a row, rather than each amid other tasks' work, cost about 10% less CPU per
-    minimal ASGI request (7-12% side by side with sending from the runner). The hook
-    (`before_io_wait`, public API) runs once per scheduler pass, between batches; no
-    per-step hook is added."""
+    meanwhile, resume in the next. Sending the responses of a batch in a row, rather
+    than each amid other tasks' work, cost about 10% less CPU per minimal ASGI request
+    (7-12% side by side with sending from the runner). The hook (`before_io_wait`,
+    public API) runs once per scheduler pass, between batches; no per-step hook is added."""
 
     __slots__ = ("helps", "now")
 
@@ -255,7 +254,7 @@ class _Flush(trio.abc.Instrument):
         # `helps`, or its reverse (trio picks at random). Sent from both ends inward, the
         # first responses out are those of the tasks that resume first either way: their
         # clients have had the most time to send the next request when they try to read
-        # it (one that is not there yet costs a wait for readability and a batch more).
+        # it (one that is not there yet costs the task a batch more).
         helps = self.helps
         if helps:
             now = self.now()
