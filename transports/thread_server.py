@@ -281,6 +281,7 @@ class ThreadServer:
         monotonic = time.monotonic
         grace_end = cleanup_end = math.inf
         polled = self._polled
+        ready = self._ready
         while True:
             now = monotonic()
             if self._stopping and grace_end == math.inf:
@@ -327,9 +328,12 @@ class ThreadServer:
                     # parked again earlier in this batch: a spurious wake-up, harmless
                     # (the worker tries again and parks it again).
                     polled_object.armed = 0  # one-shot: the event disarmed it
-                    if polled_object.parked:
-                        self._unpark(polled_object)
-                        self._dispatch(polled_object)
+                    if polled_object.parked:  # `_unpark` and `_dispatch`, inline (every request)
+                        if polled_object.events == _SLEEP:
+                            self._sleeping.discard(polled_object)
+                        polled_object.parked = False
+                        self._busy += 1
+                        ready.put(polled_object)
                 elif polled_object is self._wake_reader:
                     self._take_messages()
                 else:
@@ -573,9 +577,11 @@ class ThreadServer:
     def _work(self) -> None:
         """A worker: serve connections from the queue until told to stop (None)."""
         ready = self._ready
+        lot = self._lot
         while (connection := ready.get()) is not None:
             try:
-                outcome = self._serve(connection)
+                conn = connection.conn
+                outcome = self._serve(connection) if conn is None else self._drive(connection, conn)
             except BaseException:  # even SystemExit from a handler: the worker must go on
                 error_log.exception("connection from %s failed", format_peer(connection.client))
                 self._abandon(connection)
@@ -585,11 +591,11 @@ class ThreadServer:
                 continue
             if outcome == _OVER:
                 self._close(connection)
-            elif self._lot.acquire(blocking=False):  # the reactor waits in epoll
+            elif lot.acquire(False):  # not blocking: the reactor waits in epoll
                 try:
                     parked = self._park_here(connection)
                 finally:
-                    self._lot.release()
+                    lot.release()
                 if parked:
                     continue
             self._hand_back(connection)
@@ -785,13 +791,22 @@ class ThreadServer:
                 if type(action) is Receive:
                     if answered:
                         answered = False
-                        if not connection.woken:
-                            return self._wait_for(connection, action, _READ)
+                        if not connection.woken:  # `_wait_for`, inline (every request)
+                            connection.action = action
+                            connection.events = _READ
+                            connection.deadline = action.deadline
+                            return _WAIT
                         connection.woken = False  # give the wait up: ask again
                     else:
                         conn.receive_data(sock.recv(RECEIVE_SIZE), monotonic())
                 elif type(action) is Send:
-                    self._send_out(connection)
+                    out = connection.out
+                    sent = sock.send(out) if out else 0  # the usual whole send, inline
+                    if sent == len(out):
+                        connection.out = b""
+                    else:
+                        connection.out = memoryview(out)[sent:]
+                        self._send_out(connection)
                     answered = not connection.tls
                 elif type(action) is SendFile:
                     self._send_file(connection, action)
