@@ -119,6 +119,8 @@ _ONESHOT: Final = select.EPOLLONESHOT
 _TURN: Final = 0.01
 """Seconds a worker drives one connection that never waits before serving others waiting."""
 _YIELD_BEFORE: Final = (Receive, Send, SendFile)
+"""Where a connection may give its worker up. Not a Run step nor Close: after a cut, those
+come next, and the cut (no TLS close_notify) is a local of `_drive`."""
 _SWITCH_INTERVAL: Final = 0.001
 """Seconds a thread that wants the GIL waits at most before it makes its holder hand it over,
 while a server runs (Python's default is 0.005; see `_faster_switching`)."""
@@ -127,8 +129,6 @@ _WAKEABLE: Final = (Receive, Wait)
 _SLEEP: Final = 0
 """`events` of a connection parked only on its deadline and `wake` (a `Wait` whose peer
 sent more: there is nothing left to watch for)."""
-"""Where a connection may give its worker up. Not a Run step nor Close: after a cut, those
-come next, and the cut (no TLS close_notify) is a local of `_drive`."""
 
 # What a worker does with a connection once it stops driving it.
 _WAIT: Final = "wait"  # back to the reactor, to wait for `events` until `deadline`
