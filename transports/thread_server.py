@@ -40,6 +40,9 @@ readability without peeking first (the app usually answers before); readable, a 
 peeks: the peer leaving ends it at once, bytes waiting park it on its deadline and wake
 only. A watched `Run` step runs inline, unwatched; the socket is peeked at once it has
 returned.
+
+While a server runs, the GIL's switch interval is at most 1 ms instead of Python's 5 ms
+(`_faster_switching`; process-wide): a thread handed work waits less for the GIL.
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ import queue
 import select
 import signal
 import socket
+import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -115,13 +119,16 @@ _ONESHOT: Final = select.EPOLLONESHOT
 _TURN: Final = 0.01
 """Seconds a worker drives one connection that never waits before serving others waiting."""
 _YIELD_BEFORE: Final = (Receive, Send, SendFile)
+"""Where a connection may give its worker up. Not a Run step nor Close: after a cut, those
+come next, and the cut (no TLS close_notify) is a local of `_drive`."""
+_SWITCH_INTERVAL: Final = 0.001
+"""Seconds a thread that wants the GIL waits at most before it makes its holder hand it over,
+while a server runs (Python's default is 0.005; see `_faster_switching`)."""
 _WAKEABLE: Final = (Receive, Wait)
 """The waits that `wake` ends."""
 _SLEEP: Final = 0
 """`events` of a connection parked only on its deadline and `wake` (a `Wait` whose peer
 sent more: there is nothing left to watch for)."""
-"""Where a connection may give its worker up. Not a Run step nor Close: after a cut, those
-come next, and the cut (no TLS close_notify) is a local of `_drive`."""
 
 # What a worker does with a connection once it stops driving it.
 _WAIT: Final = "wait"  # back to the reactor, to wait for `events` until `deadline`
@@ -281,6 +288,7 @@ class ThreadServer:
         monotonic = time.monotonic
         grace_end = cleanup_end = math.inf
         polled = self._polled
+        ready = self._ready
         while True:
             now = monotonic()
             if self._stopping and grace_end == math.inf:
@@ -327,9 +335,12 @@ class ThreadServer:
                     # parked again earlier in this batch: a spurious wake-up, harmless
                     # (the worker tries again and parks it again).
                     polled_object.armed = 0  # one-shot: the event disarmed it
-                    if polled_object.parked:
-                        self._unpark(polled_object)
-                        self._dispatch(polled_object)
+                    if polled_object.parked:  # `_unpark` and `_dispatch`, inline (every request)
+                        if polled_object.events == _SLEEP:
+                            self._sleeping.discard(polled_object)
+                        polled_object.parked = False
+                        self._busy += 1
+                        ready.put(polled_object)
                 elif polled_object is self._wake_reader:
                     self._take_messages()
                 else:
@@ -573,9 +584,11 @@ class ThreadServer:
     def _work(self) -> None:
         """A worker: serve connections from the queue until told to stop (None)."""
         ready = self._ready
+        lot = self._lot
         while (connection := ready.get()) is not None:
             try:
-                outcome = self._serve(connection)
+                conn = connection.conn
+                outcome = self._serve(connection) if conn is None else self._drive(connection, conn)
             except BaseException:  # even SystemExit from a handler: the worker must go on
                 error_log.exception("connection from %s failed", format_peer(connection.client))
                 self._abandon(connection)
@@ -585,11 +598,11 @@ class ThreadServer:
                 continue
             if outcome == _OVER:
                 self._close(connection)
-            elif self._lot.acquire(blocking=False):  # the reactor waits in epoll
+            elif lot.acquire(False):  # not blocking: the reactor waits in epoll
                 try:
                     parked = self._park_here(connection)
                 finally:
-                    self._lot.release()
+                    lot.release()
                 if parked:
                     continue
             self._hand_back(connection)
@@ -785,13 +798,22 @@ class ThreadServer:
                 if type(action) is Receive:
                     if answered:
                         answered = False
-                        if not connection.woken:
-                            return self._wait_for(connection, action, _READ)
+                        if not connection.woken:  # `_wait_for`, inline (every request)
+                            connection.action = action
+                            connection.events = _READ
+                            connection.deadline = action.deadline
+                            return _WAIT
                         connection.woken = False  # give the wait up: ask again
                     else:
                         conn.receive_data(sock.recv(RECEIVE_SIZE), monotonic())
                 elif type(action) is Send:
-                    self._send_out(connection)
+                    out = connection.out
+                    sent = sock.send(out) if out else 0  # the usual whole send, inline
+                    if sent == len(out):
+                        connection.out = b""
+                    else:
+                        connection.out = memoryview(out)[sent:]
+                        self._send_out(connection)
                     answered = not connection.tls
                 elif type(action) is SendFile:
                     self._send_file(connection, action)
@@ -1025,6 +1047,39 @@ def _send_close_notify(sock: ssl.SSLSocket) -> None:
         sock.unwrap()
 
 
+_switching_lock = threading.Lock()
+_switching_servers = 0  # servers running (in this process) under `_faster_switching`
+_switching_before = 0.0  # the interval they found
+
+
+@contextlib.contextmanager
+def _faster_switching() -> Iterator[None]:
+    """Shorten the GIL's switch interval (`sys.setswitchinterval`, for the whole process) to
+    `_SWITCH_INTERVAL` while a server runs, if it is longer; the last server to stop puts it back.
+
+    A worker's socket calls release the GIL only for microseconds, and it usually takes the
+    GIL back before a woken thread (the reactor, the app loop, a worker handed a connection)
+    is scheduled, so that thread may wait out the whole interval before it forces a switch.
+    Measured side by side against 5 ms: 1-3% less CPU per request (WSGI on h11-mypyc, ASGI),
+    about 1% on pure h11; the latency tail (p99) did not move measurably. The cost is the
+    process's: its other threads (an app's own) switch more often too.
+    """
+    global _switching_servers, _switching_before
+    with _switching_lock:
+        if not _switching_servers:
+            _switching_before = sys.getswitchinterval()
+            if _switching_before > _SWITCH_INTERVAL:
+                sys.setswitchinterval(_SWITCH_INTERVAL)
+        _switching_servers += 1
+    try:
+        yield
+    finally:
+        with _switching_lock:
+            _switching_servers -= 1
+            if not _switching_servers and _switching_before > _SWITCH_INTERVAL:
+                sys.setswitchinterval(_switching_before)
+
+
 def serve(
     app: App,
     config: Config,
@@ -1061,7 +1116,8 @@ def serve(
         try:
             if started is not None:
                 started(server)
-            server._react()
+            with _faster_switching():
+                server._react()
         finally:
             if leave is not None:
                 leave()
