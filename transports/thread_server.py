@@ -40,9 +40,6 @@ readability without peeking first (the app usually answers before); readable, a 
 peeks: the peer leaving ends it at once, bytes waiting park it on its deadline and wake
 only. A watched `Run` step runs inline, unwatched; the socket is peeked at once it has
 returned.
-
-While a server runs, the GIL's switch interval is at most 1 ms instead of Python's 5 ms
-(`_faster_switching`; process-wide): a thread handed work waits less for the GIL.
 """
 
 from __future__ import annotations
@@ -60,10 +57,9 @@ import queue
 import select
 import signal
 import socket
-import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -121,9 +117,6 @@ _TURN: Final = 0.01
 _YIELD_BEFORE: Final = (Receive, Send, SendFile)
 """Where a connection may give its worker up. Not a Run step nor Close: after a cut, those
 come next, and the cut (no TLS close_notify) is a local of `_drive`."""
-_SWITCH_INTERVAL: Final = 0.001
-"""Seconds a thread that wants the GIL waits at most before it makes its holder hand it over,
-while a server runs (Python's default is 0.005; see `_faster_switching`)."""
 _WAKEABLE: Final = (Receive, Wait)
 """The waits that `wake` ends."""
 _SLEEP: Final = 0
@@ -1047,39 +1040,6 @@ def _send_close_notify(sock: ssl.SSLSocket) -> None:
         sock.unwrap()
 
 
-_switching_lock = threading.Lock()
-_switching_servers = 0  # servers running (in this process) under `_faster_switching`
-_switching_before = 0.0  # the interval they found
-
-
-@contextlib.contextmanager
-def _faster_switching() -> Iterator[None]:
-    """Shorten the GIL's switch interval (`sys.setswitchinterval`, for the whole process) to
-    `_SWITCH_INTERVAL` while a server runs, if it is longer; the last server to stop puts it back.
-
-    A worker's socket calls release the GIL only for microseconds, and it usually takes the
-    GIL back before a woken thread (the reactor, the app loop, a worker handed a connection)
-    is scheduled, so that thread may wait out the whole interval before it forces a switch.
-    Measured side by side against 5 ms: 1-3% less CPU per request (WSGI on h11-mypyc, ASGI),
-    about 1% on pure h11; the latency tail (p99) did not move measurably. The cost is the
-    process's: its other threads (an app's own) switch more often too.
-    """
-    global _switching_servers, _switching_before
-    with _switching_lock:
-        if not _switching_servers:
-            _switching_before = sys.getswitchinterval()
-            if _switching_before > _SWITCH_INTERVAL:
-                sys.setswitchinterval(_SWITCH_INTERVAL)
-        _switching_servers += 1
-    try:
-        yield
-    finally:
-        with _switching_lock:
-            _switching_servers -= 1
-            if not _switching_servers and _switching_before > _SWITCH_INTERVAL:
-                sys.setswitchinterval(_switching_before)
-
-
 def serve(
     app: App,
     config: Config,
@@ -1116,8 +1076,7 @@ def serve(
         try:
             if started is not None:
                 started(server)
-            with _faster_switching():
-                server._react()
+            server._react()
         finally:
             if leave is not None:
                 leave()

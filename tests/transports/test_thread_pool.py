@@ -261,31 +261,3 @@ def test_an_app_wake_never_waits_for_the_reactors_lot() -> None:
                 answer.set()
                 assert sent.wait(2), "the app's send waited for the lot"
             assert _body(sock.recv(65536)) == b"ok"
-
-
-def test_the_gil_switch_interval_is_short_while_servers_run_and_put_back_after() -> None:
-    """`_faster_switching`: at most 1 ms while any server runs; the last one to stop puts the
-    interval found back (a shorter one set by the embedder is left alone)."""
-    import sys
-
-    def app(request: Request) -> Response:
-        return Response(200, (), b"%f" % sys.getswitchinterval())
-
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(0.004)
-    try:
-        with running("threads", app) as first:
-            with first.connect() as sock:
-                sock.sendall(GET)
-                assert float(_body(sock.recv(65536))) <= 0.001
-            with running("threads", app):
-                pass  # a second server stopping leaves the first's interval
-            assert sys.getswitchinterval() <= 0.001
-        assert sys.getswitchinterval() == pytest.approx(0.004)
-        sys.setswitchinterval(0.0002)
-        with running("threads", app) as server, server.connect() as sock:
-            sock.sendall(GET)
-            assert float(_body(sock.recv(65536))) == pytest.approx(0.0002)
-        assert sys.getswitchinterval() == pytest.approx(0.0002)
-    finally:
-        sys.setswitchinterval(before)
