@@ -340,8 +340,9 @@ def _http_date(value: bytes) -> int | None:
 def parse_range(value: bytes, size: int) -> tuple[int, int] | None:
     """A `Range` value as `(start, end)` (end exclusive) within a file of `size` bytes.
 
-    None: ignore the field and send the whole file (not bytes, invalid, or several ranges).
-    An empty range (start >= end): not satisfiable (416).
+    None: ignore the field and send the whole file (not bytes, invalid, or several ranges; or
+    a suffix range of an empty file, which is satisfiable but has no `Content-Range` to say it
+    with: nginx, too, answers 200). An empty range (start >= end): not satisfiable (416).
     """
     unit, equals, spec = value.partition(b"=")
     if not equals or unit.strip().lower() != b"bytes" or b"," in spec:
@@ -352,6 +353,8 @@ def parse_range(value: bytes, size: int) -> tuple[int, int] | None:
     try:
         if not first:  # the last `last` bytes
             suffix = int(last)
+            if suffix and not size:  # satisfiable (RFC 9110 §14.1.1), yet no 206 can say so
+                return None
             return (max(size - suffix, 0), size) if suffix else (size, size)
         start = int(first)
         if not last:

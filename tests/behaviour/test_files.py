@@ -167,6 +167,24 @@ def test_unsatisfiable_range_is_416(server: Server, stored: str, spec: str) -> N
     server.assert_serving()
 
 
+@pytest.mark.parametrize("spec", ["bytes=-5", "bytes=-1", "bytes=0-", "bytes=0-0"])
+def test_a_range_of_an_empty_file(server: Server, spec: str) -> None:
+    """RFC 9110 §14.1.1: a non-zero suffix range is satisfiable even for an empty file, but no
+    206 can express it (no `bytes a-b/0`): the whole (empty) file, 200, as nginx answers. A
+    first-pos range stays unsatisfiable (416)."""
+    name = unique()
+    (server.directory / name).write_bytes(b"")
+    response = server.get(f"/files/{name}", [("Range", spec)])
+    if spec.startswith("bytes=-"):
+        assert (response.status, response.body) == (200, b""), response.raw
+        assert response.header("content-length") == b"0"
+        assert not response.has("content-range")
+    else:
+        assert response.status == 416, response.raw
+        assert response.header("content-range") == b"bytes */0"
+    server.assert_serving()
+
+
 @pytest.mark.parametrize("spec", ["bytes=5-2", "items=0-4", "bytes=abc", "bytes="])
 def test_invalid_range_is_ignored(server: Server, stored: str, spec: str) -> None:
     response = server.get(f"/files/{stored}", [("Range", spec)])
