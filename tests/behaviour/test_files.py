@@ -141,6 +141,23 @@ def test_a_refused_upload_is_answered_before_its_body(
     server.assert_serving()
 
 
+@pytest.mark.parametrize("expect", [False, True])
+def test_put_with_content_range_is_400_and_stores_nothing(server: Server, stored: str, expect: bool) -> None:
+    """RFC 9110 §14.5: a PUT with Content-Range MUST get 400 (its body is likely a part that
+    would be stored as the whole file); refused before the body, like the other refusals."""
+    fields = [("Content-Range", f"bytes 0-2/{SIZE}"), ("Content-Length", "3")]
+    if expect:
+        fields.append(("Expect", "100-continue"))
+    with server.client() as client:
+        client.send(request("PUT", f"/files/{stored}", fields) + (b"" if expect else b"abc"))
+        response = client.read_response("PUT")
+        assert response.informational == [], response.raw
+        assert response.status == 400, response.raw
+    assert (server.directory / stored).read_bytes() == CONTENT
+    assert not [entry for entry in server.directory_entries() if entry.startswith(".upload-")]
+    server.assert_serving()
+
+
 @pytest.mark.parametrize(
     ("spec", "start", "end"),
     [
