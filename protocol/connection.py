@@ -563,7 +563,9 @@ class ServerConnection:
         fields = dict(headers)
         length = fields.get(b"content-length")
         encoding = fields.get(b"transfer-encoding")
-        if length is not None and encoding is not None:  # RFC 9112 §6.1: a smuggling vector
+        # RFC 9112 §6.1: both is a smuggling vector; in HTTP/1.0 (which has no chunked) a
+        # Transfer-Encoding is faulty framing, refused as nginx does.
+        if encoding is not None and (length is not None or version == b"1.0"):
             return 400
         host = fields.get(b"host")
         if host is not None and host not in _VALID_HOSTS:  # RFC 9112 §3.2: a MUST (h11 checks presence)
