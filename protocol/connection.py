@@ -1563,10 +1563,17 @@ def _close_stream(stream: Stream) -> None:
 
 
 def _declared_length(headers: Headers) -> int:
-    """A handler's Content-Length (h11 checks it before the head goes out), or -1."""
+    """A handler's Content-Length, or -1: none, or one that is no number (h11 then refuses
+    it before the head goes out: a 500, never an exception out of the core)."""
     for name, value in headers:
         if len(name) == 14 and name.lower() == b"content-length":
-            return int(value.split(b",")[0])
+            try:
+                try:
+                    return int(value.split(b",")[0])
+                except TypeError:  # a str, which h11 takes too
+                    return int(str(value).split(",")[0])
+            except ValueError:
+                return -1
     return -1
 
 

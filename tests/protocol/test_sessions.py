@@ -445,3 +445,25 @@ def test_without_wake_a_session_is_a_500(caplog: pytest.LogCaptureFixture) -> No
     action: Any = conn.next_action(0.0)
     assert b"500" in action.data
     assert "no wake" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        ((b"content-length", b"abc"),),
+        ((b"Content-Length", b""),),
+        [(b"content-length", b"1x")],  # a list, as ASGI apps give (never cached)
+        [(b"content-length", "1x")],  # a str value, which h11 takes (and refuses)
+    ],
+)
+def test_an_unparsable_content_length_from_the_app_is_a_500(
+    headers: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The core's contract: no exception escapes to the transport, whatever the app does;
+    a response h11 refuses is answered 500 (this one raised out of next_action, and the
+    client got nothing)."""
+    d = Driver(SessionApp(reply(headers=headers)))
+    d.feed(get())
+    response = parse_one(bytes(d.output))
+    assert (response.status, response.closes) == (500, True)
+    assert "invalid response" in caplog.text
