@@ -753,9 +753,10 @@ class ServerConnection:
         if self._close_after_response or self._stopping:
             fields.append(_CONNECTION_CLOSE)
         config = self._config
-        if config.date_header:
+        # Singletons (RFC 9110 §6.6.1, §10.2.4): an app's own Date or Server is kept, alone.
+        if config.date_header and not _names(headers, b"date"):
             fields.append((b"Date", b"date", _http_date()))
-        if config.server_header:  # validated by Config
+        if config.server_header and not _names(headers, b"server"):  # validated by Config
             fields.append((b"Server", b"server", config.server_header))
         if length is None:  # the handler frames the body: by its Content-Length, if any
             self._stream_left = verdict[2] if verdict is not None else _declared_length(headers)
@@ -1560,6 +1561,21 @@ def _close_stream(stream: Stream) -> None:
         stream.close()
     except Exception:
         error_log.exception("closing %r failed", stream)
+
+
+def _names(headers: Headers, name: bytes) -> bool:
+    """Whether `headers` has a field `name` (lower-case), in any case; False for headers
+    that are not pairs with a bytes or str name (h11 refuses them later: a 500)."""
+    size = len(name)
+    try:
+        for key, _ in headers:
+            if type(key) is not bytes:
+                key = str(key).encode("latin-1", "replace")
+            if len(key) == size and key.lower() == name:
+                return True
+    except (TypeError, ValueError):
+        pass
+    return False
 
 
 def _declared_length(headers: Headers) -> int:
