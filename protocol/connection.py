@@ -153,6 +153,8 @@ _NAME_VALUE: Final = itemgetter(1, 2)
 _NOT_RUN: Final = object()
 _NO_PIECE: Final = object()
 _READ_AHEAD: Final = 64 * 1024
+_GATHER_MAX: Final = 64
+"""Body pieces past which a step stops gathering slices of one read (see _read_body)."""
 """Request body bytes read for a Session's task before it asks for them."""
 _END_OF_MESSAGE: Final = h11.EndOfMessage()
 _CONTINUE: Final = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
@@ -592,8 +594,10 @@ class ServerConnection:
                 self._fail(exc.error_status_hint, now)
                 return
             if type(event) is not h11.Data:
-                if event is h11.NEED_DATA and self._feed_slice():
-                    continue  # gather the whole read for one step
+                # Gather the whole read for one step, unless it was many pieces already (tiny
+                # chunks): then the step comes now, so a flood of them holds the loop ~1 slice.
+                if event is h11.NEED_DATA and len(chunks) < _GATHER_MAX and self._feed_slice():
+                    continue
                 break
             self._body_size += len(event.data)
             if self._body_size > limit:
