@@ -941,7 +941,9 @@ class ServerConnection:
             return
         if not channel.will_wait():
             return  # the task posted meanwhile: look again
-        if not state.body_done and (channel.wants_body or channel.buffered() < _READ_AHEAD):
+        if self._unfed:  # input is at hand (see _feed_session): the task's next ask reads it
+            self._emit(Wait(None))
+        elif not state.body_done and (channel.wants_body or channel.buffered() < _READ_AHEAD):
             deadline = now + self._config.body_timeout if channel.wants_body else None
             self._emit(Receive(deadline))
         else:
@@ -1063,6 +1065,7 @@ class ServerConnection:
             self._out.append(h.send(_CONTINUE) or b"")
         limit = self._config.max_body_size
         fed = False
+        pieces = 0
         while channel.wants_body or channel.buffered() < _READ_AHEAD:
             try:
                 event = h.next_event()
@@ -1080,6 +1083,7 @@ class ServerConnection:
                     return False
                 channel.put_body(data, False)
                 fed = True
+                pieces += 1
             elif type(event) is h11.EndOfMessage:
                 if len(event.headers) > self._config.max_header_count:
                     self._fail(431, now)
@@ -1088,8 +1092,10 @@ class ServerConnection:
                 state.body_done = fed = True
                 break
             else:  # NEED_DATA
-                if self._feed_slice():
+                if pieces < _GATHER_MAX and self._feed_slice():
                     continue
+                if self._unfed:  # many tiny pieces (chunks): the rest once the task took them
+                    break
                 if self._eof:
                     self._gone(now)
                     return False
