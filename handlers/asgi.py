@@ -9,8 +9,9 @@ The rules, each with the reason where it is a choice (docs/asgi.md has the long 
 
 - scope: `path` percent-decoded then UTF-8 (invalid bytes become U+FFFD, as uvicorn and
   hypercorn do: `unquote`'s default); `raw_path` the target as received, without the
-  query; `root_path` from --root-path, and `path` always starts with it (ASGI 2.5:
-  "PATH_INFO can be derived by stripping root_path from path"): a request whose path
+  query (and without the scheme and authority of an absolute-form target); `root_path`
+  from --root-path, and `path` always starts with it (ASGI 2.5: "PATH_INFO can be
+  derived by stripping root_path from path"): a request whose path
   already starts with it (a proxy that passes the prefix on, as WSGI's SCRIPT_NAME
   expects) keeps its path; one that does not (a proxy that stripped it, as behind
   uvicorn) gets it prepended. `state` is a shallow copy of the lifespan state.
@@ -505,6 +506,9 @@ def _ours(error: BaseException) -> bool:
 def scope_path(request: Request, root_path: str) -> tuple[str, bytes, bytes]:
     """(path, raw_path, query_string) of a scope: the path percent-decoded and under `root_path`."""
     raw_path, _, query = request.target.partition(b"?")
+    if raw_path[:1] != b"/" and raw_path != b"*":  # absolute-form (RFC 9112 §3.2.2): drop scheme://authority
+        start = raw_path.find(b"/", raw_path.find(b"://") + 3) if b"://" in raw_path else -1
+        raw_path = raw_path[start:] if start >= 0 else b"/"
     path = raw_path.decode("ascii")  # h11 lets only visible ASCII through
     if "%" in path:
         path = unquote(path)

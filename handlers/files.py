@@ -25,11 +25,12 @@ fsync'd, given the usual permissions (0666 less the umask) and renamed over DIR/
 directory fsync'd: 201 then means the whole file is durably in place, and a reader sees the old
 file or the new one, never a part. An aborted upload leaves nothing behind. POST answers 201
 Created; PUT (RFC 9110 §9.3.4) 201 when the name was new and 204 No Content when it replaced a
-file. A 201 carries `Location`. A name that is a directory answers 409. Storage errors are the
-client's answer, with one log line (`httpserver.error`) and nothing left behind: a directory or
-file system we may not write to (EACCES, EPERM, EROFS) 403, a full disk or quota (ENOSPC,
-EDQUOT) 507 at once (the rest of the body is discarded), a file too large for the file system
-(EFBIG) 413.
+file. A 201 carries `Location`. A name that is a directory answers 409. A PUT with
+`Content-Range` answers 400 before its body (RFC 9110 §14.5: partial PUTs are not supported).
+Storage errors are the client's answer, with one log line (`httpserver.error`) and nothing left
+behind: a directory or file system we may not write to (EACCES, EPERM, EROFS) 403, a full disk or
+quota (ENOSPC, EDQUOT) 507 at once (the rest of the body is discarded), a file too large for the
+file system (EFBIG) 413.
 
 Conditional uploads answer 412 and store nothing when a precondition is false: `If-Match` (strong
 comparison with the current file's ETag; `*` needs a file to exist), else `If-Unmodified-Since`,
@@ -75,6 +76,7 @@ _READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 NO_DIRECTORY: Final = text(404, b"Not Found: this server serves no directory.\n")
 BAD_NAME: Final = text(400, b"Bad Request: not a valid file name.\n")
+PARTIAL_PUT: Final = text(400, b"Bad Request: a PUT with Content-Range (part of a file) is not supported.\n")
 FORBIDDEN: Final = text(403, b"Forbidden\n")
 IS_A_DIRECTORY: Final = text(409, b"Conflict: that name is a directory.\n")
 NOT_SATISFIABLE_MESSAGE: Final = b"Range Not Satisfiable\n"
@@ -151,6 +153,8 @@ class Files:
         if name is None:
             return BAD_NAME
         if request.method == b"POST" or request.method == b"PUT":
+            if request.method == b"PUT" and request.header(b"content-range") is not None:
+                return PARTIAL_PUT  # RFC 9110 §14.5: a MUST, lest a part be stored as the whole
             return _Upload(self, self.root, name, request, rest)
         return _Download(self, request, name)
 
@@ -340,8 +344,9 @@ def _http_date(value: bytes) -> int | None:
 def parse_range(value: bytes, size: int) -> tuple[int, int] | None:
     """A `Range` value as `(start, end)` (end exclusive) within a file of `size` bytes.
 
-    None: ignore the field and send the whole file (not bytes, invalid, or several ranges).
-    An empty range (start >= end): not satisfiable (416).
+    None: ignore the field and send the whole file (not bytes, invalid, or several ranges; or
+    a suffix range of an empty file, which is satisfiable but has no `Content-Range` to say it
+    with: nginx, too, answers 200). An empty range (start >= end): not satisfiable (416).
     """
     unit, equals, spec = value.partition(b"=")
     if not equals or unit.strip().lower() != b"bytes" or b"," in spec:
@@ -352,6 +357,8 @@ def parse_range(value: bytes, size: int) -> tuple[int, int] | None:
     try:
         if not first:  # the last `last` bytes
             suffix = int(last)
+            if suffix and not size:  # satisfiable (RFC 9110 §14.1.1), yet no 206 can say so
+                return None
             return (max(size - suffix, 0), size) if suffix else (size, size)
         start = int(first)
         if not last:

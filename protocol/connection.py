@@ -153,6 +153,8 @@ _NAME_VALUE: Final = itemgetter(1, 2)
 _NOT_RUN: Final = object()
 _NO_PIECE: Final = object()
 _READ_AHEAD: Final = 64 * 1024
+_GATHER_MAX: Final = 64
+"""Body pieces past which a step stops gathering slices of one read (see _read_body)."""
 """Request body bytes read for a Session's task before it asks for them."""
 _END_OF_MESSAGE: Final = h11.EndOfMessage()
 _CONTINUE: Final = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
@@ -563,7 +565,9 @@ class ServerConnection:
         fields = dict(headers)
         length = fields.get(b"content-length")
         encoding = fields.get(b"transfer-encoding")
-        if length is not None and encoding is not None:  # RFC 9112 §6.1: a smuggling vector
+        # RFC 9112 §6.1: both is a smuggling vector; in HTTP/1.0 (which has no chunked) a
+        # Transfer-Encoding is faulty framing, refused as nginx does.
+        if encoding is not None and (length is not None or version == b"1.0"):
             return 400
         host = fields.get(b"host")
         if host is not None and host not in _VALID_HOSTS:  # RFC 9112 §3.2: a MUST (h11 checks presence)
@@ -590,8 +594,10 @@ class ServerConnection:
                 self._fail(exc.error_status_hint, now)
                 return
             if type(event) is not h11.Data:
-                if event is h11.NEED_DATA and self._feed_slice():
-                    continue  # gather the whole read for one step
+                # Gather the whole read for one step, unless it was many pieces already (tiny
+                # chunks): then the step comes now, so a flood of them holds the loop ~1 slice.
+                if event is h11.NEED_DATA and len(chunks) < _GATHER_MAX and self._feed_slice():
+                    continue
                 break
             self._body_size += len(event.data)
             if self._body_size > limit:
@@ -751,9 +757,10 @@ class ServerConnection:
         if self._close_after_response or self._stopping:
             fields.append(_CONNECTION_CLOSE)
         config = self._config
-        if config.date_header:
+        # Singletons (RFC 9110 §6.6.1, §10.2.4): an app's own Date or Server is kept, alone.
+        if config.date_header and not _names(headers, b"date"):
             fields.append((b"Date", b"date", _http_date()))
-        if config.server_header:  # validated by Config
+        if config.server_header and not _names(headers, b"server"):  # validated by Config
             fields.append((b"Server", b"server", config.server_header))
         if length is None:  # the handler frames the body: by its Content-Length, if any
             self._stream_left = verdict[2] if verdict is not None else _declared_length(headers)
@@ -934,7 +941,9 @@ class ServerConnection:
             return
         if not channel.will_wait():
             return  # the task posted meanwhile: look again
-        if not state.body_done and (channel.wants_body or channel.buffered() < _READ_AHEAD):
+        if self._unfed:  # input is at hand (see _feed_session): the task's next ask reads it
+            self._emit(Wait(None))
+        elif not state.body_done and (channel.wants_body or channel.buffered() < _READ_AHEAD):
             deadline = now + self._config.body_timeout if channel.wants_body else None
             self._emit(Receive(deadline))
         else:
@@ -1056,6 +1065,7 @@ class ServerConnection:
             self._out.append(h.send(_CONTINUE) or b"")
         limit = self._config.max_body_size
         fed = False
+        pieces = 0
         while channel.wants_body or channel.buffered() < _READ_AHEAD:
             try:
                 event = h.next_event()
@@ -1073,6 +1083,7 @@ class ServerConnection:
                     return False
                 channel.put_body(data, False)
                 fed = True
+                pieces += 1
             elif type(event) is h11.EndOfMessage:
                 if len(event.headers) > self._config.max_header_count:
                     self._fail(431, now)
@@ -1081,8 +1092,10 @@ class ServerConnection:
                 state.body_done = fed = True
                 break
             else:  # NEED_DATA
-                if self._feed_slice():
+                if pieces < _GATHER_MAX and self._feed_slice():
                     continue
+                if self._unfed:  # many tiny pieces (chunks): the rest once the task took them
+                    break
                 if self._eof:
                     self._gone(now)
                     return False
@@ -1560,11 +1573,33 @@ def _close_stream(stream: Stream) -> None:
         error_log.exception("closing %r failed", stream)
 
 
+def _names(headers: Headers, name: bytes) -> bool:
+    """Whether `headers` has a field `name` (lower-case), in any case; False for headers
+    that are not pairs with a bytes or str name (h11 refuses them later: a 500)."""
+    size = len(name)
+    try:
+        for key, _ in headers:
+            if type(key) is not bytes:
+                key = str(key).encode("latin-1", "replace")
+            if len(key) == size and key.lower() == name:
+                return True
+    except (TypeError, ValueError):
+        pass
+    return False
+
+
 def _declared_length(headers: Headers) -> int:
-    """A handler's Content-Length (h11 checks it before the head goes out), or -1."""
+    """A handler's Content-Length, or -1: none, or one that is no number (h11 then refuses
+    it before the head goes out: a 500, never an exception out of the core)."""
     for name, value in headers:
         if len(name) == 14 and name.lower() == b"content-length":
-            return int(value.split(b",")[0])
+            try:
+                try:
+                    return int(value.split(b",")[0])
+                except TypeError:  # a str, which h11 takes too
+                    return int(str(value).split(",")[0])
+            except ValueError:
+                return -1
     return -1
 
 

@@ -132,7 +132,11 @@ class _StepPool(StepPool):
     def _deliver(self) -> None:
         self._delivering = False
         done = self._done
-        while done:
+        # The steps done by now only: one done meanwhile saw the flag down and posted the
+        # next delivery, which comes after the loop's I/O. Looping until `done` is empty let
+        # connections whose callbacks submit their next step (an upload parsed a slice per
+        # step) hold the loop for seconds, feeding each other's steps.
+        for _ in range(len(done)):
             step = done.popleft()
             try:
                 step.waiter(step)  # type: ignore[operator]

@@ -92,6 +92,13 @@ def test_scope_for_a_tricky_target(app: Server, transport: str) -> None:
     assert scope["runtime"] == runtime_of(transport)
 
 
+def test_scope_for_an_absolute_form_target(app: Server) -> None:
+    """RFC 9112 §3.2.2: a server must accept the absolute form; the app sees the path in it
+    (as WSGI's PATH_INFO and the built-in routes do), not `http://host/...`."""
+    scope = get_json(app, "http://example.com/scope/a%2Fb?x=1")
+    assert (scope["path"], scope["raw_path"], scope["query_string"]) == ("/scope/a/b", "/scope/a%2Fb", "x=1")
+
+
 def test_invalid_utf8_and_http_1_0(app: Server) -> None:
     scope = json.loads(app.fetch(request("GET", "/scope/%FF%e9", version="1.0")).body)
     assert scope["path"] == "/scope/\ufffd\ufffd"

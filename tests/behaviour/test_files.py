@@ -141,6 +141,23 @@ def test_a_refused_upload_is_answered_before_its_body(
     server.assert_serving()
 
 
+@pytest.mark.parametrize("expect", [False, True])
+def test_put_with_content_range_is_400_and_stores_nothing(server: Server, stored: str, expect: bool) -> None:
+    """RFC 9110 §14.5: a PUT with Content-Range MUST get 400 (its body is likely a part that
+    would be stored as the whole file); refused before the body, like the other refusals."""
+    fields = [("Content-Range", f"bytes 0-2/{SIZE}"), ("Content-Length", "3")]
+    if expect:
+        fields.append(("Expect", "100-continue"))
+    with server.client() as client:
+        client.send(request("PUT", f"/files/{stored}", fields) + (b"" if expect else b"abc"))
+        response = client.read_response("PUT")
+        assert response.informational == [], response.raw
+        assert response.status == 400, response.raw
+    assert (server.directory / stored).read_bytes() == CONTENT
+    assert not [entry for entry in server.directory_entries() if entry.startswith(".upload-")]
+    server.assert_serving()
+
+
 @pytest.mark.parametrize(
     ("spec", "start", "end"),
     [
@@ -164,6 +181,24 @@ def test_unsatisfiable_range_is_416(server: Server, stored: str, spec: str) -> N
     response = server.get(f"/files/{stored}", [("Range", spec)])
     assert response.status == 416, response.raw
     assert response.header("content-range") == f"bytes */{SIZE}".encode()
+    server.assert_serving()
+
+
+@pytest.mark.parametrize("spec", ["bytes=-5", "bytes=-1", "bytes=0-", "bytes=0-0"])
+def test_a_range_of_an_empty_file(server: Server, spec: str) -> None:
+    """RFC 9110 §14.1.1: a non-zero suffix range is satisfiable even for an empty file, but no
+    206 can express it (no `bytes a-b/0`): the whole (empty) file, 200, as nginx answers. A
+    first-pos range stays unsatisfiable (416)."""
+    name = unique()
+    (server.directory / name).write_bytes(b"")
+    response = server.get(f"/files/{name}", [("Range", spec)])
+    if spec.startswith("bytes=-"):
+        assert (response.status, response.body) == (200, b""), response.raw
+        assert response.header("content-length") == b"0"
+        assert not response.has("content-range")
+    else:
+        assert response.status == 416, response.raw
+        assert response.header("content-range") == b"bytes */0"
     server.assert_serving()
 
 

@@ -81,6 +81,15 @@ def test_content_length_with_transfer_encoding_is_400_and_close(server: Server) 
     assert not (server.directory / name).exists()
 
 
+def test_transfer_encoding_in_http_1_0_is_400_and_close(server: Server) -> None:
+    """RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing (a 1.0
+    proxy in front would not have read it as chunked): refused, as nginx does, not stored."""
+    name = unique()
+    data = f"POST /files/{name} HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    refused_and_closed(server, data.encode() + chunked(b"hello"), (400,))
+    assert not (server.directory / name).exists()
+
+
 @pytest.mark.parametrize(
     "lengths",
     [["abc"], ["-1"], ["+5"], ["0x5"], ["5.0"], ["5 5"], ["5, 6"], ["5", "6"], ["", "5"], ["9" * 30]],

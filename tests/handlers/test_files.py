@@ -410,8 +410,10 @@ def test_parse_range(value: bytes, expected: tuple[int, int] | None) -> None:
 
 
 def test_parse_range_of_an_empty_file() -> None:
-    assert parse_range(b"bytes=0-", 0) == (0, 0)
-    assert parse_range(b"bytes=-5", 0) == (0, 0)
+    assert parse_range(b"bytes=0-", 0) == (0, 0)  # unsatisfiable: 416
+    assert parse_range(b"bytes=-0", 0) == (0, 0)
+    # RFC 9110 §14.1.1: a non-zero suffix is satisfiable, but no 206 can describe it: 200.
+    assert parse_range(b"bytes=-5", 0) is None
 
 
 @pytest.mark.parametrize(

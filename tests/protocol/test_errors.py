@@ -9,6 +9,8 @@ from protocol import Config, Receive, Response, Run, Send
 from .helpers import FRAGMENT_SIZES, App, Driver, chunked, get, parse, parse_one, post
 
 FOLLOW_UP = get(b"/echo/after")
+CHUNKED_IN_HTTP_1_0 = get(b"/upload", b"Transfer-Encoding: chunked", method=b"POST", version=b"1.0")
+CHUNKED_IN_HTTP_1_0 += chunked(b"hi")
 
 
 def refused(data: bytes, size: int = 1 << 20, config: Config | None = None) -> tuple[int, Driver[App]]:
@@ -45,6 +47,8 @@ def refused(data: bytes, size: int = 1 << 20, config: Config | None = None) -> t
         (get(b"/", b"Transfer-Encoding: chunked", b"Content-Length: 5"), 400),
         (get(b"/", b"Transfer-Encoding: gzip"), 501),
         (get(b"/", b"Transfer-Encoding: gzip, chunked"), 501),
+        # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing (nginx: 400 too)
+        (CHUNKED_IN_HTTP_1_0, 400),
         (get(b"/", version=b"2.0"), 505),
         (get(b"/", version=b"3.0"), 505),
     ],

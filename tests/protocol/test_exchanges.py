@@ -62,6 +62,29 @@ def test_each_body_piece_is_one_run_step() -> None:
     assert len(runs) == 3 and app.exchanges[0].calls == ["start", "receive", "receive", "receive", "respond"]
 
 
+def test_a_read_of_many_tiny_chunks_is_parsed_a_slice_per_step() -> None:
+    """A read is gathered into one step, but a flood of tiny chunks (6 bytes on the wire per
+    body byte, one h11 event each) is cut a slice of input per step: the CPU it costs comes in
+    bounded pieces, with the transport's loop free between them (run in a thread)."""
+    app = App()
+    d = Driver(app, Config(max_head_size=4096, access_log=False))
+    chunks = b"1\r\na\r\n" * 20000  # 120000 bytes in one read
+    d.feed(get(b"/blocking", b"Transfer-Encoding: chunked", method=b"POST") + chunks + b"0\r\n\r\n")
+    calls = app.exchanges[0].calls
+    assert calls[0] == "start" and calls[-1] == "respond"
+    assert bytes(app.exchanges[0].body) == b"a" * 20000
+    steps = [a for a in d.actions if isinstance(a, Run)]
+    assert len(steps) >= 120000 // 4096, len(steps)  # about a 4096-byte slice each
+    assert parse_one(d.take()).status == 201
+
+
+def test_a_read_of_large_pieces_is_still_one_step() -> None:
+    app = App()
+    d = Driver(app, Config(max_head_size=4096, access_log=False))
+    d.feed(post(b"/blocking", b"x" * 100000))  # 25 slices of one piece each: one step
+    assert app.exchanges[0].calls == ["start", "receive", "respond"]
+
+
 @pytest.mark.parametrize("target", [b"/fail-receive", b"/fail-respond", b"/blocking-fail-receive"])
 def test_an_exchange_that_raises_gets_500_and_one_abort(
     target: bytes, caplog: pytest.LogCaptureFixture

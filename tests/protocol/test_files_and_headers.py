@@ -140,6 +140,22 @@ def test_date_and_server_headers_when_configured() -> None:
         assert date is not None and re.fullmatch(IMF_FIXDATE, date)
 
 
+@pytest.mark.parametrize("kind", [tuple, list])
+def test_an_app_s_own_date_and_server_are_not_repeated(kind: type) -> None:
+    """Date and Server are singletons (RFC 9110 §6.6.1, §10.2.4): with --date-header or
+    --server-header, an app that set its own keeps it, alone (as uvicorn does)."""
+    own = kind([(b"Date", b"Thu, 01 Jan 1970 00:00:00 GMT"), (b"server", b"app/1")])
+
+    def app(request: Request) -> Response:
+        return Response(200, own, b"x")
+
+    d = Driver(app, Config(date_header=True, server_header=b"h11-server", access_log=False))
+    d.feed(get(b"/") + get(b"/"))
+    for response in parse(d.take(), 2):
+        assert [v for n, v in response.headers if n == b"date"] == [b"Thu, 01 Jan 1970 00:00:00 GMT"]
+        assert [v for n, v in response.headers if n == b"server"] == [b"app/1"]
+
+
 def test_handler_headers_are_kept_in_order() -> None:
     headers = ((b"X-A", b"1"), (b"Vary", b"Accept-Encoding"), (b"X-A", b"2"))
 

@@ -445,3 +445,56 @@ def test_without_wake_a_session_is_a_500(caplog: pytest.LogCaptureFixture) -> No
     action: Any = conn.next_action(0.0)
     assert b"500" in action.data
     assert "no wake" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        ((b"content-length", b"abc"),),
+        ((b"Content-Length", b""),),
+        [(b"content-length", b"1x")],  # a list, as ASGI apps give (never cached)
+        [(b"content-length", "1x")],  # a str value, which h11 takes (and refuses)
+    ],
+)
+def test_an_unparsable_content_length_from_the_app_is_a_500(
+    headers: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The core's contract: no exception escapes to the transport, whatever the app does;
+    a response h11 refuses is answered 500 (this one raised out of next_action, and the
+    client got nothing)."""
+    d = Driver(SessionApp(reply(headers=headers)))
+    d.feed(get())
+    response = parse_one(bytes(d.output))
+    assert (response.status, response.closes) == (500, True)
+    assert "invalid response" in caplog.text
+
+
+def test_a_read_of_many_tiny_chunks_reaches_the_task_a_slice_at_a_time() -> None:
+    """A flood of tiny chunks (one h11 event per body byte) is parsed a slice per turn: the
+    core waits for the task between slices (the event loop runs others meanwhile), instead
+    of parsing the whole read ahead (64 KiB of 1-byte pieces, ~1 s of CPU) in one go."""
+    sizes: list[int] = []
+
+    async def echo(channel: Channel) -> None:
+        body = bytearray()
+        while True:
+            got = channel.receive()
+            if got is None:
+                await pause()
+                continue
+            data, more = got
+            sizes.append(len(data))
+            body += data
+            if not more:
+                break
+        channel.start(Response(200))
+        await sent(channel, channel.send(bytes(body), more=False))
+        channel.finish()
+
+    d = Driver(SessionApp(echo), Config(max_head_size=4096, access_log=False))
+    head = get(b"/", b"Transfer-Encoding: chunked", method=b"POST")
+    d.feed(head + b"1\r\na\r\n" * 20000 + b"0\r\n\r\n" + get())  # one read
+    first, second = parse(bytes(d.output), 2)
+    assert (first.body, second.status) == (b"a" * 20000, 200)
+    assert max(sizes) <= 4096, max(sizes)  # at most a slice's pieces between two turns
+    assert len(sizes) >= 120000 // 4096

@@ -174,3 +174,12 @@ def test_access_log_counts_the_bytes_of_a_stream(caplog: pytest.LogCaptureFixtur
     d = Driver(StreamApp(Pieces([b"abc", b"de"])), Config(access_log=True), client=("10.0.0.2", 7))
     d.feed(get(b"/s"))
     assert '10.0.0.2:7 - "GET /s HTTP/1.1" 200 5' in caplog.text
+
+
+def test_an_unparsable_content_length_of_a_stream_is_a_500() -> None:
+    stream = Pieces([b"abc"])
+    d = Driver(StreamApp(stream, ((b"Content-Length", b"abc"),)))
+    d.feed(get())
+    response = parse_one(bytes(d.output))
+    assert (response.status, response.closes) == (500, True)
+    assert stream.closed == 1

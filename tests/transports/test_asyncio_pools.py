@@ -182,6 +182,44 @@ def test_the_steps_done_meanwhile_come_back_in_one_loop_callback() -> None:
         loop.close()
 
 
+@_on_asyncio
+async def test_steps_done_during_a_delivery_wait_for_the_next_one() -> None:
+    """A delivery hands back the steps done when it began; those done meanwhile come in the
+    next one, after the loop's I/O. Else two connections whose callbacks each do some work
+    and then submit their next step (the core parsing uploads of tiny chunks, a slice per
+    step) kept `_deliver` looping on each other's steps: every other connection waited."""
+    pool = _pool(2)
+    delivered = 0
+    finished = asyncio.Event()
+
+    def done(step: Step) -> None:  # as the core would: some CPU on the loop, then the next step
+        nonlocal delivered
+        delivered += 1
+        time.sleep(0.002)  # meanwhile the other chain's step is done
+        if delivered < 400:
+            pool.submit(lambda: None, done)
+        elif delivered == 400:
+            finished.set()
+
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while not finished.is_set():
+            await asyncio.sleep(0)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    try:
+        pool.submit(lambda: None, done)  # two chains, as two uploads
+        pool.submit(lambda: None, done)
+        await asyncio.wait_for(asyncio.gather(ticker(), finished.wait()), 30)
+    finally:
+        pool.close()
+    assert max(gaps) < 0.2, f"the loop was held {max(gaps):.2f} s by one delivery"
+
+
 @pytest.mark.parametrize("transport", ["asyncio", "asyncio-uvloop"])
 def test_all_blocking_work_shares_the_threads_bound(transport: str, tmp_path: Path) -> None:
     """App calls and (on uvloop) a file's os.sendfile and reads go to the one pool: no more
