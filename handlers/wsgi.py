@@ -568,8 +568,11 @@ def _convert(headers: Iterable[tuple[str, str]]) -> Converted:
         lower = name.lower()
         if lower in _HOP_BY_HOP or lower.startswith("proxy-"):
             raise ValueError(f"hop-by-hop header {name!r} from a WSGI app (PEP 3333 forbids it)")
+        # Whitespace around a value is not part of it (RFC 9110 §5.5), and h11 refuses it:
+        # Django's WSGI handler gives every Set-Cookie value a leading space. gunicorn strips too.
+        value = value.strip(" \t")
         if lower == "content-length":
-            if length is not None or not value.strip().isdigit():
+            if length is not None or not value.isdigit():
                 raise ValueError(f"invalid or repeated Content-Length {value!r} from a WSGI app")
             length = int(value)
         converted.append((name.encode("latin-1"), value.encode("latin-1")))

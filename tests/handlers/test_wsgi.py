@@ -438,6 +438,22 @@ def test_hop_by_hop_header_is_an_error(name: str, caplog: pytest.LogCaptureFixtu
     assert "hop-by-hop" in caplog.text
 
 
+def test_whitespace_around_header_values_is_stripped() -> None:
+    """Django's WSGI handler sends `Set-Cookie` values with a leading space; RFC 9110 §5.5:
+    whitespace around a field value is not part of it."""
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response(
+            "200 OK", [("Set-Cookie", " a=b; Path=/"), ("X-Tab", "\tv\t"), ("Content-Length", " 4 ")]
+        )
+        return [b"body"]
+
+    response = call(app)
+    assert response.status == 200
+    assert (b"Set-Cookie", b"a=b; Path=/") in response.headers
+    assert (b"X-Tab", b"v") in response.headers
+
+
 @pytest.mark.parametrize(
     "bad",
     [
