@@ -586,7 +586,10 @@ def load_user_app(args: argparse.Namespace, prog: str) -> tuple[App, str] | None
         print(f"{prog}: error: cannot load {args.app!r}: {exc}", file=sys.stderr)
     except Exception:  # raised by the user's module or factory: their traceback
         traceback.print_exc()
-        print(f"{prog}: error: importing {args.app!r} failed (traceback above)", file=sys.stderr)
+        # A module whose import failed is not left in sys.modules: then the factory raised.
+        factory = args.factory and args.app.partition(":")[0] in sys.modules
+        what = "calling the factory" if factory else "importing"
+        print(f"{prog}: error: {what} {args.app!r} failed (traceback above)", file=sys.stderr)
     return None
 
 

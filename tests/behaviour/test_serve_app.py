@@ -127,6 +127,16 @@ def test_the_users_own_error_is_its_traceback_and_exit_1(tmp_path: Path) -> None
     assert "ModuleNotFoundError: No module named 'nosuchdependency'" in result.stderr
 
 
+def test_a_failing_factory_is_named_as_the_factory_not_the_import(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text("def create_app():\n    raise LookupError('no DATABASE_URL')\n")
+    result = fails(tmp_path, "main:create_app", "--factory")
+    assert result.returncode == 1
+    assert "LookupError: no DATABASE_URL" in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert "calling the factory 'main:create_app' failed (traceback above)" in last, last
+    assert "importing" not in last
+
+
 def test_app_options_need_an_app_and_directory_is_for_the_builtin_routes(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text(APP.format(extra=""))
     assert fails(tmp_path, "--root-path", "/api").returncode == 2
