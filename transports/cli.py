@@ -223,7 +223,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         type=_positive_int,
         help=f"blocking steps (disk work, WSGI app calls) run at once per process (default "
-        f"{options.threads}); with --transport threads also the connections served at once",
+        f"{options.threads}); with --transport threads also the connections served at once%(default).0s",
     )
     return p
 
