@@ -1352,11 +1352,14 @@ class ServerConnection:
                     (now - self._started) * 1000,
                 )
                 return
+            target = request.target.decode("latin-1")
+            if '"' in target or "\\" in target:  # h11 lets them through; nginx escapes them
+                target = target.translate(_LOG_ESCAPES)
             access_log.info(
                 '%s - "%s %s HTTP/%s" %d %d %.1fms',
                 _format_client(request.client),
                 request.method.decode("latin-1"),
-                request.target.decode("latin-1"),
+                target,
                 request.http_version.decode("latin-1"),
                 status,
                 body_length,
