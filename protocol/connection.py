@@ -996,12 +996,16 @@ class ServerConnection:
                     return False
                 state.complete = True
             return True
-        # Finish: the task is over; the response must be complete by now.
+        # Finish: the task is over; the response must be complete by now. A task that raised an
+        # Exception logged it with its traceback (Channel.finish): no second, untrue line.
+        quiet = isinstance(cast(Finish, message).error, Exception)
         if not state.started:
-            error_log.error("app returned without a response for %r", self._request)
+            if not quiet:
+                error_log.error("app returned without a response for %r", self._request)
             self._fail(500, now)
         else:
-            error_log.error("app returned with its response for %r incomplete", self._request)
+            if not quiet:
+                error_log.error("app returned with its response for %r incomplete", self._request)
             self._cut(now)
         return False
 
