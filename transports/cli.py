@@ -643,7 +643,14 @@ def asgi_lifespan(args: argparse.Namespace, app: App) -> Lifespan | None:
     startup before the server accepts, its shutdown once drained, on the loop its requests use."""
     from handlers.asgi import ASGIApp
 
-    if not isinstance(app, ASGIApp) or args.lifespan == "off":
+    if not isinstance(app, ASGIApp):
+        if args.lifespan == "on":  # asked for, and impossible: said, not silently ignored
+            logging.getLogger("httpserver.error").warning(
+                "--lifespan on: %s is a WSGI app, which has no lifespan (ASGI's); serving without it",
+                args.app,
+            )
+        return None
+    if args.lifespan == "off":
         return None
     from handlers.lifespan import Lifespan as AppLifespan
 

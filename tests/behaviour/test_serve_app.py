@@ -137,6 +137,14 @@ def test_a_failing_factory_is_named_as_the_factory_not_the_import(tmp_path: Path
     assert "importing" not in last
 
 
+def test_lifespan_on_with_a_wsgi_app_is_a_warning_not_silence(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text(APP.format(extra=""))
+    _, stderr = serve(tmp_path, "main:app", "--lifespan", "on")
+    assert "--lifespan on: main:app is a WSGI app, which has no lifespan" in stderr, stderr
+    _, stderr = serve(tmp_path, "main:app")
+    assert "lifespan" not in stderr, stderr
+
+
 def test_app_options_need_an_app_and_directory_is_for_the_builtin_routes(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text(APP.format(extra=""))
     assert fails(tmp_path, "--root-path", "/api").returncode == 2
