@@ -97,6 +97,22 @@ def is_asgi(app: object) -> bool:
     return _is_coroutine_function(getattr(type(app), _CALL, None))
 
 
+_ASYNCIO_ONLY: Final = {"django": "Django's ASGI handler", "channels": "Django Channels", "quart": "Quart"}
+"""Frameworks whose ASGI apps run on asyncio only, by top-level package."""
+
+
+def asyncio_only(app: object) -> str | None:
+    """The name of the asyncio-only framework `app` (an ASGI app) belongs to, or None: such
+    an app cannot run on trio (Django's handler awaits asyncio futures)."""
+    while isinstance(app, functools.partial):
+        app = app.func
+    for candidate in (app, type(app)):
+        package = str(getattr(candidate, "__module__", None) or "").partition(".")[0]
+        if package in _ASYNCIO_ONLY:
+            return _ASYNCIO_ONLY[package]
+    return None
+
+
 _CALL: Final = "__call__"
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from handlers.loading import INTERFACES, LoadError, load_app, use_active_venv
+from handlers.loading import INTERFACES, LoadError, asyncio_only, load_app, use_active_venv
 from protocol import PARSERS, App, Config, ParserUnavailable, select_parser
 from protocol.proxy import DEFAULT_ALLOW, TrustedProxies
 
@@ -581,6 +581,15 @@ def load_user_app(args: argparse.Namespace, prog: str) -> tuple[App, str] | None
         interface, target = load_app(
             args.app, app_dir=args.app_dir, factory=args.factory, interface=args.interface
         )
+        framework = asyncio_only(target) if interface == "asgi" and args.transport == "trio" else None
+        if framework is not None:  # else every request would fail on trio with a 500
+            print(
+                f"{prog}: error: cannot serve {args.app!r} on trio: {framework} runs on asyncio only; "
+                "use --transport asyncio or --transport threads (trio serves anyio-based apps: "
+                "Starlette, FastAPI, Litestar)",
+                file=sys.stderr,
+            )
+            return None
         return serving_app(interface, target, args), interface
     except LoadError as exc:
         print(f"{prog}: error: cannot load {args.app!r}: {exc}", file=sys.stderr)

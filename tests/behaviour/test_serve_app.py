@@ -145,6 +145,34 @@ def test_lifespan_on_with_a_wsgi_app_is_a_warning_not_silence(tmp_path: Path) ->
     assert "lifespan" not in stderr, stderr
 
 
+DJANGO_ASGI = """
+from django.conf import settings
+from django.http import HttpResponse
+from django.urls import path
+
+settings.configure(ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], SECRET_KEY="tests")
+urlpatterns = [path("", lambda request: HttpResponse("ok"))]
+
+from django.core.asgi import get_asgi_application
+
+app = get_asgi_application()
+"""
+
+
+def test_an_asyncio_only_asgi_app_on_trio_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Django's ASGI handler on trio (the default transport) failed every request with a 500
+    (trio: 'unrecognized yield message'); it is said at start-up instead. On threads it serves."""
+    (tmp_path / "main.py").write_text(DJANGO_ASGI)
+    result = fails(tmp_path, "main:app", "--transport", "trio")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Django's ASGI handler runs on asyncio only" in lines[0]
+    assert "--transport asyncio" in lines[0] and "threads" in lines[0]
+    assert fails(tmp_path, "main:app", "--transport", "trio", "--workers", "2").returncode == 1
+    serve(tmp_path, "main:app")  # threads
+
+
 def test_app_options_need_an_app_and_directory_is_for_the_builtin_routes(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text(APP.format(extra=""))
     assert fails(tmp_path, "--root-path", "/api").returncode == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import uuid
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from handlers.loading import AppNotFound, LoadError, is_asgi, load_app, use_active_venv
+from handlers.loading import AppNotFound, LoadError, asyncio_only, is_asgi, load_app, use_active_venv
 
 MODULE = """
 import functools
@@ -214,3 +215,17 @@ def test_active_venv_of_another_python_is_a_warning(tmp_path: Path) -> None:
     assert sys.path == saved
     assert use_active_venv({"VIRTUAL_ENV": sys.prefix}) is None
     assert use_active_venv({}) is None
+
+
+def test_asyncio_only_names_the_frameworks_that_cannot_run_on_trio() -> None:
+    from django.core.handlers.asgi import ASGIHandler
+    from starlette.applications import Starlette
+
+    assert asyncio_only(ASGIHandler) == "Django's ASGI handler"
+    assert asyncio_only(functools.partial(object.__new__(ASGIHandler))) == "Django's ASGI handler"
+    assert asyncio_only(Starlette()) is None
+
+    async def raw(scope: object, receive: object, send: object) -> None:
+        pass
+
+    assert asyncio_only(raw) is None
