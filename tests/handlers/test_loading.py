@@ -186,6 +186,28 @@ def test_a_module_named_like_the_servers_own_package(tmp_path: Path) -> None:
         sys.path[:] = saved
 
 
+@pytest.mark.parametrize(
+    "statement", ["from handlers import hello", "import handlers.users", "from protocol.models import User"]
+)
+def test_an_app_importing_its_own_package_named_like_ours_says_so(tmp_path: Path, statement: str) -> None:
+    """A web app's own `handlers` (or `protocol`) package is shadowed by the server's, imported
+    first: the user's traceback gets a note saying why, not only a puzzling ImportError."""
+    for package in ("handlers", "protocol"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("def hello():\n    return b'hi'\n")
+    module = f"user_main_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(f"{statement}\napp = None\n")
+    saved = list(sys.path)
+    try:
+        with pytest.raises(ImportError) as caught:
+            load_app(f"{module}:app", app_dir=str(tmp_path))
+    finally:
+        sys.path[:] = saved
+    notes = getattr(caught.value, "__notes__", [])
+    assert len(notes) == 1 and "has the name of the server's own package" in notes[0], notes
+    assert str(tmp_path) in notes[0] and "rename" in notes[0]
+
+
 def test_is_asgi_on_builtins() -> None:
     assert not is_asgi(print)
     assert not is_asgi(object())
