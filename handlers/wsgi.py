@@ -43,6 +43,7 @@ before `start_response`, a piece that is not bytes, headers that are not latin-1
 from __future__ import annotations
 
 import contextvars
+import inspect
 import io
 import logging
 import os
@@ -476,7 +477,15 @@ class _Call:
                 if whole:
                     self.sent = True
                 return self._whole(whole)
-            iterator = iter(result)
+            try:
+                iterator = iter(result)
+            except TypeError:
+                if inspect.iscoroutine(result):  # closed below, as any result is
+                    raise TypeError(
+                        "the app returned a coroutine: it is an ASGI app that --interface auto "
+                        "took for WSGI (its __call__ is no coroutine function): use --interface asgi"
+                    ) from None
+                raise
             first = b""
             for piece in iterator:
                 if type(piece) is not bytes:

@@ -472,6 +472,25 @@ def test_invalid_status_or_headers_are_a_500(bad: Callable[[StartResponse], obje
     assert call(app).status == 500
 
 
+def test_an_asgi_app_taken_for_wsgi_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """An ASGI app whose `__call__` returns a coroutine without being a coroutine function
+    (a wrapper) is WSGI to `--interface auto`: the log says what to do, and the coroutine
+    is closed (no 'never awaited' warning)."""
+
+    async def asgi(scope: object, receive: object, send: object) -> None:
+        pass
+
+    coroutines: list[Any] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> Any:
+        coroutines.append(asgi(environ, start_response, None))
+        return coroutines[-1]
+
+    assert call(app).status == 500
+    assert "use --interface asgi" in caplog.text
+    assert coroutines[0].cr_frame is None  # closed
+
+
 def test_pieces_must_be_bytes() -> None:
     def app(environ: Environ, start_response: StartResponse) -> list[Any]:
         start_response("200 OK", [])
