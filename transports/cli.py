@@ -581,6 +581,7 @@ def load_user_app(args: argparse.Namespace, prog: str) -> tuple[App, str] | None
         interface, target = load_app(
             args.app, app_dir=args.app_dir, factory=args.factory, interface=args.interface
         )
+        logs.reclaim()  # its import may have disabled the server's loggers
         framework = asyncio_only(target) if interface == "asgi" and args.transport == "trio" else None
         if framework is not None:  # else every request would fail on trio with a 500
             print(

@@ -38,7 +38,24 @@ def configure(level: str, *, access_log: bool, process_ids: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger(SERVER_LOGGERS).setLevel(level.upper())  # whatever level an app sets on root
     logging.getLogger(ACCESS).setLevel(logging.INFO if access_log else logging.CRITICAL + 1)
+
+
+SERVER_LOGGERS: Final = "httpserver"
+"""The parent of the server's loggers."""
+
+
+def reclaim() -> None:
+    """Enable the server's loggers again after an app's import configured logging:
+    `disable_existing_loggers` (true by default in `logging.config.fileConfig`, and often in
+    `dictConfig` configurations such as Django's LOGGING) disables every logger that existed
+    then, the server's included, which silenced its access and error logs."""
+    manager = logging.Logger.manager
+    for name in (SERVER_LOGGERS, *manager.loggerDict):
+        if name == SERVER_LOGGERS or name.startswith(SERVER_LOGGERS + "."):
+            logger = logging.getLogger(name)
+            logger.disabled = False
 
 
 def shutdown_begins(in_flight: int, grace: float, *, drain: bool = False) -> None:

@@ -173,6 +173,21 @@ def test_an_asyncio_only_asgi_app_on_trio_is_refused_in_one_line(tmp_path: Path)
     serve(tmp_path, "main:app")  # threads
 
 
+def test_an_app_that_configures_logging_does_not_silence_the_servers_logs(tmp_path: Path) -> None:
+    """dictConfig's `disable_existing_loggers` (fileConfig's default; Django's LOGGING setting)
+    disabled the server's loggers at the app's import: no access log, no error log. The app's
+    root level (WARNING here) does not hide the server's own INFO lines either."""
+    config = (
+        "import logging.config\n"
+        "logging.config.dictConfig({'version': 1, 'disable_existing_loggers': True, 'handlers': "
+        "{'h': {'class': 'logging.StreamHandler'}}, 'root': {'handlers': ['h'], 'level': 'WARNING'}})"
+    )
+    (tmp_path / "main.py").write_text(APP.format(extra=config))
+    _, stderr = serve(tmp_path, "main:app")
+    assert '"GET / HTTP/1.1" 200 2' in stderr, stderr
+    assert "shutdown complete" in stderr, stderr
+
+
 def test_app_options_need_an_app_and_directory_is_for_the_builtin_routes(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text(APP.format(extra=""))
     assert fails(tmp_path, "--root-path", "/api").returncode == 2
