@@ -671,7 +671,14 @@ def asgi_lifespan(args: argparse.Namespace, app: App) -> Lifespan | None:
         shutdown_timeout=args.lifespan_shutdown_timeout,
         state=app.state,
     )
-    return hooks(lifespan.startup, lifespan.shutdown)
+
+    async def startup() -> None:
+        try:
+            await lifespan.startup()
+        finally:
+            logs.reclaim()  # an app may configure logging in its startup too
+
+    return hooks(startup, lifespan.shutdown)
 
 
 STARTUP_FAILED = 3

@@ -188,6 +188,28 @@ def test_an_app_that_configures_logging_does_not_silence_the_servers_logs(tmp_pa
     assert "shutdown complete" in stderr, stderr
 
 
+ASGI_CONFIGURING_AT_STARTUP = """
+import logging.config
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": True})
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def test_an_asgi_app_that_configures_logging_at_startup_does_not_silence_them(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text(ASGI_CONFIGURING_AT_STARTUP)
+    _, stderr = serve(tmp_path, "main:app")
+    assert '"GET / HTTP/1.1" 200 2' in stderr and "shutdown complete" in stderr, stderr
+
+
 def test_app_options_need_an_app_and_directory_is_for_the_builtin_routes(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text(APP.format(extra=""))
     assert fails(tmp_path, "--root-path", "/api").returncode == 2
