@@ -19,6 +19,8 @@ from typing import Final
 from protocol.redaction import redact_text
 
 ACCESS: Final = "httpserver.access"
+SERVER_LOGGERS: Final = "httpserver"
+"""The parent of the server's loggers."""
 server_log: Final = logging.getLogger("httpserver.server")
 
 
@@ -38,24 +40,27 @@ def configure(level: str, *, access_log: bool, process_ids: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger(SERVER_LOGGERS).setLevel(level.upper())  # whatever level an app sets on root
     logging.getLogger(ACCESS).setLevel(logging.INFO if access_log else logging.CRITICAL + 1)
+    global _level
+    _level = root.level
 
 
-SERVER_LOGGERS: Final = "httpserver"
-"""The parent of the server's loggers."""
+_level: int | None = None
+"""The root level `configure` set (`--log-level`), or None."""
 
 
 def reclaim() -> None:
-    """Enable the server's loggers again after an app's import configured logging:
-    `disable_existing_loggers` (true by default in `logging.config.fileConfig`, and often in
-    `dictConfig` configurations such as Django's LOGGING) disables every logger that existed
-    then, the server's included, which silenced its access and error logs."""
+    """Give the server's loggers back what an app's logging configuration (at its import, or
+    in its lifespan startup) took: `disable_existing_loggers` (true by default in
+    `logging.config.fileConfig`, and often in `dictConfig` configurations such as Django's
+    LOGGING) disables every logger that existed then, which silenced the access and error
+    logs; a root level of the app's own would decide theirs, so they keep `--log-level`."""
     manager = logging.Logger.manager
     for name in (SERVER_LOGGERS, *manager.loggerDict):
         if name == SERVER_LOGGERS or name.startswith(SERVER_LOGGERS + "."):
-            logger = logging.getLogger(name)
-            logger.disabled = False
+            logging.getLogger(name).disabled = False
+    if _level is not None and logging.getLogger().level != _level:
+        logging.getLogger(SERVER_LOGGERS).setLevel(_level)
 
 
 def shutdown_begins(in_flight: int, grace: float, *, drain: bool = False) -> None:
