@@ -97,6 +97,22 @@ def is_asgi(app: object) -> bool:
     return _is_coroutine_function(getattr(type(app), _CALL, None))
 
 
+_ASYNCIO_ONLY: Final = {"django": "Django's ASGI handler", "channels": "Django Channels", "quart": "Quart"}
+"""Frameworks whose ASGI apps run on asyncio only, by top-level package."""
+
+
+def asyncio_only(app: object) -> str | None:
+    """The name of the asyncio-only framework `app` (an ASGI app) belongs to, or None: such
+    an app cannot run on trio (Django's handler awaits asyncio futures)."""
+    while isinstance(app, functools.partial):
+        app = app.func
+    for candidate in (app, type(app)):
+        package = str(getattr(candidate, "__module__", None) or "").partition(".")[0]
+        if package in _ASYNCIO_ONLY:
+            return _ASYNCIO_ONLY[package]
+    return None
+
+
 _CALL: Final = "__call__"
 
 
@@ -151,16 +167,39 @@ def _import(module_name: str, directory: str) -> Any:
             )
     try:
         return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:
         # Missing only if what is missing is the module asked for, or a package on its way;
         # a module that the user's module imports and does not find is the user's bug.
         missing = exc.name or ""
-        if missing == module_name or module_name.startswith(missing + "."):
+        if isinstance(exc, ModuleNotFoundError) and (
+            missing == module_name or module_name.startswith(missing + ".")
+        ):
             raise AppNotFound(
                 f"no module named {module_name!r} in {directory} (--app-dir) or elsewhere on sys.path"
                 + (f" (no {missing!r})" if missing != module_name else "")
             ) from None
+        clash = _shadowed(exc, directory)
+        if clash is not None:
+            exc.add_note(clash)  # printed under the user's traceback
         raise
+
+
+def _shadowed(exc: ImportError, directory: str) -> str | None:
+    """Why `exc` happened, if the app's own package of the same name as one of the server's
+    (a web app's `handlers`, say) lost to the server's, imported first; else None."""
+    wanted = (exc.name or "").partition(".")[0]
+    for top in _OWN_PACKAGES:
+        own = sys.modules.get(top)
+        theirs = os.path.abspath(os.path.join(directory, top))
+        if own is None or not (os.path.isdir(theirs) or os.path.isfile(theirs + ".py")):
+            continue
+        ours = os.path.dirname(os.path.abspath(getattr(own, "__file__", None) or "."))
+        if theirs != ours and (wanted == top or (exc.path or "").startswith(ours + os.sep)):
+            return (
+                f"{theirs} has the name of the server's own package {top!r} ({ours}), which "
+                "Python imported first: rename yours (the server's are protocol, handlers, transports)"
+            )
+    return None
 
 
 def _where(module: Any) -> str:

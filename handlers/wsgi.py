@@ -43,6 +43,7 @@ before `start_response`, a piece that is not bytes, headers that are not latin-1
 from __future__ import annotations
 
 import contextvars
+import inspect
 import io
 import logging
 import os
@@ -476,7 +477,15 @@ class _Call:
                 if whole:
                     self.sent = True
                 return self._whole(whole)
-            iterator = iter(result)
+            try:
+                iterator = iter(result)
+            except TypeError:
+                if inspect.iscoroutine(result):  # closed below, as any result is
+                    raise TypeError(
+                        "the app returned a coroutine: it is an ASGI app that --interface auto "
+                        "took for WSGI (its __call__ is no coroutine function): use --interface asgi"
+                    ) from None
+                raise
             first = b""
             for piece in iterator:
                 if type(piece) is not bytes:
@@ -568,8 +577,11 @@ def _convert(headers: Iterable[tuple[str, str]]) -> Converted:
         lower = name.lower()
         if lower in _HOP_BY_HOP or lower.startswith("proxy-"):
             raise ValueError(f"hop-by-hop header {name!r} from a WSGI app (PEP 3333 forbids it)")
+        # Whitespace around a value is not part of it (RFC 9110 §5.5), and h11 refuses it:
+        # Django's WSGI handler gives every Set-Cookie value a leading space. gunicorn strips too.
+        value = value.strip(" \t")
         if lower == "content-length":
-            if length is not None or not value.strip().isdigit():
+            if length is not None or not value.isdigit():
                 raise ValueError(f"invalid or repeated Content-Length {value!r} from a WSGI app")
             length = int(value)
         converted.append((name.encode("latin-1"), value.encode("latin-1")))

@@ -236,7 +236,8 @@ class Channel:
         self._post(Trailers(headers))
 
     def finish(self, error: BaseException | None = None) -> None:
-        """The task is over (it raised `error`). Call it exactly once, last."""
+        """The task is over (it raised `error`). Call it exactly once, last. An `Exception`
+        passed here is the task's to log (with its traceback): the core adds no line of its own."""
         self._outbox.append(_FINISHED if error is None else Finish(error))
         if self._core_waiting:
             self._core_waiting = False

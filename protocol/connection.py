@@ -1005,12 +1005,16 @@ class ServerConnection:
                     return False
                 state.complete = True
             return True
-        # Finish: the task is over; the response must be complete by now.
+        # Finish: the task is over; the response must be complete by now. A task that raised an
+        # Exception logged it with its traceback (Channel.finish): no second, untrue line.
+        quiet = isinstance(cast(Finish, message).error, Exception)
         if not state.started:
-            error_log.error("app returned without a response for %r", self._request)
+            if not quiet:
+                error_log.error("app returned without a response for %r", self._request)
             self._fail(500, now)
         else:
-            error_log.error("app returned with its response for %r incomplete", self._request)
+            if not quiet:
+                error_log.error("app returned with its response for %r incomplete", self._request)
             self._cut(now)
         return False
 
@@ -1365,11 +1369,14 @@ class ServerConnection:
                     (now - self._started) * 1000,
                 )
                 return
+            target = request.target.decode("latin-1")
+            if '"' in target or "\\" in target:  # h11 lets them through; nginx escapes them
+                target = target.translate(_LOG_ESCAPES)
             access_log.info(
                 '%s - "%s %s HTTP/%s" %d %d %.1fms',
                 _format_client(request.client),
                 request.method.decode("latin-1"),
-                request.target.decode("latin-1"),
+                target,
                 request.http_version.decode("latin-1"),
                 status,
                 body_length,

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from handlers.loading import INTERFACES, LoadError, load_app, use_active_venv
+from handlers.loading import INTERFACES, LoadError, asyncio_only, load_app, use_active_venv
 from protocol import PARSERS, App, Config, ParserUnavailable, select_parser
 from protocol.proxy import DEFAULT_ALLOW, TrustedProxies
 
@@ -223,7 +223,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         type=_positive_int,
         help=f"blocking steps (disk work, WSGI app calls) run at once per process (default "
-        f"{options.threads}); with --transport threads also the connections served at once",
+        f"{options.threads}); with --transport threads also the connections served at once%(default).0s",
     )
     return p
 
@@ -581,12 +581,25 @@ def load_user_app(args: argparse.Namespace, prog: str) -> tuple[App, str] | None
         interface, target = load_app(
             args.app, app_dir=args.app_dir, factory=args.factory, interface=args.interface
         )
+        logs.reclaim()  # its import may have disabled the server's loggers
+        framework = asyncio_only(target) if interface == "asgi" and args.transport == "trio" else None
+        if framework is not None:  # else every request would fail on trio with a 500
+            print(
+                f"{prog}: error: cannot serve {args.app!r} on trio: {framework} runs on asyncio only; "
+                "use --transport asyncio or --transport threads (trio serves anyio-based apps: "
+                "Starlette, FastAPI, Litestar)",
+                file=sys.stderr,
+            )
+            return None
         return serving_app(interface, target, args), interface
     except LoadError as exc:
         print(f"{prog}: error: cannot load {args.app!r}: {exc}", file=sys.stderr)
     except Exception:  # raised by the user's module or factory: their traceback
         traceback.print_exc()
-        print(f"{prog}: error: importing {args.app!r} failed (traceback above)", file=sys.stderr)
+        # A module whose import failed is not left in sys.modules: then the factory raised.
+        factory = args.factory and args.app.partition(":")[0] in sys.modules
+        what = "calling the factory" if factory else "importing"
+        print(f"{prog}: error: {what} {args.app!r} failed (traceback above)", file=sys.stderr)
     return None
 
 
@@ -640,7 +653,14 @@ def asgi_lifespan(args: argparse.Namespace, app: App) -> Lifespan | None:
     startup before the server accepts, its shutdown once drained, on the loop its requests use."""
     from handlers.asgi import ASGIApp
 
-    if not isinstance(app, ASGIApp) or args.lifespan == "off":
+    if not isinstance(app, ASGIApp):
+        if args.lifespan == "on":  # asked for, and impossible: said, not silently ignored
+            logging.getLogger("httpserver.error").warning(
+                "--lifespan on: %s is a WSGI app, which has no lifespan (ASGI's); serving without it",
+                args.app,
+            )
+        return None
+    if args.lifespan == "off":
         return None
     from handlers.lifespan import Lifespan as AppLifespan
 
@@ -651,7 +671,14 @@ def asgi_lifespan(args: argparse.Namespace, app: App) -> Lifespan | None:
         shutdown_timeout=args.lifespan_shutdown_timeout,
         state=app.state,
     )
-    return hooks(lifespan.startup, lifespan.shutdown)
+
+    async def startup() -> None:
+        try:
+            await lifespan.startup()
+        finally:
+            logs.reclaim()  # an app may configure logging in its startup too
+
+    return hooks(startup, lifespan.shutdown)
 
 
 STARTUP_FAILED = 3

@@ -19,6 +19,8 @@ from typing import Final
 from protocol.redaction import redact_text
 
 ACCESS: Final = "httpserver.access"
+SERVER_LOGGERS: Final = "httpserver"
+"""The parent of the server's loggers."""
 server_log: Final = logging.getLogger("httpserver.server")
 
 
@@ -39,6 +41,26 @@ def configure(level: str, *, access_log: bool, process_ids: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger(ACCESS).setLevel(logging.INFO if access_log else logging.CRITICAL + 1)
+    global _level
+    _level = root.level
+
+
+_level: int | None = None
+"""The root level `configure` set (`--log-level`), or None."""
+
+
+def reclaim() -> None:
+    """Give the server's loggers back what an app's logging configuration (at its import, or
+    in its lifespan startup) took: `disable_existing_loggers` (true by default in
+    `logging.config.fileConfig`, and often in `dictConfig` configurations such as Django's
+    LOGGING) disables every logger that existed then, which silenced the access and error
+    logs; a root level of the app's own would decide theirs, so they keep `--log-level`."""
+    manager = logging.Logger.manager
+    for name in (SERVER_LOGGERS, *manager.loggerDict):
+        if name == SERVER_LOGGERS or name.startswith(SERVER_LOGGERS + "."):
+            logging.getLogger(name).disabled = False
+    if _level is not None and logging.getLogger().level != _level:
+        logging.getLogger(SERVER_LOGGERS).setLevel(_level)
 
 
 def shutdown_begins(in_flight: int, grace: float, *, drain: bool = False) -> None:

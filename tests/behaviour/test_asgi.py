@@ -251,6 +251,23 @@ def test_an_error_after_the_start_cuts_the_connection(app: Server) -> None:
     assert get_json(app, "/state")["ready"]
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_an_app_error_is_logged_once(app: Server, where: str) -> None:
+    """The adapter logs the traceback; the core, told that the task raised, adds no second
+    error line ('app returned without a response' was untrue: it raised)."""
+    key = track()
+    before = len(app.stderr())
+    with RawClient(app.host, app.port) as client:
+        client.send(request("GET", f"/error?where={where}&track={key}"))
+        client.read_until_close()
+    deadline = time.monotonic() + 5
+    while f'"GET /error?where={where}&track={key} HTTP/1.1"' not in app.stderr()[before:]:
+        assert time.monotonic() < deadline, app.stderr()[before:]
+        time.sleep(0.02)
+    errors = [line for line in app.stderr()[before:].splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "ASGI app failed on GET /error" in errors[0], errors
+
+
 @pytest.mark.parametrize(("query", "status"), [("", 500), ("?started=1", None)])
 def test_returning_without_a_complete_response(app: Server, query: str, status: int | None) -> None:
     with RawClient(app.host, app.port) as client:

@@ -166,3 +166,21 @@ def test_unhandled_error_is_a_500_and_the_server_goes_on(
     response = conn.getresponse()
     assert (response.status, json.loads(response.read())["name"]) == (200, "pear")
     assert "RuntimeError: an unhandled error in a" in site[1].stderr()  # the framework logged it
+
+
+def test_django_sets_a_cookie(shared_apps: SharedApps) -> None:
+    """Django's WSGI handler gives each Set-Cookie value with a leading space (`c.output(header="")`);
+    the server strips it as gunicorn does, instead of failing every page that sets a cookie (the
+    admin's login page, any CSRF-protected form) with a 500."""
+    server = shared_apps.get(*FRAMEWORKS["django"][0])
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        connection.request("GET", "/cookie")
+        response = connection.getresponse()
+        assert (response.status, response.read()) == (200, b"a cookie\n")
+        cookie = response.getheader("Set-Cookie")
+        assert cookie is not None and cookie.startswith("flavour=oat; expires="), cookie
+        assert "Max-Age=60" in cookie and "SameSite=Lax" in cookie
+    finally:
+        connection.close()
+    assert "invalid response" not in server.stderr()

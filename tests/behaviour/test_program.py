@@ -53,6 +53,8 @@ def test_help_documents_every_option() -> None:
     assert result.returncode == 0, result.stderr
     missing = [option for option in OPTIONS if option not in result.stdout]
     assert not missing, missing
+    threads = " ".join(result.stdout.split("--threads N")[-1].split())
+    assert "(default 16)" in threads and "(default: None)" not in threads, threads  # not both
 
 
 def test_your_program_sh_starts_fast_with_trailing_slash(transport: str, tmp_path: Path) -> None:

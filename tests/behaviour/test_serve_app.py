@@ -127,6 +127,89 @@ def test_the_users_own_error_is_its_traceback_and_exit_1(tmp_path: Path) -> None
     assert "ModuleNotFoundError: No module named 'nosuchdependency'" in result.stderr
 
 
+def test_a_failing_factory_is_named_as_the_factory_not_the_import(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text("def create_app():\n    raise LookupError('no DATABASE_URL')\n")
+    result = fails(tmp_path, "main:create_app", "--factory")
+    assert result.returncode == 1
+    assert "LookupError: no DATABASE_URL" in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert "calling the factory 'main:create_app' failed (traceback above)" in last, last
+    assert "importing" not in last
+
+
+def test_lifespan_on_with_a_wsgi_app_is_a_warning_not_silence(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text(APP.format(extra=""))
+    _, stderr = serve(tmp_path, "main:app", "--lifespan", "on")
+    assert "--lifespan on: main:app is a WSGI app, which has no lifespan" in stderr, stderr
+    _, stderr = serve(tmp_path, "main:app")
+    assert "lifespan" not in stderr, stderr
+
+
+DJANGO_ASGI = """
+from django.conf import settings
+from django.http import HttpResponse
+from django.urls import path
+
+settings.configure(ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], SECRET_KEY="tests")
+urlpatterns = [path("", lambda request: HttpResponse("ok"))]
+
+from django.core.asgi import get_asgi_application
+
+app = get_asgi_application()
+"""
+
+
+def test_an_asyncio_only_asgi_app_on_trio_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Django's ASGI handler on trio (the default transport) failed every request with a 500
+    (trio: 'unrecognized yield message'); it is said at start-up instead. On threads it serves."""
+    (tmp_path / "main.py").write_text(DJANGO_ASGI)
+    result = fails(tmp_path, "main:app", "--transport", "trio")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Django's ASGI handler runs on asyncio only" in lines[0]
+    assert "--transport asyncio" in lines[0] and "threads" in lines[0]
+    assert fails(tmp_path, "main:app", "--transport", "trio", "--workers", "2").returncode == 1
+    serve(tmp_path, "main:app")  # threads
+
+
+def test_an_app_that_configures_logging_does_not_silence_the_servers_logs(tmp_path: Path) -> None:
+    """dictConfig's `disable_existing_loggers` (fileConfig's default; Django's LOGGING setting)
+    disabled the server's loggers at the app's import: no access log, no error log. The app's
+    root level (WARNING here) does not hide the server's own INFO lines either."""
+    config = (
+        "import logging.config\n"
+        "logging.config.dictConfig({'version': 1, 'disable_existing_loggers': True, 'handlers': "
+        "{'h': {'class': 'logging.StreamHandler'}}, 'root': {'handlers': ['h'], 'level': 'WARNING'}})"
+    )
+    (tmp_path / "main.py").write_text(APP.format(extra=config))
+    _, stderr = serve(tmp_path, "main:app")
+    assert '"GET / HTTP/1.1" 200 2' in stderr, stderr
+    assert "shutdown complete" in stderr, stderr
+
+
+ASGI_CONFIGURING_AT_STARTUP = """
+import logging.config
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": True})
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def test_an_asgi_app_that_configures_logging_at_startup_does_not_silence_them(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text(ASGI_CONFIGURING_AT_STARTUP)
+    _, stderr = serve(tmp_path, "main:app")
+    assert '"GET / HTTP/1.1" 200 2' in stderr and "shutdown complete" in stderr, stderr
+
+
 def test_app_options_need_an_app_and_directory_is_for_the_builtin_routes(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text(APP.format(extra=""))
     assert fails(tmp_path, "--root-path", "/api").returncode == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import uuid
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from handlers.loading import AppNotFound, LoadError, is_asgi, load_app, use_active_venv
+from handlers.loading import AppNotFound, LoadError, asyncio_only, is_asgi, load_app, use_active_venv
 
 MODULE = """
 import functools
@@ -185,6 +186,28 @@ def test_a_module_named_like_the_servers_own_package(tmp_path: Path) -> None:
         sys.path[:] = saved
 
 
+@pytest.mark.parametrize(
+    "statement", ["from handlers import hello", "import handlers.users", "from protocol.models import User"]
+)
+def test_an_app_importing_its_own_package_named_like_ours_says_so(tmp_path: Path, statement: str) -> None:
+    """A web app's own `handlers` (or `protocol`) package is shadowed by the server's, imported
+    first: the user's traceback gets a note saying why, not only a puzzling ImportError."""
+    for package in ("handlers", "protocol"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("def hello():\n    return b'hi'\n")
+    module = f"user_main_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(f"{statement}\napp = None\n")
+    saved = list(sys.path)
+    try:
+        with pytest.raises(ImportError) as caught:
+            load_app(f"{module}:app", app_dir=str(tmp_path))
+    finally:
+        sys.path[:] = saved
+    notes = getattr(caught.value, "__notes__", [])
+    assert len(notes) == 1 and "has the name of the server's own package" in notes[0], notes
+    assert str(tmp_path) in notes[0] and "rename" in notes[0]
+
+
 def test_is_asgi_on_builtins() -> None:
     assert not is_asgi(print)
     assert not is_asgi(object())
@@ -214,3 +237,17 @@ def test_active_venv_of_another_python_is_a_warning(tmp_path: Path) -> None:
     assert sys.path == saved
     assert use_active_venv({"VIRTUAL_ENV": sys.prefix}) is None
     assert use_active_venv({}) is None
+
+
+def test_asyncio_only_names_the_frameworks_that_cannot_run_on_trio() -> None:
+    from django.core.handlers.asgi import ASGIHandler
+    from starlette.applications import Starlette
+
+    assert asyncio_only(ASGIHandler) == "Django's ASGI handler"
+    assert asyncio_only(functools.partial(object.__new__(ASGIHandler))) == "Django's ASGI handler"
+    assert asyncio_only(Starlette()) is None
+
+    async def raw(scope: object, receive: object, send: object) -> None:
+        pass
+
+    assert asyncio_only(raw) is None

@@ -438,6 +438,22 @@ def test_hop_by_hop_header_is_an_error(name: str, caplog: pytest.LogCaptureFixtu
     assert "hop-by-hop" in caplog.text
 
 
+def test_whitespace_around_header_values_is_stripped() -> None:
+    """Django's WSGI handler sends `Set-Cookie` values with a leading space; RFC 9110 §5.5:
+    whitespace around a field value is not part of it."""
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response(
+            "200 OK", [("Set-Cookie", " a=b; Path=/"), ("X-Tab", "\tv\t"), ("Content-Length", " 4 ")]
+        )
+        return [b"body"]
+
+    response = call(app)
+    assert response.status == 200
+    assert (b"Set-Cookie", b"a=b; Path=/") in response.headers
+    assert (b"X-Tab", b"v") in response.headers
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -454,6 +470,25 @@ def test_invalid_status_or_headers_are_a_500(bad: Callable[[StartResponse], obje
         return [b"x"]
 
     assert call(app).status == 500
+
+
+def test_an_asgi_app_taken_for_wsgi_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """An ASGI app whose `__call__` returns a coroutine without being a coroutine function
+    (a wrapper) is WSGI to `--interface auto`: the log says what to do, and the coroutine
+    is closed (no 'never awaited' warning)."""
+
+    async def asgi(scope: object, receive: object, send: object) -> None:
+        pass
+
+    coroutines: list[Any] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> Any:
+        coroutines.append(asgi(environ, start_response, None))
+        return coroutines[-1]
+
+    assert call(app).status == 500
+    assert "use --interface asgi" in caplog.text
+    assert coroutines[0].cr_frame is None  # closed
 
 
 def test_pieces_must_be_bytes() -> None:

@@ -183,6 +183,18 @@ def test_one_access_log_record_per_response(caplog: pytest.LogCaptureFixture) ->
     assert lines[1].startswith('10.0.0.1:5000 - "GET /nothing HTTP/1.0" 404 9 ')
 
 
+def test_quotes_and_backslashes_in_a_parsed_target_are_escaped(caplog: pytest.LogCaptureFixture) -> None:
+    """h11 lets `"` and `\\` through in a target; unescaped, a client could close the quoted
+    request line and write its own status and size into the line (nginx escapes them)."""
+    d = Driver(App(), Config(access_log=True), client=("10.0.0.1", 5000))
+    with caplog.at_level(logging.INFO, "httpserver.access"):
+        d.feed(get(b'/x"_200_5_1.0ms_"GET_/admin\\'))
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpserver.access"]
+    assert len(lines) == 1
+    logged = '10.0.0.1:5000 - "GET /x\\x22_200_5_1.0ms_\\x22GET_/admin\\x5C HTTP/1.1" 404 '
+    assert lines[0].startswith(logged), lines
+
+
 @pytest.mark.parametrize(
     ("head", "size", "logged"),
     [

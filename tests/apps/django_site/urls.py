@@ -10,5 +10,6 @@ urlpatterns = [
     path("upload", views.upload),
     path("stream", views.stream),
     path("download", views.download),
+    path("cookie", views.cookie),
     path("boom", views.boom),
 ]

@@ -1,4 +1,4 @@
-"""The views: JSON, a form, a multipart upload, a streamed response, a file, an error."""
+"""The views: JSON, a form, a multipart upload, a streamed response, a file, a cookie, an error."""
 
 from __future__ import annotations
 
@@ -79,5 +79,14 @@ def download(request: HttpRequest) -> FileResponse:
     return FileResponse(open(Path(__file__), "rb"), as_attachment=True)  # Django closes it
 
 
+def cookie(request: HttpRequest) -> HttpResponse:
+    """A cookie, as every Django login page sets one (CSRF): Django's WSGI handler hands
+    each `Set-Cookie` value over with a leading space."""
+    response = HttpResponse("a cookie\n", content_type="text/plain")
+    response.set_cookie("flavour", "oat", max_age=60, samesite="Lax")
+    return response
+
+
+@require_GET
 def boom(request: HttpRequest) -> HttpResponse:
     raise RuntimeError("an unhandled error in a Django view (expected by the test)")
