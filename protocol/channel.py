@@ -146,7 +146,10 @@ class Channel:
 
     def __init__(self, wake: Callable[[], None]) -> None:
         self._wake = wake
-        self._outbox: deque[Message] = deque()
+        # Made when the task posts its first message (only the task's side sets it): one
+        # object fewer, tracked by the garbage collector, while an event loop holds a batch of
+        # requests parsed and their tasks not yet run.
+        self._outbox: deque[Message] | None = None
         # Made by the core with the first bytes (a deque costs more to make than all else
         # here, and most requests have no body).
         self._body: deque[bytes] | None = None
@@ -206,7 +209,7 @@ class Channel:
     def start(self, response: Response, *, trailers: bool = False) -> None:
         """Post the response head. It leaves with the first piece of the body when that is
         posted before the core looks (the usual case), else on its own."""
-        self._outbox.append(Start(response, trailers))
+        self._put(Start(response, trailers))
         if self._core_waiting:  # _post_wake, inline: the posts of every response
             self._core_waiting = False
             self._wake()
@@ -216,7 +219,10 @@ class Channel:
         usual case, one body message), taken by the core in one step. The same as `start`
         then `send(response.body, more=False)`, and a ticket as from `send`."""
         self._posted = posted = self._posted + 1
-        self._outbox.append(response)
+        outbox = self._outbox
+        if outbox is None:  # `_put`, inline: the usual response is the first message
+            outbox = self._outbox = deque()
+        outbox.append(response)
         if self._core_waiting:
             self._core_waiting = False
             self._wake()
@@ -225,7 +231,7 @@ class Channel:
     def send(self, data: bytes | FileBody, *, more: bool) -> int:
         """Post a piece of the body; returns a ticket: it has left once `delivered` >= ticket."""
         self._posted = posted = self._posted + 1
-        self._outbox.append(Piece(data, more))
+        self._put(Piece(data, more))
         if self._core_waiting:
             self._core_waiting = False
             self._wake()
@@ -238,7 +244,10 @@ class Channel:
     def finish(self, error: BaseException | None = None) -> None:
         """The task is over (it raised `error`). Call it exactly once, last. An `Exception`
         passed here is the task's to log (with its traceback): the core adds no line of its own."""
-        self._outbox.append(_FINISHED if error is None else Finish(error))
+        outbox = self._outbox
+        if outbox is None:  # `_put`, inline: every task ends here
+            outbox = self._outbox = deque()
+        outbox.append(_FINISHED if error is None else Finish(error))
         if self._core_waiting:
             self._core_waiting = False
             self._wake()
@@ -274,8 +283,14 @@ class Channel:
         return data
 
     def _post(self, message: Message) -> None:
-        self._outbox.append(message)
+        self._put(message)
         self._post_wake()
+
+    def _put(self, message: Message) -> None:
+        outbox = self._outbox
+        if outbox is None:  # the core takes None as an empty outbox
+            outbox = self._outbox = deque()
+        outbox.append(message)
 
     def _post_wake(self) -> None:
         if self._core_waiting:
@@ -381,6 +396,9 @@ class Channel:
 
     def drop_outbox(self) -> list[Message]:
         """What the task posted that will never be read (files in it must be closed)."""
-        messages = list(self._outbox)
-        self._outbox.clear()
+        outbox = self._outbox
+        if outbox is None:
+            return []
+        messages = list(outbox)
+        outbox.clear()
         return messages

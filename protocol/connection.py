@@ -53,7 +53,7 @@ import enum
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
@@ -895,12 +895,12 @@ class ServerConnection:
         channel = Channel(self._wake)
         if self._stopping:
             channel.stopping = True
-        state = self._session = _SessionState(channel)
+        state = self._session = _SessionState(channel, session)
         if ended:  # before the task runs: it finds the body complete without asking
             channel.put_body(b"", True)
             state.body_done = True
         self._phase = _APP
-        self._emit(Spawn(lambda: session.run(channel)))
+        self._emit(Spawn(state.run_task))
 
     def _serve_session(self, now: float) -> None:
         """Take what the task posted, feed it the body it wants, send; else wait for it."""
@@ -1555,13 +1555,15 @@ class _SessionState:
         "in_flight",
         "pieces",
         "sending",
+        "session",
         "silent",
         "started",
         "trailers",
     )
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, session: Session | None = None) -> None:
         self.channel = channel
+        self.session = session  # whose task `run_task` starts (None: no task, a WebSocket's answer)
         self.started = False  # the head is out
         self.silent = False  # no body goes out (HEAD, 204, 304): pieces are only counted
         self.trailers = False  # trailer fields were promised: they end the response
@@ -1571,6 +1573,14 @@ class _SessionState:
         self.pieces = 0  # pieces gathered, not yet counted as delivered
         self.in_flight = 0  # pieces in the Send handed out
         self.sending = False  # a Send of the task's is out with the transport
+
+    def run_task(self) -> Awaitable[None]:
+        """The session's task, as `Spawn` starts it. A bound method is one object to make
+        per request where a closure over session and channel is four (function, cells
+        and their tuple), all tracked by the garbage collector: an event loop that parses
+        a batch of requests before their tasks run holds them all at once."""
+        assert self.session is not None
+        return self.session.run(self.channel)
 
 
 def _close_stream(stream: Stream) -> None:
