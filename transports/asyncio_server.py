@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, BinaryIO, TypeVar, cast
 
@@ -163,6 +164,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._app = app
         self._tls = tls
         self._loop = server.loop
+        self._clock = server.clock  # the loop's time
         self._action: Action | None = None  # the action being waited on, if any
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -192,7 +194,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._conn = ServerConnection(
             self._app,
             self._server.config,
-            now=self._loop.time(),
+            now=self._clock(),
             client=client,
             server=server,
             tls=self._tls,
@@ -206,8 +208,9 @@ class _HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if type(self._action) is Receive:
             self._action = None
-            self._conn.receive_data(data, self._loop.time())
-            self._pump()
+            now = self._clock()
+            self._conn.receive_data(data, now)
+            self._pump(now)
         else:  # held for the core's next Receive
             self._pending += data
             if len(self._pending) >= HOLD_LIMIT:
@@ -218,12 +221,12 @@ class _HttpProtocol(asyncio.Protocol):
         action = self._action
         if type(action) is Receive:
             self._action = None
-            self._conn.receive_data(b"", self._loop.time())
+            self._conn.receive_data(b"", self._clock())
             self._pump()
         elif type(action) is Wait:  # the peer left while an app works
             self._action = None
             self._broken = True
-            self._conn.connection_lost(self._loop.time())
+            self._conn.connection_lost(self._clock())
             self._pump()
         elif type(action) is Run and action.watch:
             self._left = True  # told once the step has returned
@@ -277,16 +280,17 @@ class _HttpProtocol(asyncio.Protocol):
 
     # --- driving the core ------------------------------------------------------------
 
-    def _pump(self) -> None:
+    def _pump(self, now: float | None = None) -> None:
         """Perform the core's actions until one has to wait; a failure ends this connection only.
-        (The loop is inline, not a method of its own: this runs twice per request.)"""
+        (The loop is inline, not a method of its own: this runs twice per request.) `now`: the
+        clock as just read by the caller."""
         try:
             conn = self._conn
             transport = self._transport
             loop = self._loop
-            # One reading of the clock for the pass: nothing in it blocks (asyncio's
-            # loop.time() is a Python call, and a request makes two or three passes).
-            now = loop.time()
+            # One reading of the clock for the pass: nothing in it blocks.
+            if now is None:
+                now = self._clock()
             while True:
                 action = conn.next_action(now)
                 if type(action) is Receive:
@@ -378,7 +382,7 @@ class _HttpProtocol(asyncio.Protocol):
         deadline = self._deadline
         if self._action is None or deadline is None:
             return  # nothing waits; the next wait arms the timer again
-        if deadline > self._loop.time():
+        if deadline > self._clock():
             self._arm(deadline)
         else:
             self._timed_out()
@@ -404,7 +408,7 @@ class _HttpProtocol(asyncio.Protocol):
         elif kind is Receive or kind is Send or kind is Wait:
             self._broken = kind is Send
             self._action = None
-            self._conn.timeout(self._loop.time())
+            self._conn.timeout(self._clock())
             self._pump()
 
     async def _send_file(self, file: BinaryIO, offset: int, count: int) -> int:
@@ -465,9 +469,9 @@ class _HttpProtocol(asyncio.Protocol):
         self._action = None
         self._broken = task.cancelled() or task.exception() is not None or task.result() != count
         if task.cancelled():
-            self._conn.timeout(self._loop.time())
+            self._conn.timeout(self._clock())
         elif self._broken:
-            self._conn.connection_lost(self._loop.time())
+            self._conn.connection_lost(self._clock())
         self._pump()
 
     def _stop_sending_file(self) -> None:
@@ -487,14 +491,14 @@ class _HttpProtocol(asyncio.Protocol):
         if self._left:  # the peer closed its side while a watched step ran
             self._left = False
             self._broken = True
-            self._conn.connection_lost(self._loop.time())
+            self._conn.connection_lost(self._clock())
         self._pump()
 
     def _finish_lost(self) -> None:
         """The socket is gone: let the core undo what is in progress, inline."""
         self._done = True
         try:
-            abandon(self._conn, self._loop.time())
+            abandon(self._conn, self._clock())
         except Exception:
             error_log.exception("cleaning up a connection failed")
         self._transport.abort()
@@ -538,6 +542,10 @@ class AsyncioServer:
         self.config = config
         self.loop = loop
         self.thread = threading.get_ident()
+        # The loop's clock, read two or three times per request: asyncio's own loop.time() is
+        # time.monotonic() behind a Python call; another loop's (uvloop's) is its own.
+        native_clock = type(loop).time is asyncio.BaseEventLoop.time
+        self.clock: Callable[[], float] = time.monotonic if native_clock else loop.time
         # asyncio's loops send files natively (or fall back by themselves, as for TLS);
         # others, uvloop included, have no loop.sendfile: `_send_file` does it.
         self.loop_sendfile = isinstance(loop, asyncio.BaseEventLoop)
@@ -720,7 +728,8 @@ class AsyncioServer:
             error_log.exception("an app task failed")
         finally:
             self.tasks.pop(task, None)
-            self._check_drained()
+            if self.stopping:  # `_check_drained`'s first test: no call per request
+                self._check_drained()
 
     def _task_done(self, key: Callable[[], Awaitable[None]], task: asyncio.Task[None]) -> None:
         self.tasks.pop(key, None)
