@@ -33,11 +33,15 @@ def serve_connection(sock: socket.socket, app: App, config: Config) -> None:
                 case Receive(deadline):
                     sock.settimeout(seconds_until(deadline))
                     conn.receive_data(sock.recv(65536), time.monotonic())  # b"" at end of input
-                case Send(data, deadline):
-                    sock.settimeout(seconds_until(deadline))
-                    sock.sendall(data)
-                case SendFile(file, offset, count, deadline):
-                    sock.settimeout(seconds_until(deadline))
+                case Send(data, deadline, timeout):
+                    # A deadline for progress: each send may wait `timeout` for room (sendall's
+                    # timeout would be for the whole write).
+                    sock.settimeout(seconds_until(deadline) if timeout is None else timeout)
+                    view = memoryview(data)
+                    while view:
+                        view = view[sock.send(view) :]
+                case SendFile(file, offset, count, deadline, timeout):
+                    sock.settimeout(seconds_until(deadline) if timeout is None else timeout)  # per write
                     if sock.sendfile(file, offset, count) != count:
                         conn.connection_lost()  # the file shrank under us
                 case Run(step):

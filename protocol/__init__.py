@@ -7,8 +7,10 @@ socket and the clock and drives one `ServerConnection` per connection:
 1. Ask `conn.next_action(now)` and perform what it says:
    - `Receive(deadline)`: read some bytes, then `conn.receive_data(data, now)`;
      pass b"" when the peer closed its side.
-   - `Send(data, deadline)`: write all of `data`.
-   - `SendFile(file, offset, count, deadline)`: write that part of the file.
+   - `Send(data, deadline, timeout)`: write all of `data`.
+   - `SendFile(file, offset, count, deadline, timeout)`: write that part of the file.
+   For both, `deadline` is one for progress: each time bytes go out, move it on to
+   that moment plus `timeout` (a client that takes no byte for that long is cut).
    - `Run(step)`: call `step()` where blocking is allowed (a worker thread in an event
      loop; inline in a threaded server). It never raises.
    - `Run(step, watch)`: with `watch`, notice the peer leaving while the step runs (peek,

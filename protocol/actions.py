@@ -4,6 +4,14 @@ Every action that waits carries an absolute `deadline` on the clock the transpor
 passes as `now` (None: no limit). If the deadline passes first, the transport calls
 `ServerConnection.timeout(now)` instead of completing the action.
 
+A `Send` or `SendFile` with a `timeout` (the core gives every one `Config.send_timeout`)
+has a deadline for progress, not for the whole write, as nginx's `send_timeout`: each
+time some of its bytes go out, the transport moves the deadline on to that moment plus
+`timeout`. So a slow but steady reader gets the whole response, and one that takes no
+byte for `timeout` seconds is cut. A write that goes out at once needs no clock. (A
+transport may notice progress late, by sampling, but never cut sooner than `timeout`
+after the last byte went out.) Without a `timeout`, the deadline is for the whole write.
+
 Actions are read-only by contract but not frozen: the core builds two or more per
 request, and a frozen dataclass costs about twice as much to build (its __init__ goes
 through object.__setattr__ for every field).
@@ -29,20 +37,23 @@ class Receive:
 
 @dataclass(slots=True)
 class Send:
-    """Write all of `data`."""
+    """Write all of `data`; `deadline` moves on with progress by `timeout` (see above)."""
 
     data: bytes
     deadline: float | None
+    timeout: float | None = None
 
 
 @dataclass(slots=True)
 class SendFile:
-    """Write `count` bytes of `file` from `offset` (os.sendfile where possible)."""
+    """Write `count` bytes of `file` from `offset` (os.sendfile where possible);
+    `deadline` moves on with progress by `timeout` (see above)."""
 
     file: BinaryIO
     offset: int
     count: int
     deadline: float | None
+    timeout: float | None = None
 
 
 @dataclass(slots=True)

@@ -28,11 +28,12 @@ class Config:
     body_timeout: float = 30.0
     """The request body must make progress at least this often, else 408."""
     send_timeout: float = 30.0
-    """Each write must complete within this, else the connection is dropped."""
+    """A response's writes must make progress this often: a client that takes no byte of it
+    for this long is dropped (nginx's send_timeout); a slow but steady one is served whole."""
     linger_timeout: float = 2.0
     """After a closing response, unread input is discarded for at most this long."""
     send_chunk_size: int = 1024 * 1024
-    """File bodies are sent in pieces of at most this size (each under send_timeout)."""
+    """File bodies are sent in pieces of at most this size."""
     date_header: bool = False
     """Add a Date header to every response."""
     server_header: bytes = b""

@@ -435,7 +435,7 @@ class ServerConnection:
         if self._out:
             data = b"".join(self._out)
             self._out.clear()
-            self._queue.append(Send(data, self._now + self._config.send_timeout))
+            self._queue.append(Send(data, self._now + self._config.send_timeout, self._config.send_timeout))
         self._queue.append(action)
 
     def _feed_slice(self) -> bool:
@@ -930,7 +930,9 @@ class ServerConnection:
             state.sending = True
             state.in_flight = state.pieces
             state.pieces = 0
-            self._queue.append(Send(b"".join(self._out), now + self._config.send_timeout))
+            self._queue.append(
+                Send(b"".join(self._out), now + self._config.send_timeout, self._config.send_timeout)
+            )
             self._out.clear()
             return
         if state.pieces:  # pieces that send nothing (HEAD, 204, 304) have "left" at once
@@ -1192,7 +1194,9 @@ class ServerConnection:
             socket.sending = True
             socket.in_flight = socket.pieces
             socket.pieces = 0
-            self._queue.append(Send(b"".join(out), now + self._config.send_timeout))
+            self._queue.append(
+                Send(b"".join(out), now + self._config.send_timeout, self._config.send_timeout)
+            )
             out.clear()
             return
         if socket.pieces:  # messages dropped (the WebSocket is closing) have "left" at once
@@ -1334,7 +1338,11 @@ class ServerConnection:
         pieces = self._h11.send_with_data_passthrough(h11.Data(data=cast(bytes, _Placeholder(count))))
         for piece in pieces or ():
             if isinstance(piece, _Placeholder):
-                self._emit(SendFile(body.file, offset, count, now + self._config.send_timeout))
+                self._emit(
+                    SendFile(
+                        body.file, offset, count, now + self._config.send_timeout, self._config.send_timeout
+                    )
+                )
             elif piece:
                 self._out.append(piece)
 

@@ -59,6 +59,7 @@ from .common import (
     accept_error,
     address_pair,
     bind,
+    bytes_acked,
     error_log,
     has_fileno,
     ports,
@@ -169,6 +170,9 @@ class _HttpProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._deadline: float | None = None  # of the action waited on
+        self._progress_at = 0.0  # a Send or SendFile waited on: when bytes last went out (seen)
+        self._unsent = 0  # and the transport's buffer then (`_paced`)
+        self._acked: int | None = None  # and the bytes the client had taken then
         self._sending_file: asyncio.Task[int] | None = None
         self._pending = bytearray()  # bytes that arrived while the core was busy
         self._eof = False
@@ -313,11 +317,11 @@ class _HttpProtocol(asyncio.Protocol):
                 if type(action) is Send:
                     transport.write(action.data)
                     if self._write_paused:
-                        self._wait(action, action.deadline)
+                        self._pace(action, now)
                         self._pause_reading()
                         return
                 elif type(action) is SendFile:
-                    self._wait(action, action.deadline)
+                    self._pace(action, now)
                     self._pause_reading()
                     self._busy = True
                     task = loop.create_task(self._send_file(action.file, action.offset, action.count))
@@ -371,6 +375,50 @@ class _HttpProtocol(asyncio.Protocol):
         if deadline is not None and (self._timer is None or deadline < self._timer_at):
             self._arm(deadline)
 
+    def _pace(self, action: Send | SendFile, now: float) -> None:
+        """Wait for a Send or SendFile on a deadline for progress: its own, or with a
+        `timeout`, one that `_paced` moves on while bytes go out."""
+        span = action.timeout
+        if span is None or action.deadline is None:
+            self._wait(action, action.deadline)
+            return
+        # asyncio tells no progress (nor does loop.sendfile): every span / 4 the bytes the
+        # client took (`bytes_acked`) and the transport's buffer are looked at (uvloop's
+        # file pieces tell theirs, `_sent_some`), so a cut comes between span and 1.25
+        # span after the last byte went out.
+        self._progress_at = action.deadline - span
+        self._unsent = self._transport.get_write_buffer_size()
+        self._acked = self._bytes_acked()
+        self._wait(action, min(action.deadline, now + span / 4))
+
+    def _bytes_acked(self) -> int | None:
+        sock = self._transport.get_extra_info("socket")
+        return None if sock is None else bytes_acked(sock)
+
+    def _sent_some(self) -> None:
+        """Bytes of the SendFile in progress went out."""
+        self._progress_at = self._loop.time()
+
+    def _paced(self) -> bool:
+        """At the deadline of a Send or SendFile: whether it made progress within its
+        `timeout` (then its deadline moved on)."""
+        action = self._action
+        assert isinstance(action, (Send, SendFile))
+        span = action.timeout
+        if span is None:
+            return False
+        now = self._loop.time()
+        size = self._transport.get_write_buffer_size()
+        acked = self._bytes_acked()
+        if size < self._unsent or (acked is not None and self._acked is not None and acked > self._acked):
+            self._progress_at = now
+        self._unsent = size
+        self._acked = acked
+        if now >= self._progress_at + span:
+            return False
+        self._wait(action, min(self._progress_at + span, now + span / 4))
+        return True
+
     def _arm(self, at: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -403,6 +451,8 @@ class _HttpProtocol(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         kind = type(self._action)
+        if (kind is Send or kind is SendFile) and self._paced():
+            return  # bytes went out: the deadline moved on
         if kind is SendFile:
             self._stop_sending_file()  # `_sent_file` reports the timeout
         elif kind is Receive or kind is Send or kind is Wait:
@@ -427,6 +477,7 @@ class _HttpProtocol(asyncio.Protocol):
                     if not more:
                         break  # the file is shorter than announced: the caller sees a short count
                     sent += more
+                    self._sent_some()
                     continue
             size = min(FILE_PIECE_SIZE, count - sent)
             piece = await self._server.steps.run(functools.partial(read_at, file, offset + sent, size))
@@ -440,6 +491,7 @@ class _HttpProtocol(asyncio.Protocol):
                     await self._drained
                 finally:
                     self._drained = None
+            self._sent_some()
         return sent
 
     async def _sendfile_now(self, file: BinaryIO, offset: int, count: int) -> int | None:

@@ -426,7 +426,11 @@ _LIMITS: tuple[tuple[str, Callable[[str], object], str], ...] = (
     ),
     ("head_timeout", _positive_float, "a request head must arrive within this from its first byte (408)"),
     ("body_timeout", _positive_float, "a request body must make progress this often (408)"),
-    ("send_timeout", _positive_float, "each write must complete within this"),
+    (
+        "send_timeout",
+        _positive_float,
+        "a client that takes no byte of a response for this long is dropped (a slow, steady one is served)",
+    ),
     ("linger_timeout", _positive_float, "after a closing response, unread input is discarded this long"),
     ("send_chunk_size", _size, "file bodies go out in pieces of at most this"),
 )

@@ -11,6 +11,8 @@ import errno
 import itertools
 import logging
 import socket
+import struct
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import BinaryIO, Final
@@ -215,6 +217,38 @@ def has_fileno(file: BinaryIO) -> bool:
         return file.fileno() >= 0
     except (AttributeError, OSError):
         return False
+
+
+UNSENT_LIMIT: Final = 16384
+"""Bytes a TCP socket holds not yet sent before it stops taking more (TCP_NOTSENT_LOWAT,
+which trio sets on every stream). So a write waits on the client, not on megabytes of
+kernel buffer, and a slow client's progress is seen as it happens (`--send-timeout`)."""
+
+
+def limit_unsent(sock: socket.socket) -> None:
+    """Set `UNSENT_LIMIT` on a TCP socket, where the platform has it."""
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if option is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, UNSENT_LIMIT)
+
+
+_TCP_INFO: Final = getattr(socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
+
+
+def bytes_acked(sock: socket.socket) -> int | None:
+    """How many bytes of its output a TCP socket's peer has taken (acknowledged: Linux's
+    tcpi_bytes_acked), None where unknown (a Unix socket, another system). It grows as a
+    client takes bytes even while the socket is too full to be writable."""
+    if _TCP_INFO is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 128)
+    except OSError:
+        return None
+    if len(info) < 128:
+        return None
+    return int(struct.unpack_from("Q", info, 120)[0])
 
 
 FILE_PIECE_SIZE: Final = 256 * 1024

@@ -89,10 +89,12 @@ from .common import (
     abandon,
     accept_error,
     bind,
+    bytes_acked,
     client_address,
     error_log,
     format_peer,
     has_fileno,
+    limit_unsent,
     peer_left,
     ports,
     read_at,
@@ -133,6 +135,7 @@ class _Connection:
     """One connection's socket and core, and what it waits for while parked."""
 
     __slots__ = (
+        "acked",
         "action",
         "armed",
         "client",
@@ -145,12 +148,14 @@ class _Connection:
         "file_offset",
         "handshake_deadline",
         "out",
+        "pacing",
         "parked",
         "sock",
         "stopped",
         "timed_out",
         "timer",
         "tls",
+        "unsent",
         "woken",
     )
 
@@ -165,6 +170,10 @@ class _Connection:
         self.out: bytes | memoryview = b""  # the rest of a Send, or of a file piece
         self.file_offset = 0  # the rest of a SendFile
         self.file_left = 0
+        # The Send or SendFile that waited last, and its bytes left then (`_wait_for`).
+        self.pacing: Send | SendFile | None = None
+        self.unsent = 0
+        self.acked: int | None = None  # under TLS, the bytes the client had taken then
         self.timed_out = False  # set by the reactor: the deadline passed, not the wait
         self.closed = False  # set by the worker that closed it
         self.woken = False  # set by `wake` (any thread): give up the Receive or Wait, ask again
@@ -695,6 +704,7 @@ class ThreadServer:
             if connection.handshake_deadline is None:  # a new connection
                 if sock.family != socket.AF_UNIX:  # no Nagle on TCP (a Unix socket has none)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    limit_unsent(sock)  # a slow client's progress shows (`--send-timeout`)
                 connection.client = client_address(sock)
                 connection.handshake_deadline = time.monotonic() + self._config.head_timeout
             context = self._options.ssl_context
@@ -752,6 +762,8 @@ class ThreadServer:
         cut = False
         if connection.timed_out:
             connection.timed_out = False
+            if self._paced(connection, action):
+                return _WAIT
             cut = type(action) is Send or type(action) is SendFile
             action = None
             connection.out = b""
@@ -859,10 +871,40 @@ class ThreadServer:
             action = None
 
     def _wait_for(self, connection: _Connection, action: Action, events: int) -> str:
-        """Park until `events`, then try `action` again (it goes on where it stopped)."""
+        """Park until `events`, then try `action` again (it goes on where it stopped).
+
+        A Send or SendFile with a `timeout` waits on a deadline for progress: first its
+        own, then, each time it parks again with fewer bytes left than the last time, the
+        moment plus `timeout` (so the clock is read only for writes that wait). Under TLS
+        a write that must wait takes no byte of its buffer (OpenSSL retries it whole): the
+        bytes the client took, looked at when the deadline passes, tell (`_paced`)."""
         assert isinstance(action, (Receive, Send, SendFile))
         connection.action = action
-        return self._wait(connection, events, action.deadline)
+        deadline = action.deadline
+        if not isinstance(action, Receive) and action.timeout is not None:
+            left = len(connection.out) + connection.file_left
+            if connection.pacing is not action:  # its first wait
+                connection.pacing = action
+                connection.acked = bytes_acked(connection.sock) if connection.tls else None
+            elif left < connection.unsent:  # bytes went out since it last parked
+                deadline = time.monotonic() + action.timeout
+            else:
+                deadline = connection.deadline
+            connection.unsent = left
+        return self._wait(connection, events, deadline)
+
+    def _paced(self, connection: _Connection, action: Action | None) -> bool:
+        """At the deadline of a Send or SendFile under TLS: whether the client took bytes
+        since it last looked (then the connection is set to wait on, a timeout later)."""
+        if not isinstance(action, (Send, SendFile)) or action.timeout is None or connection.acked is None:
+            return False
+        acked = bytes_acked(connection.sock)
+        if acked is None or acked <= connection.acked:
+            return False
+        connection.acked = acked
+        connection.action = action
+        self._wait(connection, connection.events, time.monotonic() + action.timeout)
+        return True
 
     def _wait(self, connection: _Connection, events: int, deadline: float | None) -> str:
         """Park until `events` or `deadline`, whichever comes first."""
@@ -921,6 +963,7 @@ class ThreadServer:
         connection.conn = None  # a stale heap entry may keep the shell a while, not the core
         connection.action = None
         connection.out = b""
+        connection.pacing = None
 
 
 class _AppLoop:

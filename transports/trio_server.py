@@ -178,7 +178,7 @@ class _Connection:
                 if sent == len(data):
                     return
                 if sent:
-                    action = Send(data[sent:], action.deadline)
+                    action = Send(data[sent:], action.deadline, action.timeout)
             self.handed = action
         except Exception as exc:
             self.error = exc
@@ -504,7 +504,8 @@ class TrioServer:
             if context is not None:
                 # Standard TLS closes: aclose() sends close_notify, so a client can tell the
                 # end of a response from a cut (a peer's cut is BrokenResourceError: lost).
-                stream = trio.SSLStream(tcp, context, server_side=True)
+                # Beneath it, `_PacedTcp`: a send's deadline moves on with progress.
+                stream = trio.SSLStream(_PacedTcp(tcp, sock), context, server_side=True)
             client, server = addresses(sock)
             peer = format_peer(client)
             connection = _Connection(self._thread, self._token, sock if context is None else None)
@@ -665,18 +666,26 @@ class TrioServer:
                             sent = 0
                         if sent == len(data):
                             continue  # the next Receive is the checkpoint
-                        data = data[sent:]
+                    else:
+                        sent = 0
+                    # The rest waits for the client; its deadline moves on with progress.
                     with trio.move_on_at(_at(action.deadline)) as scope:
-                        await stream.send_all(data)
+                        if raw is not None:
+                            await _send_raw(raw, memoryview(data)[sent:], scope, action.timeout)
+                        else:
+                            await _send_paced(stream, data, scope, action.timeout)
                     if scope.cancelled_caught:
                         cut = True
                         conn.timeout(current_time())
                 elif type(action) is SendFile:
                     with trio.move_on_at(_at(action.deadline)) as scope:
+                        span = action.timeout
                         if raw is not None and has_fileno(action.file):
-                            await _sendfile(raw, action.file, action.offset, action.count)
+                            await _sendfile(raw, action.file, action.offset, action.count, scope, span)
                         else:
-                            await _send_file_pieces(stream, action.file, action.offset, action.count)
+                            await _send_file_pieces(
+                                stream, raw, action.file, action.offset, action.count, scope, span
+                            )
                     if scope.cancelled_caught:
                         cut = True
                         conn.timeout(current_time())
@@ -827,8 +836,94 @@ async def _accept_socket(listener: socket.socket) -> socket.socket:
             await trio.lowlevel.wait_readable(listener)
 
 
-async def _sendfile(sock: socket.socket, file: BinaryIO, offset: int, count: int) -> None:
-    """os.sendfile on the raw socket, waiting for writability between tries."""
+def _progress(scope: trio.CancelScope, span: float | None) -> None:
+    """Bytes of a Send or SendFile went out: its deadline moves on by `span` (the action's
+    `timeout`; None: the deadline is for the whole write)."""
+    if span is not None:
+        scope.deadline = trio.current_time() + span
+
+
+async def _send_raw(
+    sock: socket.socket, data: memoryview, scope: trio.CancelScope, span: float | None
+) -> None:
+    """Send all of `data` on the raw socket, which just took what it could (waits first);
+    each send that takes bytes moves `scope`'s deadline on (`_progress`)."""
+    while data:
+        await trio.lowlevel.wait_writable(sock)
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            continue
+        data = data[sent:]
+        _progress(scope, span)
+
+
+async def _send_paced(
+    stream: trio.abc.Stream, data: bytes, scope: trio.CancelScope, span: float | None
+) -> None:
+    """`stream.send_all(data)` under TLS, where the bytes on the wire are not the data's:
+    the socket beneath (`_PacedTcp`) moves `scope`'s deadline on as it takes bytes."""
+    tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else None
+    if not isinstance(tcp, _PacedTcp):
+        await stream.send_all(data)
+        return
+    tcp.pace(scope, span)
+    try:
+        await stream.send_all(data)
+    finally:
+        tcp.pace(None, None)
+
+
+class _PacedTcp(trio.abc.HalfCloseableStream):
+    """The TCP stream beneath TLS. While a Send or SendFile is paced (`pace`), its sends go
+    on the raw socket and move that action's deadline on each time the socket takes bytes
+    (`_progress`); else it is the `trio.SocketStream` it wraps."""
+
+    def __init__(self, tcp: trio.SocketStream, sock: socket.socket) -> None:
+        self.tcp = tcp
+        self._sock = sock
+        self._scope: trio.CancelScope | None = None
+        self._span: float | None = None
+
+    def pace(self, scope: trio.CancelScope | None, span: float | None) -> None:
+        self._scope = scope
+        self._span = span
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        scope = self._scope
+        if scope is None:
+            await self.tcp.send_all(data)
+            return
+        view = memoryview(data)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while view:
+            try:
+                sent = self._sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._sock)
+                continue
+            view = view[sent:]
+            _progress(scope, self._span)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.tcp.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.tcp.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self.tcp.send_eof()
+
+    async def aclose(self) -> None:
+        await self.tcp.aclose()
+
+
+async def _sendfile(
+    sock: socket.socket, file: BinaryIO, offset: int, count: int, scope: trio.CancelScope, span: float | None
+) -> None:
+    """os.sendfile on the raw socket, waiting for writability between tries; each try that
+    sends bytes moves `scope`'s deadline on (`_progress`)."""
     in_fd = file.fileno()
     out_fd = sock.fileno()
     await trio.lowlevel.checkpoint_if_cancelled()
@@ -842,16 +937,29 @@ async def _sendfile(sock: socket.socket, file: BinaryIO, offset: int, count: int
             raise OSError("file ended before its announced length")
         offset += sent
         count -= sent
+        _progress(scope, span)
     await trio.lowlevel.cancel_shielded_checkpoint()
 
 
-async def _send_file_pieces(stream: trio.abc.Stream, file: BinaryIO, offset: int, count: int) -> None:
-    """The portable way (TLS, files without a descriptor): read in a thread, send."""
+async def _send_file_pieces(
+    stream: trio.abc.Stream,
+    raw: socket.socket | None,
+    file: BinaryIO,
+    offset: int,
+    count: int,
+    scope: trio.CancelScope,
+    span: float | None,
+) -> None:
+    """The portable way (TLS, files without a descriptor): read in a thread, send; the
+    deadline moves on as bytes go out (`_send_raw`, `_send_paced`)."""
     while count:
         data = await trio.to_thread.run_sync(read_at, file, offset, min(count, FILE_PIECE_SIZE))
         if not data:
             raise OSError("file ended before its announced length")
-        await stream.send_all(data)
+        if raw is not None:
+            await _send_raw(raw, memoryview(data), scope, span)
+        else:
+            await _send_paced(stream, data, scope, span)
         offset += len(data)
         count -= len(data)
 

@@ -620,6 +620,71 @@ def test_reader_that_stalls_is_dropped_after_send_timeout(start_server: StartSer
     server.assert_serving()
 
 
+def _small_window_client(server: Server) -> socket.socket:
+    """A client whose receive buffer (set before connecting: its window) is 4 KiB."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5.0)
+    sock.connect((server.host, server.port))
+    return sock
+
+
+def _read_steadily(sock: socket.socket, until: float, step: int = 8192, pause: float = 0.04) -> bytes:
+    """Read about `step` bytes every `pause` seconds (~200 KB/s) until `until` or the end."""
+    data = bytearray()
+    while time.monotonic() < until:
+        got = 0
+        while got < step:
+            more = sock.recv(step - got)
+            if not more:
+                return bytes(data)
+            got += len(more)
+            data += more
+        time.sleep(pause)
+    return bytes(data)
+
+
+def test_a_slow_steady_reader_gets_a_file_of_many_pieces_whole(start_server: StartServer) -> None:
+    """--send-timeout is for progress, as nginx's send_timeout: a client that keeps taking
+    bytes is served however long a piece takes (was: trio cut it when one --send-chunk-size
+    piece took longer than the send timeout, here ~0.65 s a piece against 0.5 s)."""
+    server = start_server("--send-timeout", "0.5", "--send-chunk-size", "128k")
+    body = os.urandom(6 * 128 * 1024)
+    (server.directory / "big").write_bytes(body)
+    with _small_window_client(server) as sock:
+        sock.sendall(request("GET", "/files/big"))
+        started = time.monotonic()
+        data = _read_steadily(sock, started + 15.0)
+        elapsed = time.monotonic() - started
+        head, _, received = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert len(received) == len(body) and received == body, (len(received), elapsed)
+        assert elapsed > 2.0, elapsed  # it was slow: several send timeouts long
+    server.assert_serving()
+
+
+def test_a_reader_that_stops_is_cut_a_send_timeout_after_its_last_byte(start_server: StartServer) -> None:
+    server = start_server("--send-timeout", "0.5", "--send-chunk-size", "128k")
+    (server.directory / "big").write_bytes(b"z" * (32 * 1024 * 1024))
+    server.assert_serving()
+    baseline = server.settled_fd_count()
+    sock = _small_window_client(server)
+    try:
+        sock.sendall(request("GET", "/files/big"))
+        data = _read_steadily(sock, time.monotonic() + 1.5)  # three send timeouts
+        assert len(data) > 100_000, len(data)  # served all along (each read took bytes)
+        assert server.fd_count() >= baseline + 2  # the connection and its file
+        stopped = time.monotonic()  # and now it reads no more
+        while server.fd_count() != baseline and time.monotonic() - stopped < 5.0:
+            time.sleep(0.02)
+        elapsed = time.monotonic() - stopped
+        assert server.fd_count() == baseline, (server.fd_count(), baseline)
+        assert 0.3 <= elapsed <= 2.0, elapsed
+    finally:
+        sock.close()
+    server.assert_serving()
+
+
 def test_running_out_of_fds_pauses_accepting(start_server: StartServer) -> None:
     server = start_server(max_fds=64)
     server.assert_serving()

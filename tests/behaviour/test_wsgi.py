@@ -355,7 +355,7 @@ def test_timeouts_hold_for_apps(limited: Server) -> None:
         assert client.read_response().status == 408
 
 
-def tls_server(start_server: StartServer, tmp_path: Path) -> tuple[Server, ssl.SSLContext]:
+def tls_server(start_server: StartServer, tmp_path: Path, *args: str) -> tuple[Server, ssl.SSLContext]:
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "127.0.0.1")
     certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -364,7 +364,7 @@ def tls_server(start_server: StartServer, tmp_path: Path) -> tuple[Server, ssl.S
         blob.write_to_path(str(certfile), append=True)
     cert.private_key_pem.write_to_path(str(keyfile))
     server = start_server(
-        *app_args(SUITE, "--certfile", str(certfile), "--keyfile", str(keyfile)), directory=False
+        *app_args(SUITE, "--certfile", str(certfile), "--keyfile", str(keyfile), *args), directory=False
     )
     context = ssl.create_default_context()
     ca.configure_trust(context)
@@ -378,6 +378,45 @@ def test_tls_app(start_server: StartServer, tmp_path: Path) -> None:
         client.send(request("GET", "/file?size=300000&skip=5"))
         whole = bytes(range(256)) * (300000 // 256) + bytes(range(300000 % 256))
         assert client.read_response().body == whole[5:]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_slow_steady_reader_gets_a_large_app_body_whole(
+    start_server: StartServer, tmp_path: Path, tls: bool
+) -> None:
+    """--send-timeout is for progress: each 256 KiB piece of /huge (a Send) takes a reader
+    at ~200 KB/s over a 4 KiB window longer than the 0.5 s send timeout, and the whole
+    body still comes (was: trio cut it at the first piece)."""
+    args = ("--send-timeout", "0.5")
+    context: ssl.SSLContext | None = None
+    if tls:
+        server, context = tls_server(start_server, tmp_path, *args)
+    else:
+        server = start_server(*app_args(SUITE, *args), directory=False)
+    size = 3 * 256 * 1024
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window
+    raw.settimeout(5.0)
+    raw.connect((server.host, server.port))
+    sock = raw if context is None else context.wrap_socket(raw, server_hostname=server.host)
+    with sock:
+        sock.sendall(request("GET", f"/huge?size={size}"))
+        started = time.monotonic()
+        data = bytearray()
+        while time.monotonic() - started < 15.0:
+            more = sock.recv(8192)
+            if not more:
+                break
+            data += more
+            head, _, body = bytes(data).partition(b"\r\n\r\n")
+            if len(body) >= size:
+                break
+            time.sleep(0.04 * len(more) / 8192)  # about 200 KB/s
+        elapsed = time.monotonic() - started
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert body == b"h" * size, (len(body), elapsed)
+    assert elapsed > 1.5, elapsed  # slow: several send timeouts long
 
 
 def test_tls_app_scheme(start_server: StartServer, tmp_path: Path) -> None:

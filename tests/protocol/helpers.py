@@ -232,9 +232,11 @@ class Driver(Generic[AppT]):
             if isinstance(action, Send):
                 assert not self.half_closed and not self.closed
                 assert action.deadline == self.now + self.config.send_timeout
+                assert action.timeout == self.config.send_timeout  # a deadline for progress
                 self.output += action.data
             elif isinstance(action, SendFile):
                 assert not self.half_closed and not self.closed
+                assert action.timeout == self.config.send_timeout
                 action.file.seek(action.offset)
                 data = action.file.read(action.count)
                 assert len(data) == action.count > 0

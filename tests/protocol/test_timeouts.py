@@ -114,6 +114,22 @@ def test_a_file_send_that_does_not_complete_in_time_closes_the_file() -> None:
     assert app.files[0].closed
 
 
+def test_send_deadlines_are_for_progress_each_write_carries_the_send_timeout() -> None:
+    """Send and SendFile carry `timeout` (send_timeout): the transport moves the deadline on by
+    it each time bytes go out, so a slow but steady reader is never cut (nginx's send_timeout)."""
+    app = App(memfile_size=3000)
+    config = Config(send_chunk_size=1000, send_timeout=20.0, access_log=False)
+    d = Driver(app, config, now=0.0)
+    d.conn.receive_data(get(b"/memfile"), 0.0)
+    head = d.advance(stop_at=(Send,))
+    assert isinstance(head, Send) and (head.deadline, head.timeout) == (20.0, 20.0)
+    piece = d.advance(stop_at=(SendFile,))  # queued with the head
+    assert isinstance(piece, SendFile) and (piece.deadline, piece.timeout) == (20.0, 20.0)
+    d.now = 500.0  # a piece may take as long as it keeps making progress
+    piece = d.advance(stop_at=(SendFile,))
+    assert isinstance(piece, SendFile) and (piece.deadline, piece.timeout) == (520.0, 20.0)
+
+
 def test_a_timeout_while_lingering_closes() -> None:
     d = Driver(App(), CONFIG, now=0.0)
     d.feed(get(b"/", b"Connection: close") + b"junk")
