@@ -51,7 +51,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
-from protocol import Channel, FileBody, Request, Response
+from protocol import Channel, FileBody, Request, Response, split_target
 from protocol.redaction import redact_values
 
 from .notify import Notifier, notifier
@@ -505,10 +505,7 @@ def _ours(error: BaseException) -> bool:
 
 def scope_path(request: Request, root_path: str) -> tuple[str, bytes, bytes]:
     """(path, raw_path, query_string) of a scope: the path percent-decoded and under `root_path`."""
-    raw_path, _, query = request.target.partition(b"?")
-    if raw_path[:1] != b"/" and raw_path != b"*":  # absolute-form (RFC 9112 §3.2.2): drop scheme://authority
-        start = raw_path.find(b"/", raw_path.find(b"://") + 3) if b"://" in raw_path else -1
-        raw_path = raw_path[start:] if start >= 0 else b"/"
+    raw_path, query = split_target(request.target)
     path = raw_path.decode("ascii")  # h11 lets only visible ASCII through
     if "%" in path:
         path = unquote(path)

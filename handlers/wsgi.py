@@ -56,7 +56,7 @@ from types import TracebackType
 from typing import IO, Any, BinaryIO, Final, cast
 from urllib.parse import unquote_to_bytes
 
-from protocol import FileBody, Request, Response
+from protocol import FileBody, Request, Response, split_target
 from protocol.redaction import redact_values
 
 __all__ = ["FileWrapper", "WSGIApp"]
@@ -288,10 +288,7 @@ class WSGIApp:
 
     def _path_and_query(self, target: bytes) -> tuple[str, str]:
         """(PATH_INFO, QUERY_STRING) for a request target, remembered (see `_targets`)."""
-        path, _, query = target.partition(b"?")
-        if path[:1] != b"/" and path != b"*":  # absolute-form: drop scheme://authority
-            start = path.find(b"/", path.find(b"://") + 3) if b"://" in path else -1
-            path = path[start:] if start >= 0 else b"/"
+        path, query = split_target(target)
         path_info = (unquote_to_bytes(path) if path.find(b"%") >= 0 else path).decode("latin-1")
         root = self._root
         if root and path_info.startswith(root) and path_info[len(root) : len(root) + 1] in ("", "/"):

@@ -87,7 +87,7 @@ from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile, Spa
 from .channel import Channel
 from .config import Config
 from .connection import Phase, ServerConnection
-from .messages import App, Exchange, FileBody, Headers, Request, Response, Session, Stream
+from .messages import App, Exchange, FileBody, Headers, Request, Response, Session, Stream, split_target
 from .parser import PARSERS, ParserUnavailable, select_parser
 from .proxy import TrustedProxies
 
@@ -117,4 +117,5 @@ __all__ = [
     "TrustedProxies",
     "Wait",
     "select_parser",
+    "split_target",
 ]

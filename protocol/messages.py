@@ -25,6 +25,16 @@ _BODY_SHOWN = 64
 """Bytes of a body a Response's repr shows (a log line is no place for a whole file)."""
 
 
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """(path, query) of a request target, the query raw. An absolute-form target
+    (`http://host/p?q`, RFC 9112 §3.2.2) loses its scheme and authority: its path is `/p`."""
+    path, _, query = target.partition(b"?")
+    if path[:1] != b"/" and path != b"*":
+        start = path.find(b"/", path.find(b"://") + 3) if b"://" in path else -1
+        path = path[start:] if start >= 0 else b"/"
+    return path, query
+
+
 @dataclass(slots=True, repr=False)
 class Request:
     """A request head. The body, if any, goes to the `Exchange` a handler returns.
