@@ -397,7 +397,7 @@ class _HttpProtocol(asyncio.Protocol):
 
     def _sent_some(self) -> None:
         """Bytes of the SendFile in progress went out."""
-        self._progress_at = self._loop.time()
+        self._progress_at = self._clock()
 
     def _paced(self) -> bool:
         """At the deadline of a Send or SendFile: whether it made progress within its
@@ -407,7 +407,7 @@ class _HttpProtocol(asyncio.Protocol):
         span = action.timeout
         if span is None:
             return False
-        now = self._loop.time()
+        now = self._clock()
         size = self._transport.get_write_buffer_size()
         acked = self._bytes_acked()
         if size < self._unsent or (acked is not None and self._acked is not None and acked > self._acked):

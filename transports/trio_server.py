@@ -846,13 +846,13 @@ def _progress(scope: trio.CancelScope, span: float | None) -> None:
 async def _send_raw(
     sock: socket.socket, data: memoryview, scope: trio.CancelScope, span: float | None
 ) -> None:
-    """Send all of `data` on the raw socket, which just took what it could (waits first);
-    each send that takes bytes moves `scope`'s deadline on (`_progress`)."""
+    """Send all of `data` on the raw socket, waiting for writability when it is full; each
+    send that takes bytes moves `scope`'s deadline on (`_progress`)."""
     while data:
-        await trio.lowlevel.wait_writable(sock)
         try:
             sent = sock.send(data)
         except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
             continue
         data = data[sent:]
         _progress(scope, span)
@@ -894,16 +894,8 @@ class _PacedTcp(trio.abc.HalfCloseableStream):
         if scope is None:
             await self.tcp.send_all(data)
             return
-        view = memoryview(data)
         await trio.lowlevel.checkpoint_if_cancelled()
-        while view:
-            try:
-                sent = self._sock.send(view)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self._sock)
-                continue
-            view = view[sent:]
-            _progress(scope, self._span)
+        await _send_raw(self._sock, memoryview(data), scope, self._span)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
