@@ -153,9 +153,9 @@ _NAME_VALUE: Final = itemgetter(1, 2)
 _NOT_RUN: Final = object()
 _NO_PIECE: Final = object()
 _READ_AHEAD: Final = 64 * 1024
-_GATHER_MAX: Final = 64
-"""Body pieces past which a step stops gathering slices of one read (see _read_body)."""
 """Request body bytes read for a Session's task before it asks for them."""
+_GATHER_MAX: Final = 64
+"""Body pieces past which a step stops gathering slices of one read (`_read_body`, `_feed_session`)."""
 _END_OF_MESSAGE: Final = h11.EndOfMessage()
 _CONTINUE: Final = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
 """Events are immutable: one instance serves every response."""
@@ -758,9 +758,9 @@ class ServerConnection:
             fields.append(_CONNECTION_CLOSE)
         config = self._config
         # Singletons (RFC 9110 §6.6.1, §10.2.4): an app's own Date or Server is kept, alone.
-        if config.date_header and not _names(headers, b"date"):
+        if config.date_header and not _has_field(headers, b"date"):
             fields.append((b"Date", b"date", _http_date()))
-        if config.server_header and not _names(headers, b"server"):  # validated by Config
+        if config.server_header and not _has_field(headers, b"server"):  # validated by Config
             fields.append((b"Server", b"server", config.server_header))
         if length is None:  # the handler frames the body: by its Content-Length, if any
             self._stream_left = verdict[2] if verdict is not None else _declared_length(headers)
@@ -1598,7 +1598,7 @@ def _close_stream(stream: Stream) -> None:
         error_log.exception("closing %r failed", stream)
 
 
-def _names(headers: Headers, name: bytes) -> bool:
+def _has_field(headers: Headers, name: bytes) -> bool:
     """Whether `headers` has a field `name` (lower-case), in any case; False for headers
     that are not pairs with a bytes or str name (h11 refuses them later: a 500)."""
     size = len(name)

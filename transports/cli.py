@@ -222,6 +222,8 @@ def parser() -> argparse.ArgumentParser:
         "--threads",
         metavar="N",
         type=_positive_int,
+        # `%(default).0s` prints nothing: a help that names %(default) gets no "(default: None)"
+        # from ArgumentDefaultsHelpFormatter; the real default is in the text.
         help=f"blocking steps (disk work, WSGI app calls) run at once per process (default "
         f"{options.threads}); with --transport threads also the connections served at once%(default).0s",
     )
