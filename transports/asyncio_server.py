@@ -616,6 +616,8 @@ class AsyncioServer:
         self.stopping = False
         self._stop = asyncio.Event()
         self._cut = asyncio.Event()
+        self._startup: asyncio.Task[Any] | None = None  # serve's, while it enters the lifespan
+        self._startup_cancelled = False  # by a shutdown: serve returns without serving
         self._drained = asyncio.Event()  # stopping, and no connection or app task is left
         self.draining = False  # stopping, and idle connections wait for a last request
         self._peeking: set[asyncio.Future[None]] = set()  # TLS servers: waits for a client's first byte
@@ -633,6 +635,9 @@ class AsyncioServer:
         Ctrl-C), it closes idle connections if draining, else cuts the remaining ones at once.
         Call it on the loop's thread (`loop.call_soon_threadsafe(server.shutdown)` elsewhere).
         """
+        if self._startup is not None and not self._startup_cancelled:
+            self._startup_cancelled = True
+            self._startup.cancel()
         if self._stop.is_set():
             if drain:
                 return
@@ -854,8 +859,9 @@ async def serve(
     Listens on `sockets` when given (bound and listening; serve closes them when it
     stops accepting), else binds `options.host`/`options.port`. Enters
     `options.lifespan` before accepting (raising what it raises) and exits it once
-    drained. Calls `started(server)` once accepting. Cancelling `serve` cuts every
-    connection and cancels every app task at once.
+    drained; a signal during that startup cancels it, and `serve` returns without serving.
+    Calls `started(server)` once accepting. Cancelling `serve` cuts every connection and
+    cancels every app task at once.
     """
     loop = asyncio.get_running_loop()
     server = AsyncioServer(app, config, options, bind(options) if sockets is None else sockets, loop)
@@ -864,7 +870,20 @@ async def serve(
             loop.add_signal_handler(signum, server.shutdown)
         loop.add_signal_handler(signal.SIGUSR1, functools.partial(server.shutdown, drain=True))
     try:
-        async with options.lifespan() if options.lifespan else contextlib.nullcontext():
+        async with contextlib.AsyncExitStack() as lifespan:
+            if options.lifespan is not None:
+                server._startup = task = asyncio.current_task()
+                try:
+                    await lifespan.enter_async_context(options.lifespan())
+                except asyncio.CancelledError:
+                    if not server._startup_cancelled:
+                        raise
+                    assert task is not None
+                    task.uncancel()
+                    logs.startup_cancelled()
+                    return
+                finally:
+                    server._startup = None
             if started is not None:
                 started(server)
             await server._run()

@@ -760,15 +760,14 @@ def run(
 
         from . import trio_server
 
-        async def serve_trio() -> None:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(
-                    functools.partial(trio_server.serve, app, config, options, sockets=sockets)
-                )
+        class Report:  # `serve`'s task_status (not nursery.start's: a stop during startup never serves)
+            def started(self, value: object = None) -> None:
                 if started is not None:
                     started()
 
-        trio.run(serve_trio)
+        trio.run(
+            functools.partial(trio_server.serve, app, config, options, sockets=sockets, task_status=Report())
+        )
     elif transport == "asyncio":
         from . import asyncio_server, loops
 

@@ -85,6 +85,11 @@ def shutdown_begins(in_flight: int, grace: float, *, drain: bool = False) -> Non
         server_log.info("shutting down: no request in flight")
 
 
+def startup_cancelled() -> None:
+    """Log that a stop (a signal) came during the app's startup, which was cancelled."""
+    server_log.info("stopped during the app's startup: not serving (the startup was cancelled)")
+
+
 def shutdown_cuts(count: int) -> None:
     """Log that the grace period is over (or a second signal came) and `count` connections are cut."""
     if count:

@@ -261,6 +261,8 @@ class ThreadServer:
         else:
             self._draining = drain  # before _stopping: whoever sees that sees this
         self._stopping = True
+        if self._apps is not None:
+            self._apps.cancel_startup()
         with contextlib.suppress(OSError):  # full: the reactor wakes anyway
             self._wake_writer.send(b"x")
 
@@ -981,6 +983,8 @@ class _AppLoop:
         self._lock = threading.Lock()  # for `count`: workers spawn at once
         self._tasks: set[asyncio.Task[None]] = set()  # the loop thread's own
         self._cancelling = False
+        self._entering: asyncio.Task[None] | None = None  # `enter`'s task, until entered (loop thread)
+        self._startup_cancelled = False  # by `cancel_startup` (loop thread)
         # Tasks spawned and not yet started: one call_soon_threadsafe (a write to the
         # loop's self-pipe) per batch of them, not one per task.
         self._spawned: collections.deque[Callable[[], Awaitable[None]]] = collections.deque()
@@ -1040,20 +1044,30 @@ class _AppLoop:
         for task in self._tasks:
             task.cancel()
 
-    def enter(self, lifespan: Lifespan) -> Callable[[], None]:
+    def enter(self, lifespan: Lifespan) -> Callable[[], None] | None:
         """Enter `lifespan()` in a task on the loop; raises what entering raised. Returns the
-        function that exits it (blocking until it did, and raising what exiting raised)."""
+        function that exits it (blocking until it did, and raising what exiting raised), or
+        None when `cancel_startup` cancelled the entering."""
         entered: concurrent.futures.Future[None] = concurrent.futures.Future()
         leave: concurrent.futures.Future[None] = concurrent.futures.Future()
 
         async def hold() -> None:
-            async with lifespan():
-                entered.set_result(None)
-                await asyncio.wrap_future(leave)
+            if self._startup_cancelled:
+                raise asyncio.CancelledError
+            self._entering = asyncio.current_task()
+            try:
+                async with lifespan():
+                    self._entering = None  # on the loop's thread, as the cancel: none comes after this
+                    entered.set_result(None)
+                    await asyncio.wrap_future(leave)
+            finally:
+                self._entering = None
 
         held = asyncio.run_coroutine_threadsafe(hold(), self.loop)
         concurrent.futures.wait([entered, held], return_when=concurrent.futures.FIRST_COMPLETED)
         if not entered.done():
+            if held.cancelled():
+                return None
             held.result()  # raises the failure
             raise RuntimeError("the lifespan returned without entering")  # pragma: no cover
 
@@ -1062,6 +1076,16 @@ class _AppLoop:
             held.result()
 
         return exit_lifespan
+
+    def cancel_startup(self) -> None:
+        """Cancel the entering of the lifespan, if it is under way (from any thread)."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed already
+            self.loop.call_soon_threadsafe(self._cancel_entering)
+
+    def _cancel_entering(self) -> None:
+        self._startup_cancelled = True
+        if self._entering is not None:
+            self._entering.cancel()
 
     def stop(self) -> None:
         """Stop the loop and wait (a bounded time) for its thread."""
@@ -1096,7 +1120,8 @@ def serve(
     Listens on `sockets` when given (bound and listening; serve closes them when it
     stops accepting), else binds `options.host`/`options.port`. Enters
     `options.lifespan` on the app loop before accepting (raising what it raises) and
-    exits it once drained. Calls `started(server)` once accepting. Blocks; signals
+    exits it once drained; a signal during that startup cancels it, and `serve` returns
+    without serving. Calls `started(server)` once accepting. Blocks; signals
     need it on the main thread.
     """
     sockets = bind(options) if sockets is None else sockets
@@ -1115,7 +1140,15 @@ def serve(
 
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 previous[signum] = signal.signal(signum, on_signal)
-        leave = None if options.lifespan is None else server._app_loop().enter(options.lifespan)
+        leave = None
+        if options.lifespan is not None:
+            apps = server._app_loop()
+            if server._stopping:  # a signal came before there was a loop to tell
+                apps.cancel_startup()
+            leave = apps.enter(options.lifespan)
+            if leave is None:
+                logs.startup_cancelled()
+                return
         try:
             if started is not None:
                 started(server)

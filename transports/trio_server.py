@@ -364,6 +364,7 @@ class TrioServer:
         self._stop = trio.Event()
         self._drained = trio.Event()  # stopping, and no connection or app task is left
         self._grace = trio.CancelScope()  # the wait for requests in flight
+        self._startup = trio.CancelScope()  # entering the lifespan: a shutdown meanwhile cancels it
         self._room_wanted = False  # a client found every slot taken and no connection idle
         self._thread = threading.get_ident()
         self._token = trio.lowlevel.current_trio_token()
@@ -380,6 +381,7 @@ class TrioServer:
         crosses our close on the wire (a reload retires workers so). Called again (a second
         Ctrl-C), it closes idle connections if draining, else cuts the remaining ones at once.
         """
+        self._startup.cancel()  # no effect once the lifespan was entered
         if self._stop.is_set():
             if drain:
                 return
@@ -432,8 +434,9 @@ class TrioServer:
         """The connections not idle between requests (an idle one closes at shutdown)."""
         return [c for c in self._connections if c.conn.phase is not Phase.IDLE]
 
-    async def _watch_signals(self) -> None:
+    async def _watch_signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+            task_status.started()
             async for signum in signals:
                 self.shutdown(drain=signum == signal.SIGUSR1)
 
@@ -969,7 +972,8 @@ async def serve(
     Listens on `sockets` when given (bound and listening; serve closes them when it
     stops accepting), else binds `options.host`/`options.port`. Enters
     `options.lifespan` before accepting (raising what it raises) and exits it once
-    drained. Reports the `TrioServer` (its `ports`) via `task_status` once accepting.
+    drained; a signal during that startup cancels it, and `serve` returns without serving.
+    Reports the `TrioServer` (its `ports`) via `task_status` once accepting.
     Cancelling `serve` cuts every connection and app task at once.
     """
     sockets = bind(options) if sockets is None else sockets
@@ -978,10 +982,16 @@ async def serve(
         server = TrioServer(app, config, options, ports(sockets))
         async with trio.open_nursery() as signals:
             if options.handle_signals:  # until the very end: a second signal cuts the grace period
-                signals.start_soon(server._watch_signals)
+                await signals.start(server._watch_signals)  # already during the app's startup
             try:
-                async with options.lifespan() if options.lifespan else contextlib.nullcontext():
-                    await server._serve(sockets, task_status)
+                async with contextlib.AsyncExitStack() as lifespan:
+                    if options.lifespan is not None:
+                        with server._startup:
+                            await lifespan.enter_async_context(options.lifespan())
+                    if server._startup.cancelled_caught:
+                        logs.startup_cancelled()
+                    else:
+                        await server._serve(sockets, task_status)
             except Exception as exc:  # raised as it is, not in the nursery's ExceptionGroup
                 failure = exc
             signals.cancel_scope.cancel()
