@@ -64,6 +64,7 @@ from .common import (
     has_fileno,
     ports,
     read_at,
+    take_stop_signals,
 )
 from .options import ServerOptions
 
@@ -869,6 +870,7 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, server.shutdown)
         loop.add_signal_handler(signal.SIGUSR1, functools.partial(server.shutdown, drain=True))
+        take_stop_signals()
     try:
         async with contextlib.AsyncExitStack() as lifespan:
             if options.lifespan is not None:

@@ -27,7 +27,7 @@ from protocol import PARSERS, App, Config, ParserUnavailable, select_parser
 from protocol.proxy import DEFAULT_ALLOW, TrustedProxies
 
 from . import logs
-from .common import bind, url
+from .common import bind, hold_stop_signals, url
 from .listeners import UDS_MODE, Listeners, bind_unix, inherited_all, systemd_fds
 from .loops import LOOP_TRANSPORTS, LOOPS, LoopUnavailable, new_loop_factory
 from .options import Lifespan, ServerOptions, hooks
@@ -542,6 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before the start-up line, which tells a caller it may signal: a SIGHUP must not kill us.
     # (The supervisor sets its own handler at once; the first workers are not started yet.)
     signal.signal(signal.SIGHUP, signal.SIG_IGN if supervised else _ignore_hangup)
+    hold_stop_signals()  # until the server's handlers are in place: a SIGTERM then stops it gracefully
     loop = f", loop {args.loop}" if args.transport in LOOP_TRANSPORTS else ""
     print(
         f"Listening on {url(sockets, tls=options.ssl_context is not None)}"

@@ -100,6 +100,7 @@ from .common import (
     read_at,
     run_task,
     server_address,
+    take_stop_signals,
 )
 from .options import Lifespan, ServerOptions
 
@@ -1140,6 +1141,7 @@ def serve(
 
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 previous[signum] = signal.signal(signum, on_signal)
+            take_stop_signals()
         leave = None
         if options.lifespan is not None:
             apps = server._app_loop()

@@ -42,6 +42,7 @@ from . import logs
 from .common import (
     FILE_PIECE_SIZE,
     RECEIVE_SIZE,
+    STOP_SIGNALS,
     TLS_HANDSHAKE,
     Step,
     StepPool,
@@ -55,6 +56,7 @@ from .common import (
     peer_left,
     ports,
     read_at,
+    take_stop_signals,
 )
 from .options import ServerOptions
 
@@ -364,7 +366,8 @@ class TrioServer:
         self._stop = trio.Event()
         self._drained = trio.Event()  # stopping, and no connection or app task is left
         self._grace = trio.CancelScope()  # the wait for requests in flight
-        self._startup = trio.CancelScope()  # entering the lifespan: a shutdown meanwhile cancels it
+        self._startup = trio.CancelScope()  # a shutdown before `_started` cancels the lifespan's entering
+        self._started = False  # the lifespan was entered
         self._room_wanted = False  # a client found every slot taken and no connection idle
         self._thread = threading.get_ident()
         self._token = trio.lowlevel.current_trio_token()
@@ -381,7 +384,8 @@ class TrioServer:
         crosses our close on the wire (a reload retires workers so). Called again (a second
         Ctrl-C), it closes idle connections if draining, else cuts the remaining ones at once.
         """
-        self._startup.cancel()  # no effect once the lifespan was entered
+        if not self._started:
+            self._startup.cancel()
         if self._stop.is_set():
             if drain:
                 return
@@ -435,7 +439,8 @@ class TrioServer:
         return [c for c in self._connections if c.conn.phase is not Phase.IDLE]
 
     async def _watch_signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            take_stop_signals()
             task_status.started()
             async for signum in signals:
                 self.shutdown(drain=signum == signal.SIGUSR1)
@@ -984,14 +989,13 @@ async def serve(
             if options.handle_signals:  # until the very end: a second signal cuts the grace period
                 await signals.start(server._watch_signals)  # already during the app's startup
             try:
-                async with contextlib.AsyncExitStack() as lifespan:
-                    if options.lifespan is not None:
-                        with server._startup:
-                            await lifespan.enter_async_context(options.lifespan())
-                    if server._startup.cancelled_caught:
-                        logs.startup_cancelled()
-                    else:
+                # The scope holds serving too: a lifespan may open a nursery on entering.
+                with server._startup:
+                    async with options.lifespan() if options.lifespan else contextlib.nullcontext():
+                        server._started = True
                         await server._serve(sockets, task_status)
+                if server._startup.cancelled_caught:
+                    logs.startup_cancelled()
             except Exception as exc:  # raised as it is, not in the nursery's ExceptionGroup
                 failure = exc
             signals.cancel_scope.cancel()
