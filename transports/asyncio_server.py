@@ -793,6 +793,10 @@ class AsyncioServer:
         self.tasks.pop(key, None)
         self._check_drained()
 
+    def _phases(self) -> list[Phase]:
+        """Where each open connection stands (for the shutdown log)."""
+        return [protocol._conn.phase for protocol in self.connections if not protocol._done]
+
     def _check_drained(self) -> None:
         if self.stopping and not self.connections and not self._count and not self.tasks:
             self._drained.set()
@@ -821,8 +825,7 @@ class AsyncioServer:
             _wake_waiter(waiter)
         for protocol in list(self.connections):
             protocol.stop(drain=self.draining)
-        in_flight = sum(not protocol._done for protocol in self.connections)
-        logs.shutdown_begins(in_flight, grace, drain=self.draining)
+        logs.shutdown_begins(self._phases(), grace, drain=self.draining)
         self._check_drained()
         if not self._drained.is_set():
             waits = [self.loop.create_task(event.wait()) for event in (self._drained, self._cut)]
@@ -830,7 +833,7 @@ class AsyncioServer:
             for wait in waits:
                 wait.cancel()
             if not self._drained.is_set():
-                logs.shutdown_cuts(sum(not protocol._done for protocol in self.connections))
+                logs.shutdown_cuts(self._phases())
                 for protocol in list(self.connections):
                     protocol.cut()  # their channels tell app tasks: gone
                 for key, task in self.tasks.items():

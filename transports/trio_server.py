@@ -418,14 +418,13 @@ class TrioServer:
                         sock.close()  # new connections are refused, not left waiting
                     for connection in list(self._connections):
                         connection.stop(drain=self._draining)
-                    waiting = self._connections if self._draining else self._busy_connections()
-                    logs.shutdown_begins(len(waiting), self._options.shutdown_grace, drain=self._draining)
+                    logs.shutdown_begins(self._phases(), self._options.shutdown_grace, drain=self._draining)
                     self._check_drained()
                     self._grace.deadline = trio.current_time() + self._options.shutdown_grace
                     with self._grace:
                         await self._drained.wait()
                     if not self._drained.is_set():
-                        logs.shutdown_cuts(len(self._connections))
+                        logs.shutdown_cuts(self._phases())
                     connections.cancel_scope.cancel()  # their channels tell app tasks: gone
                 apps.cancel_scope.cancel()
         finally:
@@ -434,9 +433,9 @@ class TrioServer:
             self._steps.close()  # every step is over: trio waited for the tasks awaiting them
         logs.shutdown_done()
 
-    def _busy_connections(self) -> list[_Connection]:
-        """The connections not idle between requests (an idle one closes at shutdown)."""
-        return [c for c in self._connections if c.conn.phase is not Phase.IDLE]
+    def _phases(self) -> list[Phase]:
+        """Where each open connection stands (for the shutdown log)."""
+        return [connection.conn.phase for connection in self._connections]
 
     async def _watch_signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
