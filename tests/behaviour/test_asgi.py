@@ -94,10 +94,18 @@ def test_scope_for_a_tricky_target(app: Server, transport: str) -> None:
 
 
 def test_scope_for_an_absolute_form_target(app: Server) -> None:
-    """RFC 9112 §3.2.2: a server must accept the absolute form; the app sees the path in it
-    (as WSGI's PATH_INFO and the built-in routes do), not `http://host/...`."""
-    scope = get_json(app, "http://example.com/scope/a%2Fb?x=1")
+    """RFC 9112 §3.2.2: a server must accept the absolute form, and take the host from it
+    (ignoring Host); the app sees origin-form (as WSGI and the built-in routes do)."""
+    scope = get_json(app, "http://example.com:8080/scope/a%2Fb?x=1", [("Host", "other.test")])
     assert (scope["path"], scope["raw_path"], scope["query_string"]) == ("/scope/a/b", "/scope/a%2Fb", "x=1")
+    assert [value for name, value in scope["headers"] if name == "host"] == ["example.com:8080"]
+    for target in (
+        "ftp://example.com/scope",
+        "http:///scope",
+        "http://user@example.com/scope",
+        "example.com:80",
+    ):
+        assert app.get(target).status == 400, target  # as nginx: the app is not called
 
 
 def test_invalid_utf8_and_http_1_0(app: Server) -> None:
