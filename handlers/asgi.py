@@ -9,7 +9,8 @@ The rules, each with the reason where it is a choice (docs/asgi.md has the long 
 
 - scope: `path` percent-decoded then UTF-8 (invalid bytes become U+FFFD, as uvicorn and
   hypercorn do: `unquote`'s default); `raw_path` the target as received, without the
-  query (and without the scheme and authority of an absolute-form target); `root_path`
+  query (an absolute-form target comes as origin-form from the core, its authority the
+  `host` header: RFC 9112 §3.2.2); `root_path`
   from --root-path, and `path` always starts with it (ASGI 2.5: "PATH_INFO can be
   derived by stripping root_path from path"): a request whose path
   already starts with it (a proxy that passes the prefix on, as WSGI's SCRIPT_NAME

@@ -18,7 +18,8 @@ the connections drained and waits for that answer. Modes, with uvicorn's meaning
 
 `state` is the dict passed as the lifespan scope's `state`; every request gets a shallow
 copy of it (`ASGIApp(..., state=lifespan.state)`). Shutdown problems are logged, never
-raised: the server still exits as it would have.
+raised: the server still exits as it would have. A `startup()` that is cancelled (the
+server was told to stop meanwhile) cancels the app's task too, and never sends shutdown.
 """
 
 from __future__ import annotations
@@ -79,7 +80,11 @@ class Lifespan:
             return
         self._notifier = notifier()
         self._task = spawn(self._main)
-        answer = await self._await_answer(1, self.startup_timeout)
+        try:
+            answer = await self._await_answer(1, self.startup_timeout)
+        except BaseException:  # cancelled (a stop signal): the app's startup is cancelled too
+            self._cancel()
+            raise
         kind = answer.get("type") if answer else None
         if kind == "lifespan.startup.complete":
             self.active = True

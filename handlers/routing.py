@@ -4,7 +4,8 @@ A `Router` is an `App`. It answers by itself, before any handler runs:
 - `*` as the target: 200 with `Allow` for `OPTIONS *`, else 400;
 - a method it does not recognise (`CONNECT`, `get`, unknown tokens): 501; RFC 9110's other
   standard methods and those of any route are recognised;
-- a target that is neither origin-form (`/p?q`) nor absolute-form (`http://host/p`): 400;
+- a target that is not origin-form (`/p?q`) nor `*`: 400 (the core turns absolute-form,
+  `http://host/p`, into origin-form and answers other targets 400 before any handler);
 - a path whose `..` segments climb above the root (`/../x`): 400;
 - a path that no route matches: 404; a matched route without that method: 405 with `Allow`.
 
@@ -102,16 +103,9 @@ class Router:
     def __call__(self, request: Request) -> Response | Exchange:
         method = request.method
         path = request.target
-        if path[:1] != b"/":
-            if path == b"*":
-                return self._options if method == b"OPTIONS" else BAD_REQUEST
-            if method not in self._recognised:
-                return NOT_IMPLEMENTED
-            absolute = _absolute_path(path)
-            if absolute is None:
-                return BAD_REQUEST
-            path = absolute
-        elif method not in self._recognised:
+        if path[:1] != b"/":  # `*`
+            return self._options if method == b"OPTIONS" and path == b"*" else BAD_REQUEST
+        if method not in self._recognised:
             return NOT_IMPLEMENTED
         query = path.find(b"?")
         if query >= 0:
@@ -134,26 +128,6 @@ class Router:
         if method not in entry.methods:
             return entry.not_allowed
         return entry.handler(request, rest)
-
-
-def _absolute_path(target: bytes) -> bytes | None:
-    """The path (and query) of an absolute-form target `http[s]://authority/path?query`."""
-    scheme = target[:8].lower()
-    if scheme.startswith(b"http://"):
-        start = 7
-    elif scheme == b"https://":
-        start = 8
-    else:
-        return None
-    end = len(target)
-    for delimiter in b"/?":
-        found = target.find(delimiter, start)
-        if 0 <= found < end:
-            end = found
-    if end == start:  # no host
-        return None
-    path = target[end:]
-    return path if path[:1] == b"/" else b"/" + path
 
 
 def remove_dot_segments(path: bytes) -> bytes | None:

@@ -25,14 +25,17 @@ never on an event loop:
 
 `environ` (PEP 3333 and CGI): a plain dict of native strings. `PATH_INFO` is the target's
 path percent-decoded and read as latin-1 (every byte survives; `*` for `OPTIONS *`; an
-absolute-form target loses its scheme and authority); `SCRIPT_NAME` is `root_path`, which
-is stripped from `PATH_INFO` when the path starts with it (a proxy that already stripped
-it is fine too); `QUERY_STRING` is raw. `SERVER_NAME` and `SERVER_PORT` come from `Host`
-(else the socket the request came to), `REMOTE_ADDR` and `REMOTE_PORT` from the client
-(absent when unknown). `HTTP_*` as in CGI, repeated fields joined with ", " (`Cookie`
-with "; ", as HTTP/2 does); header names with `_` are dropped, as nginx and gunicorn do
-(`X_User` would read as `X-User`). A chunked body is whole before the app runs, so its
-`CONTENT_LENGTH` is given and `HTTP_TRANSFER_ENCODING` is not.
+absolute-form target comes from the core as origin-form, its authority the Host: RFC 9112
+§3.2.2); `SCRIPT_NAME` is `root_path`, which is stripped from `PATH_INFO` when the path
+starts with it (a proxy that already stripped it is fine too); `QUERY_STRING` is raw.
+`SERVER_NAME` and `SERVER_PORT` come from `Host` (else the socket the request came to),
+`REMOTE_ADDR` and `REMOTE_PORT` from the client (a Unix socket's peer has no address:
+`REMOTE_ADDR` is "", as gunicorn gives, and there is no `REMOTE_PORT`; ASGI's `client` is
+None there, as uvicorn's; with trusted proxy headers both name the client the proxy
+names). `HTTP_*` as in CGI, repeated fields joined with ", " (`Cookie` with "; ", as
+HTTP/2 does); header names with `_` are dropped, as nginx and gunicorn do (`X_User` would
+read as `X-User`). A chunked body is whole before the app runs, so its `CONTENT_LENGTH` is
+given and `HTTP_TRANSFER_ENCODING` is not.
 
 Rules from the app's side that are errors (a 500 when the response has not started):
 a hop-by-hop header (`Connection`, `Keep-Alive`, `Transfer-Encoding`, `Upgrade`, `TE`,
@@ -284,6 +287,8 @@ class WSGIApp:
         if client is not None:
             environ["REMOTE_ADDR"] = client[0]
             environ["REMOTE_PORT"] = str(client[1])
+        else:  # a Unix socket's peer: CGI requires the key and apps index it; "" as gunicorn
+            environ["REMOTE_ADDR"] = ""
         return environ
 
     def _path_and_query(self, target: bytes) -> tuple[str, str]:

@@ -167,6 +167,7 @@ class ServerConnection:
     # Slots and a plain list for the queue (it rarely holds more than three actions)
     # keep an idle connection's core near 1 KiB: servers hold thousands of them.
     __slots__ = (
+        "_absolute_form",
         "_app",
         "_body_expected",
         "_body_length",
@@ -237,6 +238,8 @@ class ServerConnection:
         self._out: list[bytes] = []  # bytes to go out in the next Send
         self._waiting_on: Action | None = None  # the last action handed out
         self._request: Request | None = None
+        # The last request that came in absolute form, and its target as sent (the access log's).
+        self._absolute_form: tuple[Request, bytes] | None = None
         self._head = False  # the request is a HEAD: kept apart, as handlers get the Request
         self._started = now  # when the current request's first byte arrived
         self._exchange: Exchange | None = None
@@ -575,6 +578,9 @@ class ServerConnection:
                 return 400
             if len(_VALID_HOSTS) < _VALID_HOSTS_MAX:
                 _VALID_HOSTS.add(host)
+        # Not origin-form ("/..."): absolute-form (made origin-form here), or refused.
+        if target[0] != 0x2F and target != b"*" and not self._to_origin_form(request, host is not None):
+            return 400
         declared = 0 if length is None else int(length)
         if declared > config.max_body_size:
             return 413
@@ -583,6 +589,33 @@ class ServerConnection:
         # and no 100-continue awaited (h11 waits only when asked by an Expect field).
         self._bodyless = not expected and b"upgrade" not in fields and b"expect" not in fields
         return 0
+
+    def _to_origin_form(self, request: Request, has_host: bool) -> bool:
+        """Turn an absolute-form request (`http://host:port/path?query`) into origin-form with
+        that Host, once for every handler: RFC 9112 §3.2.2 has an origin server ignore the
+        Host field and use the target's authority. False for any other target: another
+        scheme, no host, userinfo, a bad port (nginx answers those 400)."""
+        target = request.target
+        scheme, separator, rest = target.partition(b"://")
+        if not separator or scheme.lower() not in (b"http", b"https"):
+            return False
+        end = len(rest)
+        for delimiter in (b"/", b"?"):
+            found = rest.find(delimiter)
+            if 0 <= found < end:
+                end = found
+        authority = rest[:end]
+        if authority[:1] in (b"", b":") or _HOST.fullmatch(authority) is None:
+            return False
+        path = rest[end:]
+        request.target = path if path[:1] == b"/" else b"/" + path
+        headers = request.headers
+        if has_host:
+            request.headers = [(name, authority if name == b"host" else value) for name, value in headers]
+        else:  # HTTP/1.0
+            request.headers = [*headers, (b"host", authority)]
+        self._absolute_form = (request, target)
+        return True
 
     def _read_body(self, now: float) -> None:
         chunks: list[bytes | bytearray] = []
@@ -1377,7 +1410,9 @@ class ServerConnection:
                     (now - self._started) * 1000,
                 )
                 return
-            target = request.target.decode("latin-1")
+            absolute = self._absolute_form
+            sent = absolute[1] if absolute is not None and absolute[0] is request else request.target
+            target = sent.decode("latin-1")
             if '"' in target or "\\" in target:  # h11 lets them through; nginx escapes them
                 target = target.translate(_LOG_ESCAPES)
             access_log.info(

@@ -26,12 +26,9 @@ _BODY_SHOWN = 64
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
-    """(path, query) of a request target, the query raw. An absolute-form target
-    (`http://host/p?q`, RFC 9112 §3.2.2) loses its scheme and authority: its path is `/p`."""
+    """(path, query) of a request's target, the query raw. The core gives handlers origin-form
+    (`/p?q`) or `*` only: it turns absolute-form into origin-form (see `Request.target`)."""
     path, _, query = target.partition(b"?")
-    if path[:1] != b"/" and path != b"*":
-        start = path.find(b"/", path.find(b"://") + 3) if b"://" in path else -1
-        path = path[start:] if start >= 0 else b"/"
     return path, query
 
 
@@ -46,6 +43,8 @@ class Request:
 
     method: bytes
     target: bytes
+    """Origin-form (`/path?query`) or `*`: an absolute-form target (`http://host/path?query`)
+    comes as origin-form, its authority the Host header (RFC 9112 §3.2.2); others are 400."""
     headers: Headers
     http_version: bytes = b"1.1"
     client: tuple[str, int] | None = None

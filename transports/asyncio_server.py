@@ -64,6 +64,7 @@ from .common import (
     has_fileno,
     ports,
     read_at,
+    take_stop_signals,
 )
 from .options import ServerOptions
 
@@ -616,6 +617,8 @@ class AsyncioServer:
         self.stopping = False
         self._stop = asyncio.Event()
         self._cut = asyncio.Event()
+        self._startup: asyncio.Task[Any] | None = None  # serve's, while it enters the lifespan
+        self._startup_cancelled = False  # by a shutdown: serve returns without serving
         self._drained = asyncio.Event()  # stopping, and no connection or app task is left
         self.draining = False  # stopping, and idle connections wait for a last request
         self._peeking: set[asyncio.Future[None]] = set()  # TLS servers: waits for a client's first byte
@@ -633,6 +636,9 @@ class AsyncioServer:
         Ctrl-C), it closes idle connections if draining, else cuts the remaining ones at once.
         Call it on the loop's thread (`loop.call_soon_threadsafe(server.shutdown)` elsewhere).
         """
+        if self._startup is not None and not self._startup_cancelled:
+            self._startup_cancelled = True
+            self._startup.cancel()
         if self._stop.is_set():
             if drain:
                 return
@@ -787,6 +793,10 @@ class AsyncioServer:
         self.tasks.pop(key, None)
         self._check_drained()
 
+    def _phases(self) -> list[Phase]:
+        """Where each open connection stands (for the shutdown log)."""
+        return [protocol._conn.phase for protocol in self.connections if not protocol._done]
+
     def _check_drained(self) -> None:
         if self.stopping and not self.connections and not self._count and not self.tasks:
             self._drained.set()
@@ -815,8 +825,7 @@ class AsyncioServer:
             _wake_waiter(waiter)
         for protocol in list(self.connections):
             protocol.stop(drain=self.draining)
-        in_flight = sum(not protocol._done for protocol in self.connections)
-        logs.shutdown_begins(in_flight, grace, drain=self.draining)
+        logs.shutdown_begins(self._phases(), grace, drain=self.draining)
         self._check_drained()
         if not self._drained.is_set():
             waits = [self.loop.create_task(event.wait()) for event in (self._drained, self._cut)]
@@ -824,7 +833,7 @@ class AsyncioServer:
             for wait in waits:
                 wait.cancel()
             if not self._drained.is_set():
-                logs.shutdown_cuts(sum(not protocol._done for protocol in self.connections))
+                logs.shutdown_cuts(self._phases())
                 for protocol in list(self.connections):
                     protocol.cut()  # their channels tell app tasks: gone
                 for key, task in self.tasks.items():
@@ -854,8 +863,9 @@ async def serve(
     Listens on `sockets` when given (bound and listening; serve closes them when it
     stops accepting), else binds `options.host`/`options.port`. Enters
     `options.lifespan` before accepting (raising what it raises) and exits it once
-    drained. Calls `started(server)` once accepting. Cancelling `serve` cuts every
-    connection and cancels every app task at once.
+    drained; a signal during that startup cancels it, and `serve` returns without serving.
+    Calls `started(server)` once accepting. Cancelling `serve` cuts every connection and
+    cancels every app task at once.
     """
     loop = asyncio.get_running_loop()
     server = AsyncioServer(app, config, options, bind(options) if sockets is None else sockets, loop)
@@ -863,8 +873,22 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, server.shutdown)
         loop.add_signal_handler(signal.SIGUSR1, functools.partial(server.shutdown, drain=True))
+        take_stop_signals()
     try:
-        async with options.lifespan() if options.lifespan else contextlib.nullcontext():
+        async with contextlib.AsyncExitStack() as lifespan:
+            if options.lifespan is not None:
+                server._startup = task = asyncio.current_task()
+                try:
+                    await lifespan.enter_async_context(options.lifespan())
+                except asyncio.CancelledError:
+                    if not server._startup_cancelled:
+                        raise
+                    assert task is not None
+                    task.uncancel()
+                    logs.startup_cancelled()
+                    return
+                finally:
+                    server._startup = None
             if started is not None:
                 started(server)
             await server._run()

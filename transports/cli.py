@@ -27,7 +27,7 @@ from protocol import PARSERS, App, Config, ParserUnavailable, select_parser
 from protocol.proxy import DEFAULT_ALLOW, TrustedProxies
 
 from . import logs
-from .common import bind, url
+from .common import bind, hold_stop_signals, url
 from .listeners import UDS_MODE, Listeners, bind_unix, inherited_all, systemd_fds
 from .loops import LOOP_TRANSPORTS, LOOPS, LoopUnavailable, new_loop_factory
 from .options import Lifespan, ServerOptions, hooks
@@ -515,8 +515,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{p.prog}: warning: {warning}", file=sys.stderr)
         if supervised:  # workers import it (see `_work`); a trial import says now if that fails
             interface = _trial(functools.partial(load_user_app, args, p.prog))
-            if interface is None:
-                return 1
         else:
             loaded = load_user_app(args, p.prog)
             if loaded is None:
@@ -542,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before the start-up line, which tells a caller it may signal: a SIGHUP must not kill us.
     # (The supervisor sets its own handler at once; the first workers are not started yet.)
     signal.signal(signal.SIGHUP, signal.SIG_IGN if supervised else _ignore_hangup)
+    hold_stop_signals()  # until the server's handlers are in place: a SIGTERM then stops it gracefully
     loop = f", loop {args.loop}" if args.transport in LOOP_TRANSPORTS else ""
     print(
         f"Listening on {url(sockets, tls=options.ssl_context is not None)}"
@@ -578,6 +577,9 @@ def load_user_app(args: argparse.Namespace, prog: str) -> tuple[App, str] | None
     it failed is printed (one line for what the user fixes on the command line, the
     traceback for an exception raised by the user's own code).
 
+    A module or factory that calls sys.exit() is said in one line, and the program exits
+    (SystemExit) with its status, 1 for 0.
+
     Without --workers it runs once, before the server listens. With --workers each worker
     runs it after the fork, so that a reload (SIGHUP) imports the app's code as it is then;
     the supervisor never imports the app, and tries the import once in a throwaway process
@@ -602,11 +604,25 @@ def load_user_app(args: argparse.Namespace, prog: str) -> tuple[App, str] | None
         print(f"{prog}: error: cannot load {args.app!r}: {exc}", file=sys.stderr)
     except Exception:  # raised by the user's module or factory: their traceback
         traceback.print_exc()
-        # A module whose import failed is not left in sys.modules: then the factory raised.
-        factory = args.factory and args.app.partition(":")[0] in sys.modules
-        what = "calling the factory" if factory else "importing"
+        what = "calling the factory" if _in_factory(args) else "importing"
         print(f"{prog}: error: {what} {args.app!r} failed (traceback above)", file=sys.stderr)
+    except SystemExit as exc:  # the module (or factory) called sys.exit(): said, not silent
+        # Its status, but 1 for 0: nothing was served, and a process manager (systemd's
+        # Restart=on-failure, a container's restart policy) must see a failure, not a clean stop.
+        status = exc.code if isinstance(exc.code, int) and exc.code else 1
+        when = "while its factory ran" if _in_factory(args) else "while being imported"
+        print(
+            f"{prog}: error: {args.app!r} exited {when} (sys.exit({exc.code!r})): not serving",
+            file=sys.stderr,
+        )
+        raise SystemExit(status) from None
     return None
+
+
+def _in_factory(args: argparse.Namespace) -> bool:
+    """Whether what just failed was APP's factory: a module whose import failed is not left in
+    sys.modules."""
+    return bool(args.factory) and args.app.partition(":")[0] in sys.modules
 
 
 def _user_app_or_exit(args: argparse.Namespace, prog: str) -> App:
@@ -617,9 +633,9 @@ def _user_app_or_exit(args: argparse.Namespace, prog: str) -> App:
     return loaded[0]
 
 
-def _trial(load: Callable[[], tuple[App, str] | None]) -> str | None:
-    """Run `load` in a child process, which exits after it: the interface it found, or None
-    (the child printed why). The caller imports nothing of the app."""
+def _trial(load: Callable[[], tuple[App, str] | None]) -> str:
+    """Run `load` in a child process, which exits after it: the interface it found; else
+    SystemExit with the child's status (it printed why). The caller imports nothing of the app."""
     read, write = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -632,6 +648,8 @@ def _trial(load: Callable[[], tuple[App, str] | None]) -> str | None:
             if loaded is not None:
                 os.write(write, loaded[1].encode())
                 code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -640,7 +658,10 @@ def _trial(load: Callable[[], tuple[App, str] | None]) -> str | None:
     with os.fdopen(read, "rb") as pipe:
         interface = pipe.read().decode()
     _, status = os.waitpid(pid, 0)
-    return interface if os.waitstatus_to_exitcode(status) == 0 and interface else None
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 or not interface:
+        raise SystemExit(code if code > 0 else 1)
+    return interface
 
 
 def serving_app(interface: str, target: Any, args: argparse.Namespace) -> App:
@@ -760,15 +781,14 @@ def run(
 
         from . import trio_server
 
-        async def serve_trio() -> None:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(
-                    functools.partial(trio_server.serve, app, config, options, sockets=sockets)
-                )
+        class Report:  # `serve`'s task_status (not nursery.start's: a stop during startup never serves)
+            def started(self, value: object = None) -> None:
                 if started is not None:
                     started()
 
-        trio.run(serve_trio)
+        trio.run(
+            functools.partial(trio_server.serve, app, config, options, sockets=sockets, task_status=Report())
+        )
     elif transport == "asyncio":
         from . import asyncio_server, loops
 

@@ -10,6 +10,7 @@ import contextvars
 import errno
 import itertools
 import logging
+import signal
 import socket
 import struct
 import sys
@@ -43,6 +44,22 @@ HOLD_LIMIT: Final = 65536
 CLEANUP_WAIT: Final = 5.0
 """After the grace period cut the remaining connections, how long serve waits for their
 cleanup (a blocking step in flight; a TLS handshake, under asyncio) before it returns."""
+
+
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+"""The signals that stop a server (`ServerOptions.handle_signals`)."""
+
+
+def hold_stop_signals() -> None:
+    """Hold the stop signals back until `take_stop_signals`: the command line does so from
+    its start-up line (which tells a caller it may signal) until the transport's handlers are
+    in place, so that a SIGTERM in between is a graceful stop, not the default death."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def take_stop_signals() -> None:
+    """Once the handlers are in place: the stop signals held back, if any, are delivered now."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def accept_error(exc: OSError) -> float:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Final
 
+from protocol import Phase
 from protocol.redaction import redact_text
 
 ACCESS: Final = "httpserver.access"
@@ -63,34 +65,69 @@ def reclaim() -> None:
         logging.getLogger(SERVER_LOGGERS).setLevel(_level)
 
 
-def shutdown_begins(in_flight: int, grace: float, *, drain: bool = False) -> None:
-    """Log that shutdown began: listeners closed, idle connections closing (unless `drain`:
-    then they wait for a last request or their keep-alive deadline), `in_flight` to wait for."""
+_IN_FLIGHT: Final = frozenset(
+    {Phase.HEAD, Phase.BODY, Phase.STEP, Phase.RESPONDING, Phase.STREAM, Phase.APP, Phase.WEBSOCKET}
+)
+"""The phases of a connection with a request in flight (its response not yet all sent)."""
+
+
+def _tally(phases: Iterable[Phase]) -> tuple[int, int, int]:
+    """(requests in flight, new connections, others open) among connections in `phases`;
+    closed ones are left out."""
+    in_flight = new = other = 0
+    for phase in phases:
+        if phase in _IN_FLIGHT:
+            in_flight += 1
+        elif phase is Phase.NEW:
+            new += 1
+        elif phase is not Phase.CLOSED:
+            other += 1  # idle, or closing after its response (DRAIN, LINGER)
+    return in_flight, new, other
+
+
+def _some(count: int, what: str) -> str:
+    return f"{count} {what}{'' if count == 1 else 's'}"
+
+
+def shutdown_begins(phases: Iterable[Phase], grace: float, *, drain: bool = False) -> None:
+    """Log that shutdown began, given the phases of the connections open then: listeners
+    closed, idle connections closing (unless `drain`: then they wait for a last request or
+    their keep-alive deadline), and what it waits for."""
+    in_flight, new, other = _tally(phases)
     if drain:
         server_log.info(
-            "draining: waiting up to %gs for %d connection%s to end (idle ones: a last request, "
-            "answered with Connection: close, or their keep-alive timeout)",
+            "draining: waiting up to %gs for %s to end (%d with a request in flight; idle ones: a last "
+            "request, answered with Connection: close, or their keep-alive timeout)",
             grace,
+            _some(in_flight + new + other, "connection"),
             in_flight,
-            "" if in_flight == 1 else "s",
         )
-    elif in_flight:
-        server_log.info(
-            "shutting down: waiting up to %gs for %d connection%s with a request in flight",
-            grace,
-            in_flight,
-            "" if in_flight == 1 else "s",
-        )
+        return
+    waits = [_some(in_flight, "request") + " in flight"] if in_flight else []
+    if new:  # accepted, no request yet: its first one is still answered
+        waits.append(f"the first request of {_some(new, 'new connection')}")
+    if waits:
+        server_log.info("shutting down: waiting up to %gs for %s", grace, " and ".join(waits))
     else:
         server_log.info("shutting down: no request in flight")
 
 
-def shutdown_cuts(count: int) -> None:
-    """Log that the grace period is over (or a second signal came) and `count` connections are cut."""
-    if count:
-        server_log.warning(
-            "shutdown: cutting %d connection%s still in flight", count, "" if count == 1 else "s"
-        )
+def shutdown_cuts(phases: Iterable[Phase]) -> None:
+    """Log that the grace period is over (or a second signal came), given the phases of the
+    connections still open: those with a request in flight are cut, the others closed."""
+    in_flight, new, other = _tally(phases)
+    if in_flight + new + other == 0:
+        return
+    cuts = f"cutting {_some(in_flight, 'request')} still in flight" if in_flight else ""
+    if new + other:  # new, idle (draining), or discarding input after a closing response
+        closing = f"closing {_some(new + other, 'other connection' if in_flight else 'connection')}"
+        cuts = f"{cuts} and {closing}" if in_flight else f"{closing} with no request in flight"
+    server_log.warning("shutdown: %s", cuts)
+
+
+def startup_cancelled() -> None:
+    """Log that a stop (a signal) came during the app's startup, which was cancelled."""
+    server_log.info("stopped during the app's startup: not serving (the startup was cancelled)")
 
 
 def shutdown_done() -> None:

@@ -100,6 +100,7 @@ from .common import (
     read_at,
     run_task,
     server_address,
+    take_stop_signals,
 )
 from .options import Lifespan, ServerOptions
 
@@ -232,7 +233,7 @@ class ThreadServer:
         self._timers: list[tuple[float, int, _Connection]] = []  # a heap; see `_set_timer`
         self._timer_ids = itertools.count()  # ties in the heap never compare connections
         self._sleeping: set[_Connection] = set()  # parked on their deadline alone (`_SLEEP`)
-        self._count = 0  # connections accepted and not yet closed
+        self._open: set[_Connection] = set()  # accepted and not yet closed (changed by the reactor)
         self._busy = 0  # of those, queued for or in a worker
         self._workers: list[threading.Thread] = []
         self._accepting = False
@@ -261,6 +262,8 @@ class ThreadServer:
         else:
             self._draining = drain  # before _stopping: whoever sees that sees this
         self._stopping = True
+        if self._apps is not None:
+            self._apps.cancel_startup()
         with contextlib.suppress(OSError):  # full: the reactor wakes anyway
             self._wake_writer.send(b"x")
 
@@ -295,21 +298,19 @@ class ThreadServer:
             now = monotonic()
             if self._stopping and grace_end == math.inf:
                 grace_end = now + self._options.shutdown_grace
-                closing = self._stop_accepting(now)
-                logs.shutdown_begins(
-                    self._count - closing, self._options.shutdown_grace, drain=self._draining
-                )
+                self._stop_accepting(now)
+                logs.shutdown_begins(self._phases(), self._options.shutdown_grace, drain=self._draining)
             if self._undrain:
                 self._undrain = False
                 self._close_idle_parked()
             if (self._cutting or now >= grace_end) and cleanup_end == math.inf:
                 self._cutting = True  # workers abandon what they hold at their next step
                 cleanup_end = now + CLEANUP_WAIT
-                logs.shutdown_cuts(self._count)
+                logs.shutdown_cuts(self._phases())
                 self._cut_parked()
                 if self._apps is not None:
                     self._apps.cancel_all()  # their cleanup runs within CLEANUP_WAIT too
-            if self._stopping and ((not self._count and not self._tasks_left()) or now >= cleanup_end):
+            if self._stopping and ((not self._open and not self._tasks_left()) or now >= cleanup_end):
                 logs.shutdown_done()
                 return
             self._update_accepting(now)
@@ -366,22 +367,25 @@ class ThreadServer:
                 else:
                     self._epoll.unregister(sock.fileno())
 
-    def _stop_accepting(self, now: float) -> int:
-        """Close the listeners; idle parked connections close at once (returns how many), the rest finish."""
+    def _stop_accepting(self, now: float) -> None:
+        """Close the listeners; idle parked connections close at once, the rest finish."""
         self._update_accepting(now)
         for sock in self._sockets:
             sock.close()  # new connections are refused, not left waiting
-        return self._close_idle_parked()
+        self._close_idle_parked()
 
-    def _close_idle_parked(self) -> int:
-        """Tell every parked connection the server stops; the idle ones go to close (how many)."""
-        closing = 0
+    def _close_idle_parked(self) -> None:
+        """Tell every parked connection the server stops; the idle ones go to close."""
         for connection in self._parked():
             if self._stop(connection):
                 self._unpark(connection)
                 self._dispatch(connection)
-                closing += 1
-        return closing
+
+    def _phases(self) -> list[Phase]:
+        """Where each open connection stands (for the shutdown log): closed ones on their way
+        here and ones not set up yet (closed at shutdown: no request began) are left out.
+        A worker may be moving one on meanwhile: each is read once, as it stands."""
+        return [c.conn.phase for c in self._open if c.conn is not None and not c.closed]
 
     def _stop(self, connection: _Connection) -> bool:
         """Tell a connection the reactor holds that the server stops; True if it is to close now."""
@@ -415,7 +419,7 @@ class ThreadServer:
         return self._apps is not None and self._apps.count > 0
 
     def _accept(self, listener: socket.socket) -> None:
-        if self._count >= self._options.max_connections:
+        if len(self._open) >= self._options.max_connections:
             # Full, and a client is waiting: it takes the slot of a connection that waits
             # for a request, if any, as in nginx; else it waits in the backlog for a slot.
             idle = next((connection for connection in self._parked() if _idle(connection)), None)
@@ -427,7 +431,7 @@ class ThreadServer:
             self._full = True  # `_update_accepting` stops listening until a slot frees
             return
         for _ in range(self._options.backlog):
-            if self._count >= self._options.max_connections:
+            if len(self._open) >= self._options.max_connections:
                 return  # still listening: the next client to come makes room
             try:
                 sock, _ = listener.accept()
@@ -440,8 +444,9 @@ class ThreadServer:
                     return
                 continue
             sock.setblocking(False)
-            self._count += 1
-            self._dispatch(_Connection(sock))  # a worker sets it up (TLS: the handshake)
+            connection = _Connection(sock)
+            self._open.add(connection)
+            self._dispatch(connection)  # a worker sets it up (TLS: the handshake)
 
     def _take_messages(self) -> None:
         """Connections workers handed back (to park, or closed), and those woken (`_wake`)."""
@@ -455,7 +460,7 @@ class ThreadServer:
             connection = inbox.get()
             self._busy -= 1
             if connection.closed:
-                self._count -= 1
+                self._open.discard(connection)
                 if self._polled.get(connection.fd) is connection:  # else its number was reused
                     del self._polled[connection.fd]
                 self._full = self._room_wanted = False
@@ -526,7 +531,7 @@ class ThreadServer:
         entry = (at, next(self._timer_ids), connection)
         connection.timer = entry
         heapq.heappush(self._timers, entry)
-        if len(self._timers) > 2 * self._count + 64:  # mostly stale (closed connections)
+        if len(self._timers) > 2 * len(self._open) + 64:  # mostly stale (closed connections)
             self._timers[:] = [entry for entry in self._timers if entry is entry[2].timer]
             heapq.heapify(self._timers)
 
@@ -981,6 +986,8 @@ class _AppLoop:
         self._lock = threading.Lock()  # for `count`: workers spawn at once
         self._tasks: set[asyncio.Task[None]] = set()  # the loop thread's own
         self._cancelling = False
+        self._entering: asyncio.Task[None] | None = None  # `enter`'s task, until entered (loop thread)
+        self._startup_cancelled = False  # by `cancel_startup` (loop thread)
         # Tasks spawned and not yet started: one call_soon_threadsafe (a write to the
         # loop's self-pipe) per batch of them, not one per task.
         self._spawned: collections.deque[Callable[[], Awaitable[None]]] = collections.deque()
@@ -1040,20 +1047,30 @@ class _AppLoop:
         for task in self._tasks:
             task.cancel()
 
-    def enter(self, lifespan: Lifespan) -> Callable[[], None]:
+    def enter(self, lifespan: Lifespan) -> Callable[[], None] | None:
         """Enter `lifespan()` in a task on the loop; raises what entering raised. Returns the
-        function that exits it (blocking until it did, and raising what exiting raised)."""
+        function that exits it (blocking until it did, and raising what exiting raised), or
+        None when `cancel_startup` cancelled the entering."""
         entered: concurrent.futures.Future[None] = concurrent.futures.Future()
         leave: concurrent.futures.Future[None] = concurrent.futures.Future()
 
         async def hold() -> None:
-            async with lifespan():
-                entered.set_result(None)
-                await asyncio.wrap_future(leave)
+            if self._startup_cancelled:
+                raise asyncio.CancelledError
+            self._entering = asyncio.current_task()
+            try:
+                async with lifespan():
+                    self._entering = None  # on the loop's thread, as the cancel: none comes after this
+                    entered.set_result(None)
+                    await asyncio.wrap_future(leave)
+            finally:
+                self._entering = None
 
         held = asyncio.run_coroutine_threadsafe(hold(), self.loop)
         concurrent.futures.wait([entered, held], return_when=concurrent.futures.FIRST_COMPLETED)
         if not entered.done():
+            if held.cancelled():
+                return None
             held.result()  # raises the failure
             raise RuntimeError("the lifespan returned without entering")  # pragma: no cover
 
@@ -1062,6 +1079,16 @@ class _AppLoop:
             held.result()
 
         return exit_lifespan
+
+    def cancel_startup(self) -> None:
+        """Cancel the entering of the lifespan, if it is under way (from any thread)."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed already
+            self.loop.call_soon_threadsafe(self._cancel_entering)
+
+    def _cancel_entering(self) -> None:
+        self._startup_cancelled = True
+        if self._entering is not None:
+            self._entering.cancel()
 
     def stop(self) -> None:
         """Stop the loop and wait (a bounded time) for its thread."""
@@ -1096,7 +1123,8 @@ def serve(
     Listens on `sockets` when given (bound and listening; serve closes them when it
     stops accepting), else binds `options.host`/`options.port`. Enters
     `options.lifespan` on the app loop before accepting (raising what it raises) and
-    exits it once drained. Calls `started(server)` once accepting. Blocks; signals
+    exits it once drained; a signal during that startup cancels it, and `serve` returns
+    without serving. Calls `started(server)` once accepting. Blocks; signals
     need it on the main thread.
     """
     sockets = bind(options) if sockets is None else sockets
@@ -1115,7 +1143,16 @@ def serve(
 
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 previous[signum] = signal.signal(signum, on_signal)
-        leave = None if options.lifespan is None else server._app_loop().enter(options.lifespan)
+            take_stop_signals()
+        leave = None
+        if options.lifespan is not None:
+            apps = server._app_loop()
+            if server._stopping:  # a signal came before there was a loop to tell
+                apps.cancel_startup()
+            leave = apps.enter(options.lifespan)
+            if leave is None:
+                logs.startup_cancelled()
+                return
         try:
             if started is not None:
                 started(server)

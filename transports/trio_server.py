@@ -42,6 +42,7 @@ from . import logs
 from .common import (
     FILE_PIECE_SIZE,
     RECEIVE_SIZE,
+    STOP_SIGNALS,
     TLS_HANDSHAKE,
     Step,
     StepPool,
@@ -55,6 +56,7 @@ from .common import (
     peer_left,
     ports,
     read_at,
+    take_stop_signals,
 )
 from .options import ServerOptions
 
@@ -364,6 +366,8 @@ class TrioServer:
         self._stop = trio.Event()
         self._drained = trio.Event()  # stopping, and no connection or app task is left
         self._grace = trio.CancelScope()  # the wait for requests in flight
+        self._startup = trio.CancelScope()  # a shutdown before `_started` cancels the lifespan's entering
+        self._started = False  # the lifespan was entered
         self._room_wanted = False  # a client found every slot taken and no connection idle
         self._thread = threading.get_ident()
         self._token = trio.lowlevel.current_trio_token()
@@ -380,6 +384,8 @@ class TrioServer:
         crosses our close on the wire (a reload retires workers so). Called again (a second
         Ctrl-C), it closes idle connections if draining, else cuts the remaining ones at once.
         """
+        if not self._started:
+            self._startup.cancel()
         if self._stop.is_set():
             if drain:
                 return
@@ -412,14 +418,13 @@ class TrioServer:
                         sock.close()  # new connections are refused, not left waiting
                     for connection in list(self._connections):
                         connection.stop(drain=self._draining)
-                    waiting = self._connections if self._draining else self._busy_connections()
-                    logs.shutdown_begins(len(waiting), self._options.shutdown_grace, drain=self._draining)
+                    logs.shutdown_begins(self._phases(), self._options.shutdown_grace, drain=self._draining)
                     self._check_drained()
                     self._grace.deadline = trio.current_time() + self._options.shutdown_grace
                     with self._grace:
                         await self._drained.wait()
                     if not self._drained.is_set():
-                        logs.shutdown_cuts(len(self._connections))
+                        logs.shutdown_cuts(self._phases())
                     connections.cancel_scope.cancel()  # their channels tell app tasks: gone
                 apps.cancel_scope.cancel()
         finally:
@@ -428,12 +433,14 @@ class TrioServer:
             self._steps.close()  # every step is over: trio waited for the tasks awaiting them
         logs.shutdown_done()
 
-    def _busy_connections(self) -> list[_Connection]:
-        """The connections not idle between requests (an idle one closes at shutdown)."""
-        return [c for c in self._connections if c.conn.phase is not Phase.IDLE]
+    def _phases(self) -> list[Phase]:
+        """Where each open connection stands (for the shutdown log)."""
+        return [connection.conn.phase for connection in self._connections]
 
-    async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+    async def _watch_signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            take_stop_signals()
+            task_status.started()
             async for signum in signals:
                 self.shutdown(drain=signum == signal.SIGUSR1)
 
@@ -969,7 +976,8 @@ async def serve(
     Listens on `sockets` when given (bound and listening; serve closes them when it
     stops accepting), else binds `options.host`/`options.port`. Enters
     `options.lifespan` before accepting (raising what it raises) and exits it once
-    drained. Reports the `TrioServer` (its `ports`) via `task_status` once accepting.
+    drained; a signal during that startup cancels it, and `serve` returns without serving.
+    Reports the `TrioServer` (its `ports`) via `task_status` once accepting.
     Cancelling `serve` cuts every connection and app task at once.
     """
     sockets = bind(options) if sockets is None else sockets
@@ -978,10 +986,15 @@ async def serve(
         server = TrioServer(app, config, options, ports(sockets))
         async with trio.open_nursery() as signals:
             if options.handle_signals:  # until the very end: a second signal cuts the grace period
-                signals.start_soon(server._watch_signals)
+                await signals.start(server._watch_signals)  # already during the app's startup
             try:
-                async with options.lifespan() if options.lifespan else contextlib.nullcontext():
-                    await server._serve(sockets, task_status)
+                # The scope holds serving too: a lifespan may open a nursery on entering.
+                with server._startup:
+                    async with options.lifespan() if options.lifespan else contextlib.nullcontext():
+                        server._started = True
+                        await server._serve(sockets, task_status)
+                if server._startup.cancelled_caught:
+                    logs.startup_cancelled()
             except Exception as exc:  # raised as it is, not in the nursery's ExceptionGroup
                 failure = exc
             signals.cancel_scope.cancel()

@@ -104,6 +104,7 @@ class _Supervisor:
         for fd in (self._wake_read, self._wake_write):
             os.set_blocking(fd, False)
         old_wakeup = signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # the command line held them back
         try:
             for _ in range(self._count):
                 self._spawn(0)

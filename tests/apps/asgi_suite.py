@@ -6,7 +6,8 @@ under a `track` id, read back with `GET /tracked?track=ID`. Lifespan events and 
 `/slow` go to stderr, where the tests read the order of events.
 
 Other entry points: `failing_startup` (lifespan.startup.failed), `raising_lifespan` (no
-lifespan support: raises on the lifespan scope), `slow_startup` (startup takes 0.5 s).
+lifespan support: raises on the lifespan scope), `slow_startup` (startup takes 0.5 s),
+`hanging_startup` (startup never completes; says when it is cancelled).
 """
 
 from __future__ import annotations
@@ -349,4 +350,15 @@ async def slow_startup(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
         await lifespan(scope, receive, send, delay=0.5)
         return
+    await app(scope, receive, send)
+
+
+async def hanging_startup(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        await receive()
+        log("lifespan startup hangs")
+        try:
+            await anyio.sleep(3600)
+        finally:
+            log("lifespan startup cancelled")
     await app(scope, receive, send)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import socket
 import ssl
 import subprocess
@@ -93,10 +94,18 @@ def test_scope_for_a_tricky_target(app: Server, transport: str) -> None:
 
 
 def test_scope_for_an_absolute_form_target(app: Server) -> None:
-    """RFC 9112 §3.2.2: a server must accept the absolute form; the app sees the path in it
-    (as WSGI's PATH_INFO and the built-in routes do), not `http://host/...`."""
-    scope = get_json(app, "http://example.com/scope/a%2Fb?x=1")
+    """RFC 9112 §3.2.2: a server must accept the absolute form, and take the host from it
+    (ignoring Host); the app sees origin-form (as WSGI and the built-in routes do)."""
+    scope = get_json(app, "http://example.com:8080/scope/a%2Fb?x=1", [("Host", "other.test")])
     assert (scope["path"], scope["raw_path"], scope["query_string"]) == ("/scope/a/b", "/scope/a%2Fb", "x=1")
+    assert [value for name, value in scope["headers"] if name == "host"] == ["example.com:8080"]
+    for target in (
+        "ftp://example.com/scope",
+        "http:///scope",
+        "http://user@example.com/scope",
+        "example.com:80",
+    ):
+        assert app.get(target).status == 400, target  # as nginx: the app is not called
 
 
 def test_invalid_utf8_and_http_1_0(app: Server) -> None:
@@ -465,6 +474,37 @@ def test_a_failed_startup_with_workers_stops_them_all(transport: str) -> None:
     assert result.returncode == 3, result.stderr
     assert "the database is not there" in result.stderr  # the other worker may be stopped first
     assert "replacing it" not in result.stderr
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-process", "workers"])
+def test_a_stop_signal_during_startup_cancels_it_at_once(transport: str, workers: list[str]) -> None:
+    """SIGTERM while the app's startup hangs: cancelled now (not at the startup timeout), not
+    served, said in the log, exit 0 (a stop that was asked for); the supervisor's workers too."""
+    base_only(transport)
+    command = [sys.executable, "-m", "transports", *app_args("asgi_suite:hanging_startup")]
+    command += [*variant_args(transport), "--port", "0", "--lifespan-startup-timeout", "20", *workers]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        hanging = 2 if workers else 1
+        lines: list[str] = []
+        while "".join(lines).count("lifespan startup hangs") < hanging:  # workers' lines may mix
+            lines.append(process.stderr.readline())
+            assert lines[-1], "".join(lines)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        err = process.communicate(timeout=10)[1]
+        elapsed = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = "".join(lines) + err
+    assert process.returncode == 0, log
+    assert elapsed < 2, f"took {elapsed:.1f}s\n{log}"
+    assert log.count("lifespan startup cancelled") == hanging, log
+    assert log.count("stopped during the app's startup: not serving") == hanging, log
+    assert "startup failed" not in log and "replacing it" not in log, log
 
 
 def test_an_app_without_lifespan_runs_without_it_in_auto_and_fails_with_on(

@@ -7,6 +7,7 @@ directory (a Unix socket path has ~107 bytes; pytest's tmp_path can be longer).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -126,6 +127,33 @@ def test_unix_socket(transport: str, short_dir: Path) -> None:
     assert not os.path.exists(path), "the socket file outlived the server"
     # A Unix socket's peer has no address: "-" (behind a proxy, --proxy-headers names the client).
     assert re.search(r' - - "GET /echo/abc HTTP/1.1" 200 3 ', program.stderr()), program.stderr()
+
+
+@pytest.mark.parametrize("spec", ["wsgi_suite:app", "asgi_suite:app"])
+def test_a_unix_socket_peer_to_apps_and_the_client_a_proxy_names(
+    transport: str, short_dir: Path, spec: str
+) -> None:
+    """A Unix socket's peer has no address: WSGI's REMOTE_ADDR is "" (gunicorn's; CGI makes it
+    a must, and apps index it) with no REMOTE_PORT, ASGI's client None (uvicorn's). Behind
+    nginx (docs/deploy.md: proxy headers trusted from the socket), X-Forwarded-For names it."""
+    path = str(short_dir / "s.sock")
+    args = [spec, "--app-dir", str(ROOT / "tests" / "apps"), *variant_args(transport), "--uds", path]
+    program = launch(short_dir / "run", [*args, "--proxy-headers"])
+    route = "/environ" if spec.startswith("wsgi") else "/scope"
+    try:
+        with RawClient.unix(path) as client:
+            direct = json.loads(exchange(client, "GET", route).body)
+            named = json.loads(
+                exchange(client, "GET", route, headers=[("X-Forwarded-For", "203.0.113.7")]).body
+            )
+    finally:
+        assert program.stop() == 0, program.stderr()
+    if spec.startswith("wsgi"):
+        assert direct["REMOTE_ADDR"] == "" and "REMOTE_PORT" not in direct, direct
+        assert named["REMOTE_ADDR"] == "203.0.113.7", named
+    else:
+        assert direct["client"] is None and named["client"][0] == "203.0.113.7", (direct, named)
+    assert f'203.0.113.7 - "GET {route} HTTP/1.1" 200' in program.stderr()
 
 
 def test_a_stale_socket_is_replaced_a_live_one_refused(short_dir: Path) -> None:

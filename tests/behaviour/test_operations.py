@@ -63,21 +63,27 @@ def test_a_request_cut_at_shutdown_is_logged_and_shutdown_says_what_it_does(
     start_server: StartServer,
 ) -> None:
     server = start_server("--shutdown-grace", "0.5")
+    new = server.client()  # accepted, no request yet: its first one would still be answered
+    for name in ("gone-1", "gone-2"):  # served, and gone just before the signal: not in flight
+        with server.client() as gone:
+            gone.send(request("GET", f"/echo/{name}"))
+            assert gone.read_response().body == name.encode()
     with server.client() as idle:
         idle.send(request("GET", "/echo/idle"))
         assert idle.read_response().body == b"idle"  # waits for its next request: closed at once
-        time.sleep(0.2)  # threads: parked by now, not still with a worker (it would count as busy)
         slow = server.client()
         slow.send(request("POST", "/files/cut", [("Content-Length", "100")]) + b"abc")
         _wait_for(lambda: _uploads_in_progress(server.directory), "upload in progress")
         assert stop(server) < 4.0
         slow.close()
+    new.close()
     assert not _uploads_in_progress(server.directory)
     stderr = server.stderr()
     assert '"POST /files/cut HTTP/1.1" 499 0 ' in stderr, stderr
     order = [
-        "httpserver.server: shutting down: waiting up to 0.5s for 1 connection with a request in flight",
-        "httpserver.server: shutdown: cutting 1 connection still in flight",
+        "httpserver.server: shutting down: waiting up to 0.5s for 1 request in flight"
+        " and the first request of 1 new connection",
+        "httpserver.server: shutdown: cutting 1 request still in flight and closing 1 other connection",
         "httpserver.server: shutdown complete",
     ]
     positions = [stderr.find(text) for text in order]
@@ -86,8 +92,7 @@ def test_a_request_cut_at_shutdown_is_logged_and_shutdown_says_what_it_does(
 
 def test_a_quiet_shutdown_says_so(start_server: StartServer) -> None:
     server = start_server()
-    server.assert_serving()
-    server.settled_fd_count()  # the server saw the client leave
+    server.assert_serving()  # and gone just before the signal: not in flight
     stop(server)
     stderr = server.stderr()
     assert "shutting down: no request in flight" in stderr and "shutdown complete" in stderr, stderr

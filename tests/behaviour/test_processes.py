@@ -334,6 +334,26 @@ def test_a_reload_whose_workers_cannot_start_keeps_the_old_ones(tmp_path: Path) 
         assert _echo(supervisor.port, "reloaded") == b"reloaded"
 
 
+@pytest.mark.parametrize(
+    "args", [["trio"], ["asyncio"], ["threads"], ["trio", "--workers", "1"]], ids=" ".join
+)
+def test_sigterm_as_soon_as_the_start_up_line_is_a_graceful_stop(args: list[str]) -> None:
+    """The start-up line tells a caller it may signal: a SIGTERM at once must not find the
+    default handler still in place (death by signal), but stop the server (or the
+    supervisor, whatever its transport), exit 0."""
+    command = [sys.executable, "-m", "transports", "--transport", *args, "--port", "0"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        assert LISTENING.fullmatch(process.stdout.readline().decode().rstrip("\n"))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
 def test_sighup_without_workers_is_logged_and_ignored(start_server: StartServer) -> None:
     server = start_server()
     server.process.send_signal(signal.SIGHUP)

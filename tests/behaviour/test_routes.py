@@ -553,8 +553,12 @@ def test_big_transfers_use_bounded_memory(start_server: StartServer) -> None:
 
 
 def test_absolute_form_target(server: Server) -> None:
-    response = server.fetch(b"GET http://localhost/echo/absolute HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    response = server.fetch(b"GET http://localhost/echo/absolute HTTP/1.1\r\nHost: other.test\r\n\r\n")
     assert (response.status, response.body) == (200, b"absolute")
+    assert '"GET http://localhost/echo/absolute HTTP/1.1" 200' in server.stderr()  # logged as sent
+    assert server.fetch(b"GET HTTP://localhost?x HTTP/1.1\r\nHost: x\r\n\r\n").status == 200  # the root
+    for target in (b"ftp://x/echo/a", b"http:///echo/a", b"http://u@x/echo/a", b"x:80", b"echo/a"):
+        assert server.fetch(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target).status == 400, target
 
 
 def test_options_asterisk(server: Server) -> None:

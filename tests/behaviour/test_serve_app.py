@@ -127,6 +127,33 @@ def test_the_users_own_error_is_its_traceback_and_exit_1(tmp_path: Path) -> None
     assert "ModuleNotFoundError: No module named 'nosuchdependency'" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("code", "args", "status", "said"),
+    [
+        ("sys.exit(0)", [], 1, "'main:app' exited while being imported (sys.exit(0))"),
+        ("sys.exit(4)", ["--workers", "1"], 4, "'main:app' exited while being imported (sys.exit(4))"),
+        ("sys.exit('no config')", [], 1, "(sys.exit('no config'))"),
+        (
+            "def app():\n    sys.exit(2)",
+            ["--factory"],
+            2,
+            "'main:app' exited while its factory ran (sys.exit(2))",
+        ),
+    ],
+)
+def test_an_app_that_exits_while_imported_says_so(
+    tmp_path: Path, code: str, args: list[str], status: int, said: str
+) -> None:
+    """Not silence: one line; the module's status, but 1 for 0 (nothing was served: a process
+    manager must see a failure); with --workers too."""
+    (tmp_path / "main.py").write_text(f"import sys\n{code}\n")
+    result = fails(tmp_path, "main:app", *args)
+    assert result.returncode == status, result.stderr
+    assert result.stderr.count("\n") == 1 and said in result.stderr and "not serving" in result.stderr, (
+        result.stderr
+    )
+
+
 def test_a_failing_factory_is_named_as_the_factory_not_the_import(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text("def create_app():\n    raise LookupError('no DATABASE_URL')\n")
     result = fails(tmp_path, "main:create_app", "--factory")

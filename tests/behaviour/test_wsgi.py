@@ -55,6 +55,15 @@ def wait_closed(server: Server, track: str, timeout: float = 5.0) -> bool:
 # --- environ and input ----------------------------------------------------------------
 
 
+def test_environ_for_an_absolute_form_target(app: Server) -> None:
+    """RFC 9112 §3.2.2: the host comes from the target, whatever Host says."""
+    environ = get_json(app, "http://example.com:8080/environ/p?q=1", [("Host", "other.test")])
+    assert (environ["PATH_INFO"], environ["QUERY_STRING"]) == ("/environ/p", "q=1")
+    assert environ["HTTP_HOST"] == "example.com:8080"
+    assert (environ["SERVER_NAME"], environ["SERVER_PORT"]) == ("example.com", "8080")
+    assert app.get("ftp://example.com/environ").status == 400
+
+
 def test_environ_for_a_tricky_target(app: Server) -> None:
     with RawClient(app.host, app.port) as client:
         client.send(request("GET", "/environ/caf%C3%A9/a%2Fb?x=%20", [("X-Two", "a"), ("X-Two", "b")]))

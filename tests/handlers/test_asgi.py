@@ -110,31 +110,6 @@ def test_root_path_is_always_the_start_of_path(target: bytes, path: str) -> None
     assert seen[0]["path"] == path
 
 
-@pytest.mark.parametrize(
-    ("target", "root_path", "path", "raw_path", "query"),
-    [
-        (b"http://example.com/a%20b?q=1", "", "/a b", b"/a%20b", b"q=1"),
-        (b"HTTPS://example.com:8443/x", "", "/x", b"/x", b""),
-        (b"http://example.com", "", "/", b"/", b""),
-        (b"http://example.com?q", "", "/", b"/", b"q"),
-        (b"http://example.com/api/items", "/api", "/api/items", b"/api/items", b""),
-        (b"http://example.com/items", "/api", "/api/items", b"/items", b""),
-    ],
-)
-def test_absolute_form_targets_give_the_path_in_them(
-    target: bytes, root_path: str, path: str, raw_path: bytes, query: bytes
-) -> None:
-    """RFC 9112 §3.2.2: the absolute form's scheme and authority are not part of the path."""
-    seen: list[Scope] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope)
-        await hello(scope, receive, send)
-
-    Driver().run(ASGIApp(app, root_path=root_path), request(target=target))
-    assert (seen[0]["path"], seen[0]["raw_path"], seen[0]["query_string"]) == (path, raw_path, query)
-
-
 def test_state_is_a_shallow_copy_per_request() -> None:
     shared: list[int] = []
     state: dict[str, Any] = {"items": shared}

@@ -385,3 +385,45 @@ def test_too_many_trailer_fields_get_431() -> None:
     d = Driver(App(), config)
     d.feed(head + b"3\r\nabc\r\n0\r\n" + trailers[: 5 * 9] + b"\r\n")
     assert parse_one(d.take()).body == b"got 3", "five are within the limit"
+
+
+# --- request targets: origin-form, once, for every handler (RFC 9112 §3.2) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "origin", "host"),
+    [
+        (b"http://example.com:8080/echo/a?b", b"/echo/a?b", b"example.com:8080"),
+        (b"HTTPS://Example.com", b"/", b"Example.com"),
+        (b"http://example.com?q", b"/?q", b"example.com"),
+        (b"http://[::1]:80/echo/x", b"/echo/x", b"[::1]:80"),
+    ],
+)
+def test_an_absolute_form_target_becomes_origin_form_with_its_authority_as_host(
+    target: bytes, origin: bytes, host: bytes
+) -> None:
+    """The server MUST ignore Host and use the target's authority (RFC 9112 §3.2.2)."""
+    with_host = b"GET %s HTTP/1.1\r\nHost: other.test\r\n\r\n" % target
+    for request in (with_host, b"GET %s HTTP/1.0\r\n\r\n" % target):  # HTTP/1.0: no Host needed
+        d = Driver(App())
+        d.feed(request)
+        seen = d.app.requests[0]
+        assert seen.target == origin
+        assert [value for name, value in seen.headers if name == b"host"] == [host]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"ftp://x/echo/a",
+        b"http:///echo/a",
+        b"http://:80/a",
+        b"http://u@x/a",
+        b"http://x:y/a",
+        b"x:80",
+        b"a/b",
+    ],
+)
+def test_a_target_neither_origin_nor_absolute_form_is_400_as_in_nginx(target: bytes) -> None:
+    status, d = refused(get(target))
+    assert status == 400 and not d.app.requests
