@@ -1204,6 +1204,9 @@ class ServerConnection:
             socket.pieces = 0
         if socket.ending is not None:
             self._end_websocket(socket.lingers(), now)
+        elif socket.yielding:  # a step's share of a flood of frames read: a turn for the others
+            socket.yielding = False
+            self._emit(Wait(now))  # due at once: the transport lets the loop run, then asks again
         elif socket.reading():
             if channel.will_wait():
                 self._emit(Receive(socket.deadline()))

@@ -258,6 +258,9 @@ class Driver(Generic[AppT]):
                 if self.run_tasks() or self.woken:
                     self.woken = False
                     continue
+                if isinstance(action, Wait) and action.deadline is not None and action.deadline <= self.now:
+                    self.conn.timeout(self.now)  # a turn for the others (a transport's timer fires at once)
+                    continue
                 return action
             else:
                 assert isinstance(action, Close)

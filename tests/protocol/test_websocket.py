@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import struct
+import tracemalloc
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -39,7 +40,7 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 
 from protocol import Channel, Close, Config, HalfClose, Receive, Request, Response, Send, Wait
-from protocol.websocket import CLOSE_TIMEOUT, READ_AHEAD
+from protocol.websocket import CLOSE_TIMEOUT, FRAMES_PER_STEP, READ_AHEAD
 
 from .helpers import FRAGMENT_SIZES, Driver, fragments, get, parse_one
 from .test_sessions import pause, sent
@@ -455,6 +456,74 @@ def test_a_fragmented_message_over_the_limit_closes_with_1009_before_it_ends() -
     events = peer.raw(frame(0x2, b"x" * 60, fin=False) + frame(0x0, b"x" * 60, fin=False))
     assert close_of(events).code == 1009
     assert peer.app.received == []
+
+
+def test_a_message_in_many_small_fragments_holds_memory_near_its_size() -> None:
+    """A message of 3,000 fragments of 2 bytes (6 KB) must not cost ~60 bytes a fragment:
+    else a 16 MiB message in 2-byte fragments would hold ~500 MB (only its bytes count
+    against ws_max_size)."""
+    received: list[str | bytes] = []
+
+    async def keep(channel: Channel) -> None:
+        channel.accept()
+        while (message := await receive(channel)) is not None:
+            received.append(message)
+        channel.finish()
+
+    peer = Peer(keep)
+    fragments = frame(0x1, b"ab", fin=False) + frame(0x0, b"ab", fin=False) * 2998
+    tracemalloc.start()
+    try:
+        peer.driver.feed(fragments, 64 * 1024)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    peer.driver.feed(frame(0x0, b"ab"))
+    assert received == ["ab" * 3000]
+    assert held < 40_000, f"{held} bytes held for a 6 KB message"
+
+
+@pytest.mark.parametrize(
+    ("deflate", "unit"),
+    [
+        pytest.param(False, frame(0x2, b"m"), id="tiny messages"),
+        pytest.param(False, frame(0x9, b"p"), id="pings"),
+        pytest.param(False, frame(0x0, b"", fin=False), id="empty fragments"),
+        pytest.param(True, frame(0x0, b"", fin=False), id="empty fragments, deflate"),
+    ],
+)
+def test_a_read_of_many_tiny_frames_is_served_a_bounded_number_per_step(deflate: bool, unit: bytes) -> None:
+    """A 64 KiB read of 6-byte frames is ~10,000 frames: ~0.2 s of CPU on wsproto's path,
+    seconds with an app task taking the messages, all that time holding the event loop. A
+    step takes FRAMES_PER_STEP at most, then the core waits until now (the event loop runs
+    the others), then goes on. (Here a 16 KiB read.)"""
+    batches: list[int] = []
+
+    async def batched(channel: Channel) -> None:
+        channel.accept()
+        while channel.close_code is None:
+            count = 0
+            while channel.receive_message() is not None:
+                count += 1
+            if count:
+                batches.append(count)
+            await pause()
+        channel.finish()
+
+    peer = Peer(batched, deflate=deflate)
+    d = peer.driver
+    start = frame(0x2, b"", fin=False) if unit[0] == 0x00 else b""
+    count = 16 * 1024 // len(unit)
+    d.actions.clear()
+    d.feed(start + unit * count)
+    turns = [a for a in d.actions if isinstance(a, Wait) and a.deadline == d.now]
+    # Under deflate, a step feeds wsproto a slice of 4 KiB (~700 frames) at most.
+    assert len(turns) >= (16 * 1024 // 4096 - 1 if deflate else count // FRAMES_PER_STEP - 1), len(turns)
+    assert isinstance(d.waiting, Receive)  # all read in the end
+    if unit[0] == 0x82:
+        assert sum(batches) == count and max(batches) <= FRAMES_PER_STEP
+    if unit[0] == 0x89:
+        assert len([e for e in peer.events() if isinstance(e, Pong)]) == count
 
 
 # --- protocol errors ------------------------------------------------------------------------------
