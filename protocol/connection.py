@@ -1398,7 +1398,10 @@ class ServerConnection:
         """Log the request in progress, whose response will not complete, as nginx does: with the
         status of a response begun (a file body: what the client cut, or a shutdown) and the body
         bytes sent in actions that completed; with 499 (nginx's "client closed request") and 0
-        when none had begun."""
+        when none had begun. An accepted WebSocket's line went out with its 101: none here."""
+        if self._status == 101:
+            self._request = None
+            return
         status = 499
         sent = 0
         phase = self._phase

@@ -969,6 +969,28 @@ def test_access_log_has_the_101(caplog: pytest.LogCaptureFixture) -> None:
     assert '"GET /chat HTTP/1.1" 101' in caplog.text
 
 
+@pytest.mark.parametrize("end", ["connection lost", "send failed", "failure, then reset while lingering"])
+def test_a_websocket_cut_later_has_only_its_101_line(end: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The access line is written at the 101; a WebSocket cut later is no unfinished request
+    (no second line with 499, nginx's "client closed request")."""
+    caplog.set_level("INFO", "httpserver.access")
+    peer = Peer(echo(), config(access_log=True))
+    d = peer.driver
+    if end == "connection lost":
+        d.conn.connection_lost()
+    elif end == "send failed":
+        d.conn.receive_data(frame(0x1, b"hi"), d.now)
+        assert isinstance(d.advance(stop_at=(Send,)), Send)
+        d.conn.timeout(d.now + 60)
+    else:
+        d.feed(frame(0x3))  # a reserved opcode: close 1002, then linger
+        assert d.half_closed
+        d.conn.connection_lost()
+    assert d.conn.next_action(d.now) == Close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpserver.access"]
+    assert len(lines) == 1 and '"GET /chat HTTP/1.1" 101' in lines[0], lines
+
+
 def test_close_is_the_last_action() -> None:
     peer = Peer(echo())
     peer.send(CloseConnection(1000))
