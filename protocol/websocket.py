@@ -61,6 +61,7 @@ _LOCAL_CLOSING: Final = ConnectionState.LOCAL_CLOSING
 _REMOTE_CLOSING: Final = ConnectionState.REMOTE_CLOSING
 _TEXT_PLAIN: Final = (b"Content-Type", b"text/plain")
 _VERSION: Final = (b"Sec-WebSocket-Version", b"13")
+_UPGRADE: Final = (b"Upgrade", b"websocket")
 _OWN_FIELDS: Final = frozenset(
     {
         b"upgrade",
@@ -211,7 +212,12 @@ def refusal(request: Request, has_body: bool) -> Response | None:
         status = 426 if versions else 400
         reason = b"426 Upgrade Required" if versions else b"400 Bad Request"
         text = b"%s: this server speaks WebSocket version 13\n" % reason
-        headers = ((b"Upgrade", b"websocket"), _VERSION, _TEXT_PLAIN) if versions else (_VERSION, _TEXT_PLAIN)
+        # RFC 9110 §15.5.22: a 426 names the protocol in Upgrade, and §7.8: with its connection option.
+        headers = (
+            (_UPGRADE, (b"Connection", b"Upgrade"), _VERSION, _TEXT_PLAIN)
+            if versions
+            else (_VERSION, _TEXT_PLAIN)
+        )
         return Response(status, headers, text)
     if len(keys) != 1 or not _valid_key(keys[0]):
         return Response(400, (_TEXT_PLAIN,), b"400 Bad Request: Sec-WebSocket-Key is missing or invalid\n")

@@ -338,7 +338,12 @@ class Parsed:
 
     @property
     def closes(self) -> bool:
-        return self.header(b"connection") == b"close"
+        """Whether a Connection field (there may be more than one) has the option `close`."""
+        return b"close" in self.connection_options
+
+    @property
+    def connection_options(self) -> list[bytes]:
+        return [item.strip().lower() for k, v in self.headers if k == b"connection" for item in v.split(b",")]
 
 
 def parse(data: bytes, methods: Sequence[bytes] | int | None = 1) -> list[Parsed]:

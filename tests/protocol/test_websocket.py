@@ -240,6 +240,9 @@ def test_a_bad_handshake_is_refused_before_the_app_sees_it(lines: tuple[bytes, .
     assert app.requests == []
     if status == 426 or lines == (KEY,):
         assert response.header(b"sec-websocket-version") == b"13"
+    if status == 426:  # RFC 9110 §15.5.22, §7.8: Upgrade, and with it its connection option
+        assert response.header(b"upgrade") == b"websocket"
+        assert b"upgrade" in response.connection_options
 
 
 @pytest.mark.parametrize(
