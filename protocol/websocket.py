@@ -429,6 +429,11 @@ class WebSocket:
         core gives the others a turn first, and this reads on when called after it)."""
         if self.yielding:
             return
+        deadline = self.deadline()
+        if deadline is not None and now >= deadline:  # input that keeps coming postpones none of ours
+            self.timeout(out, now)
+            if self.ending is not None:
+                return
         ws = self.ws
         assert ws is not None
         channel = self.channel

@@ -647,6 +647,32 @@ def test_a_peer_that_never_answers_our_close_is_cut() -> None:
     assert peer.app.channel.close_code == 1006
 
 
+def test_a_peer_that_sends_on_instead_of_answering_our_close_is_cut_in_time() -> None:
+    """Input that keeps coming (say, one big frame after another) postpones no deadline of
+    ours: after CLOSE_TIMEOUT the connection is cut."""
+    peer = Peer(echo())
+    peer.app.channel.close(1000)
+    d = peer.driver
+    d.run_tasks()
+    d.advance()
+    assert close_of(peer.events()).code == 1000
+    data = frame(0x2, b"x" * 1000)
+    for _ in range(int(CLOSE_TIMEOUT) + 2):
+        if d.closed:
+            break
+        d.now += 1
+        d.feed(data)
+    assert d.closed and d.now <= CLOSE_TIMEOUT + 1
+    assert peer.app.channel.close_code == 1006
+
+
+def test_the_peers_close_code_reaches_the_task_as_an_int() -> None:
+    """Not wsproto's CloseReason enum: ASGI's `code` is an int (a repr or a JSON dump shows 1000)."""
+    peer = Peer(echo())
+    peer.send(CloseConnection(1000))
+    assert type(peer.app.channel.close_code) is int
+
+
 @pytest.mark.parametrize(("error", "code"), [(None, 1000), (RuntimeError("bug"), 1011)])
 def test_a_task_ending_unclosed_closes_with_1000_or_1011(error: Exception | None, code: int) -> None:
     async def leave(channel: Channel) -> None:
