@@ -397,8 +397,8 @@ class WebSocket:
         self.ws = Connection(ConnectionType.SERVER, [extension] if extension is not None else None)
         if extension is not None:
             # Deflate inflates at most ~1032:1: a slice cannot become much more than ws_max_size.
-            # At most 4 KiB: a slice of tiny frames (~700) is still a short step.
-            self._slice = min(4096, max(1024, self._max_size // 1024))
+            # At most 8 KiB: a slice of tiny frames (~1,400) is still a short step (~15 ms).
+            self._slice = min(8192, max(1024, self._max_size // 1024))
         else:
             self._fast = True
         self._input = data
