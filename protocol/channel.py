@@ -391,7 +391,7 @@ class Channel:
         """The WebSocket is closed for the task (first call only)."""
         if self.close_code is None:
             self.close_reason = reason
-            self.close_code = code
+            self.close_code = int(code)  # not wsproto's CloseReason enum: ASGI's code is an int
             self.notify()
 
     def drop_outbox(self) -> list[Message]:

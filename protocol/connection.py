@@ -1237,6 +1237,9 @@ class ServerConnection:
             socket.pieces = 0
         if socket.ending is not None:
             self._end_websocket(socket.lingers(), now)
+        elif socket.yielding:  # a step's share of a flood of frames read: a turn for the others
+            socket.yielding = False
+            self._emit(Wait(now))  # due at once: the transport lets the loop run, then asks again
         elif socket.reading():
             if channel.will_wait():
                 self._emit(Receive(socket.deadline()))
@@ -1430,7 +1433,10 @@ class ServerConnection:
         """Log the request in progress, whose response will not complete, as nginx does: with the
         status of a response begun (a file body: what the client cut, or a shutdown) and the body
         bytes sent in actions that completed; with 499 (nginx's "client closed request") and 0
-        when none had begun."""
+        when none had begun. An accepted WebSocket's line went out with its 101: none here."""
+        if self._status == 101:
+            self._request = None
+            return
         status = 499
         sent = 0
         phase = self._phase

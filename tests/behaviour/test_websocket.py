@@ -426,6 +426,28 @@ def test_a_fast_sender_to_a_slow_app_is_read_only_a_bounded_amount_ahead(app: Se
     assert grown < 32 * 1024, f"the server grew by {grown} KiB while the app did not read"
 
 
+def test_a_flood_of_tiny_frames_does_not_hold_up_other_clients(app: Server) -> None:
+    """One client sends 30,000 empty fragments of a message (6 bytes each, ~10,000 a read:
+    ~0.4 s of the server's CPU); HTTP requests on other connections meanwhile are answered
+    at once (the core reads a bounded number of frames per step, then lets the others run),
+    not after a whole read's frames each time (~0.2 s a read)."""
+    client = RawWS(app)
+    client.sock.sendall(frame(0x2, b"", fin=False))
+    flood = frame(0x0, b"", fin=False) * 10_000
+    sender = threading.Thread(target=lambda: [client.sock.sendall(flood) for _ in range(3)])
+    sender.start()
+    took = []
+    for _ in range(5):
+        started = time.monotonic()
+        assert app.get("/plain").status == 200
+        took.append(time.monotonic() - started)
+    sender.join()
+    client.send(BytesMessage(b"", message_finished=True), CloseConnection(1000))
+    assert isinstance(client.events(CloseConnection, timeout=10)[-1], CloseConnection)
+    client.close()
+    assert max(took) < 0.2, f"requests took {took} beside the flood"
+
+
 # --- shutdown ------------------------------------------------------------------------------------
 
 

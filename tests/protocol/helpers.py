@@ -258,6 +258,9 @@ class Driver(Generic[AppT]):
                 if self.run_tasks() or self.woken:
                     self.woken = False
                     continue
+                if isinstance(action, Wait) and action.deadline is not None and action.deadline <= self.now:
+                    self.conn.timeout(self.now)  # a turn for the others (a transport's timer fires at once)
+                    continue
                 return action
             else:
                 assert isinstance(action, Close)
@@ -335,7 +338,12 @@ class Parsed:
 
     @property
     def closes(self) -> bool:
-        return self.header(b"connection") == b"close"
+        """Whether a Connection field (there may be more than one) has the option `close`."""
+        return b"close" in self.connection_options
+
+    @property
+    def connection_options(self) -> list[bytes]:
+        return [item.strip().lower() for k, v in self.headers if k == b"connection" for item in v.split(b",")]
 
 
 def parse(data: bytes, methods: Sequence[bytes] | int | None = 1) -> list[Parsed]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import struct
+import tracemalloc
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -39,7 +40,7 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 
 from protocol import Channel, Close, Config, HalfClose, Receive, Request, Response, Send, Wait
-from protocol.websocket import CLOSE_TIMEOUT, READ_AHEAD
+from protocol.websocket import CLOSE_TIMEOUT, FRAMES_PER_STEP, READ_AHEAD, WSPROTO_FRAME
 
 from .helpers import FRAGMENT_SIZES, Driver, fragments, get, parse_one
 from .test_sessions import pause, sent
@@ -239,6 +240,9 @@ def test_a_bad_handshake_is_refused_before_the_app_sees_it(lines: tuple[bytes, .
     assert app.requests == []
     if status == 426 or lines == (KEY,):
         assert response.header(b"sec-websocket-version") == b"13"
+    if status == 426:  # RFC 9110 §15.5.22, §7.8: Upgrade, and with it its connection option
+        assert response.header(b"upgrade") == b"websocket"
+        assert b"upgrade" in response.connection_options
 
 
 @pytest.mark.parametrize(
@@ -457,6 +461,78 @@ def test_a_fragmented_message_over_the_limit_closes_with_1009_before_it_ends() -
     assert peer.app.received == []
 
 
+def test_a_message_in_many_small_fragments_holds_memory_near_its_size() -> None:
+    """A message of 3,000 fragments of 2 bytes (6 KB) must not cost ~60 bytes a fragment:
+    else a 16 MiB message in 2-byte fragments would hold ~500 MB (only its bytes count
+    against ws_max_size)."""
+    received: list[str | bytes] = []
+
+    async def keep(channel: Channel) -> None:
+        channel.accept()
+        while (message := await receive(channel)) is not None:
+            received.append(message)
+        channel.finish()
+
+    peer = Peer(keep)
+    fragments = frame(0x1, b"ab", fin=False) + frame(0x0, b"ab", fin=False) * 2998
+    tracemalloc.start()
+    try:
+        peer.driver.feed(fragments, 64 * 1024)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    peer.driver.feed(frame(0x0, b"ab"))
+    assert received == ["ab" * 3000]
+    assert held < 40_000, f"{held} bytes held for a 6 KB message"
+
+
+@pytest.mark.parametrize(
+    ("deflate", "unit"),
+    [
+        pytest.param(False, frame(0x2, b"m"), id="tiny messages"),
+        pytest.param(False, frame(0x9, b"p"), id="pings"),
+        pytest.param(False, frame(0x0, b"", fin=False), id="empty fragments"),
+        pytest.param(True, frame(0x0, b"", fin=False), id="empty fragments, deflate"),
+    ],
+)
+def test_a_read_of_many_tiny_frames_is_served_a_bounded_number_per_step(deflate: bool, unit: bytes) -> None:
+    """A 64 KiB read of 6-byte frames is ~10,000 frames: ~0.2 s of CPU on wsproto's path,
+    seconds with an app task taking the messages, all that time holding the event loop. A
+    step takes FRAMES_PER_STEP at most (a frame through wsproto counts WSPROTO_FRAME), then
+    the core waits until now (the event loop runs the others), then goes on. (Here a 16 KiB
+    read.)"""
+    batches: list[int] = []
+
+    async def batched(channel: Channel) -> None:
+        channel.accept()
+        while channel.close_code is None:
+            count = 0
+            while channel.receive_message() is not None:
+                count += 1
+            if count:
+                batches.append(count)
+            await pause()
+        channel.finish()
+
+    peer = Peer(batched, deflate=deflate)
+    d = peer.driver
+    start = frame(0x2, b"", fin=False) if unit[0] == 0x00 else b""
+    count = 16 * 1024 // len(unit)
+    d.actions.clear()
+    d.feed(start + unit * count)
+    turns = [a for a in d.actions if isinstance(a, Wait) and a.deadline == d.now]
+    if deflate:  # a step feeds wsproto a slice of 8 KiB (~1,400 frames) at most
+        assert len(turns) >= 16 * 1024 // 8192 - 1
+    else:
+        cost = 1 if unit[0] == 0x82 else WSPROTO_FRAME  # the fast path's, or wsproto's
+        assert len(turns) >= count * cost // FRAMES_PER_STEP - 1, len(turns)
+    assert isinstance(d.waiting, Receive)  # all read in the end
+    if unit[0] == 0x82:
+        assert sum(batches) == count and max(batches) <= FRAMES_PER_STEP
+    if unit[0] == 0x89:
+        assert len([e for e in peer.events() if isinstance(e, Pong)]) == count
+
+
 # --- protocol errors ------------------------------------------------------------------------------
 
 
@@ -573,6 +649,32 @@ def test_a_peer_that_never_answers_our_close_is_cut() -> None:
     assert d.closed
     d.run_tasks()
     assert peer.app.channel.close_code == 1006
+
+
+def test_a_peer_that_sends_on_instead_of_answering_our_close_is_cut_in_time() -> None:
+    """Input that keeps coming (say, one big frame after another) postpones no deadline of
+    ours: after CLOSE_TIMEOUT the connection is cut."""
+    peer = Peer(echo())
+    peer.app.channel.close(1000)
+    d = peer.driver
+    d.run_tasks()
+    d.advance()
+    assert close_of(peer.events()).code == 1000
+    data = frame(0x2, b"x" * 1000)
+    for _ in range(int(CLOSE_TIMEOUT) + 2):
+        if d.closed:
+            break
+        d.now += 1
+        d.feed(data)
+    assert d.closed and d.now <= CLOSE_TIMEOUT + 1
+    assert peer.app.channel.close_code == 1006
+
+
+def test_the_peers_close_code_reaches_the_task_as_an_int() -> None:
+    """Not wsproto's CloseReason enum: ASGI's `code` is an int (a repr or a JSON dump shows 1000)."""
+    peer = Peer(echo())
+    peer.send(CloseConnection(1000))
+    assert type(peer.app.channel.close_code) is int
 
 
 @pytest.mark.parametrize(("error", "code"), [(None, 1000), (RuntimeError("bug"), 1011)])
@@ -898,6 +1000,28 @@ def test_access_log_has_the_101(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", "httpserver.access")
     Peer(echo(), config(access_log=True))
     assert '"GET /chat HTTP/1.1" 101' in caplog.text
+
+
+@pytest.mark.parametrize("end", ["connection lost", "send failed", "failure, then reset while lingering"])
+def test_a_websocket_cut_later_has_only_its_101_line(end: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The access line is written at the 101; a WebSocket cut later is no unfinished request
+    (no second line with 499, nginx's "client closed request")."""
+    caplog.set_level("INFO", "httpserver.access")
+    peer = Peer(echo(), config(access_log=True))
+    d = peer.driver
+    if end == "connection lost":
+        d.conn.connection_lost()
+    elif end == "send failed":
+        d.conn.receive_data(frame(0x1, b"hi"), d.now)
+        assert isinstance(d.advance(stop_at=(Send,)), Send)
+        d.conn.timeout(d.now + 60)
+    else:
+        d.feed(frame(0x3))  # a reserved opcode: close 1002, then linger
+        assert d.half_closed
+        d.conn.connection_lost()
+    assert d.conn.next_action(d.now) == Close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpserver.access"]
+    assert len(lines) == 1 and '"GET /chat HTTP/1.1" 101' in lines[0], lines
 
 
 def test_close_is_the_last_action() -> None:
