@@ -319,6 +319,8 @@ class _Cycle:
             raise RuntimeError(_unexpected(kind, state))
 
     def _start(self, body: bytes | FileBody, more: bool) -> None:
+        if type(body) is not bytes and not isinstance(body, FileBody):
+            body = _as_bytes(body)  # before the head goes out: a wrong type is still a 500
         status, headers, stream = self._head
         self._end_stream = stream
         if not more and type(body) is bytes and not self._wants_trailers:
@@ -333,9 +335,7 @@ class _Cycle:
 
     def _piece(self, body: bytes | FileBody, more: bool) -> None:
         if type(body) is not bytes and not isinstance(body, FileBody):
-            if not isinstance(body, bytes | bytearray | memoryview):
-                raise TypeError(f"http.response.body's body must be bytes, not {type(body).__name__}")
-            body = bytes(body)
+            body = _as_bytes(body)
         ticket = self._channel.send(body, more=more)
         if more:
             if type(body) is bytes and body:
@@ -442,6 +442,12 @@ def _check_headers(items: tuple[Any, ...]) -> tuple[tuple[tuple[bytes, bytes], .
             _HEADS.clear()
         _HEADS[items] = result  # hashable: tuples of bytes
     return result
+
+
+def _as_bytes(body: object) -> bytes:
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise TypeError(f"http.response.body's body must be bytes, not {type(body).__name__}")
+    return bytes(body)
 
 
 def _headers(items: Iterable[Any]) -> list[tuple[bytes, bytes]]:

@@ -39,7 +39,8 @@ given and `HTTP_TRANSFER_ENCODING` is not.
 
 Rules from the app's side that are errors (a 500 when the response has not started):
 a hop-by-hop header (`Connection`, `Keep-Alive`, `Transfer-Encoding`, `Upgrade`, `TE`,
-`Trailer`, `Proxy-*`), `start_response` called twice without `exc_info`, a body piece
+`Trailer`, `Proxy-*`), a status whose code is not 200 to 599 (`600 X`, `103 Early Hints`),
+`start_response` called twice without `exc_info`, a body piece
 before `start_response`, a piece that is not bytes, headers that are not latin-1 strings.
 """
 
@@ -560,9 +561,12 @@ _STATUSES: dict[str, int] = {}
 
 
 def _status_code(status: object) -> int:
-    if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+    """The code of a final response (RFC 9110 §15: 200 to 599; the server sends interim ones)."""
+    if type(status) is not str or len(status) < 4 or not status[:3].isascii() or status[3] != " ":
         raise ValueError(f"WSGI status must be a str like '200 OK', not {status!r}")
-    code = int(status[:3])
+    code = int(status[:3]) if status[:3].isdigit() else 0
+    if not 200 <= code <= 599:
+        raise ValueError(f"WSGI status must be a str like '200 OK', its code from 200 to 599, not {status!r}")
     if len(_STATUSES) < _CACHE_MAX:
         _STATUSES[status] = code
     return code

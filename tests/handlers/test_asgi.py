@@ -339,6 +339,19 @@ def test_the_head_waits_for_the_first_body_message_so_an_error_between_is_a_500(
     assert isinstance(outcome.error, ValueError) and outcome.finish_count == 1
 
 
+@pytest.mark.parametrize("more", [False, True])
+def test_a_first_body_that_is_not_bytes_is_a_500(more: bool) -> None:
+    """Checked before the head goes out: a clean 500, not a 200 cut short."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": "text", "more_body": more})
+
+    outcome = Driver().run(app)
+    assert isinstance(outcome.error, TypeError) and "bytes" in str(outcome.error)
+    assert not [m for m in outcome.messages if isinstance(m, Start)]  # so: a 500
+
+
 def test_an_error_after_the_body_started_is_passed_on_to_cut_the_connection(runtime: str) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200})

@@ -456,6 +456,11 @@ def test_whitespace_around_header_values_is_stripped() -> None:
     "bad",
     [
         lambda sr: sr("200", []),
+        lambda sr: sr("600 Beyond", []),  # RFC 9110 §15: 100 to 599
+        lambda sr: sr("099 Below", []),
+        lambda sr: sr("103 Early Hints", []),  # an interim response is no WSGI response
+        lambda sr: sr("101 Switching Protocols", []),
+        lambda sr: sr("\uff1200 OK", []),  # a fullwidth 2: str.isdigit() says yes
         lambda sr: sr(b"200 OK", []),
         lambda sr: sr("200 OK", [(b"X", b"y")]),
         lambda sr: sr("200 OK", [("X", "\u20ac")]),
