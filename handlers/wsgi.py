@@ -51,6 +51,7 @@ import inspect
 import io
 import logging
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -558,6 +559,8 @@ Converted = tuple[tuple[tuple[bytes, bytes], ...], int | None, tuple[tuple[bytes
 _CONVERTED: dict[tuple[tuple[str, str], ...], Converted] = {}
 """An app's header lists, checked and converted once (apps send the same few again and again)."""
 _STATUSES: dict[str, int] = {}
+_BAD_REASON: Final = re.compile("[^\t\x20-\x7e\x80-\xff]")
+"""What RFC 9112's reason-phrase (HTAB, SP, VCHAR, obs-text) does not allow."""
 
 
 def _status_code(status: object) -> int:
@@ -567,6 +570,8 @@ def _status_code(status: object) -> int:
     code = int(status[:3]) if status[:3].isdigit() else 0
     if not 200 <= code <= 599:
         raise ValueError(f"WSGI status must be a str like '200 OK', its code from 200 to 599, not {status!r}")
+    if _BAD_REASON.search(status, 4):  # not sent (the core sends its own), but a bug all the same
+        raise ValueError(f"WSGI status must be latin-1 without control characters, not {status!r}")
     if len(_STATUSES) < _CACHE_MAX:
         _STATUSES[status] = code
     return code

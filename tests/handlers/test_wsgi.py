@@ -461,6 +461,9 @@ def test_whitespace_around_header_values_is_stripped() -> None:
         lambda sr: sr("103 Early Hints", []),  # an interim response is no WSGI response
         lambda sr: sr("101 Switching Protocols", []),
         lambda sr: sr("\uff1200 OK", []),  # a fullwidth 2: str.isdigit() says yes
+        lambda sr: sr("200 OK\r\nX-Evil: 1", []),  # RFC 9112 §4: reason-phrase
+        lambda sr: sr("200 OK\x00", []),
+        lambda sr: sr("200 \u03a9\u03ba", []),  # PEP 3333: latin-1
         lambda sr: sr(b"200 OK", []),
         lambda sr: sr("200 OK", [(b"X", b"y")]),
         lambda sr: sr("200 OK", [("X", "\u20ac")]),
