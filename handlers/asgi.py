@@ -52,7 +52,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
-from protocol import Channel, FileBody, Request, Response, split_target
+from protocol import Channel, FileBody, Request, Response, cacheable, split_target
 from protocol.redaction import redact_values
 
 from .notify import Notifier, notifier
@@ -437,7 +437,7 @@ def _check_headers(items: tuple[Any, ...]) -> tuple[tuple[tuple[bytes, bytes], .
         headers = [item for item in headers if item[0].lower() != b"transfer-encoding"]
     # A tuple: the core validates each distinct tuple of headers once (apps repeat theirs).
     result = tuple(headers), stream
-    if _plain(items):
+    if _plain(items) and cacheable(items):
         if len(_HEADS) >= _HEADS_MAX:
             _HEADS.clear()
         _HEADS[items] = result  # hashable: tuples of bytes

@@ -61,7 +61,7 @@ from types import TracebackType
 from typing import IO, Any, BinaryIO, Final, cast
 from urllib.parse import unquote_to_bytes
 
-from protocol import FileBody, Request, Response, split_target
+from protocol import FileBody, Request, Response, cacheable, split_target
 from protocol.redaction import redact_values
 
 __all__ = ["FileWrapper", "WSGIApp"]
@@ -572,7 +572,7 @@ def _status_code(status: object) -> int:
         raise ValueError(f"WSGI status must be a str like '200 OK', its code from 200 to 599, not {status!r}")
     if _BAD_REASON.search(status, 4):  # not sent (the core sends its own), but a bug all the same
         raise ValueError(f"WSGI status must be latin-1 without control characters, not {status!r}")
-    if len(_STATUSES) < _CACHE_MAX:
+    if len(_STATUSES) < _CACHE_MAX and len(status) <= 64:  # not one app's endless unique reasons
         _STATUSES[status] = code
     return code
 
@@ -598,13 +598,14 @@ def _convert(headers: Iterable[tuple[str, str]]) -> Converted:
         converted.append((name.encode("latin-1"), value.encode("latin-1")))
     fields = tuple(converted)
     result = (fields, length, tuple(field for field in fields if field[0].lower() != b"content-length"))
-    try:
-        key = tuple(headers)
-        if len(_CONVERTED) >= _CACHE_MAX:
-            _CONVERTED.clear()
-        _CONVERTED[key] = result
-    except TypeError:
-        pass
+    if cacheable(fields):  # large lists are not kept (see `cacheable`)
+        try:
+            key = tuple(headers)
+            if len(_CONVERTED) >= _CACHE_MAX:
+                _CONVERTED.clear()
+            _CONVERTED[key] = result
+        except TypeError:
+            pass
     return result
 
 

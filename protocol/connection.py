@@ -67,7 +67,7 @@ from h11._headers import Headers as _H11Headers  # private, but h11 is pinned: s
 from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile, Spawn, Wait
 from .channel import Accept, Channel, Closing, Finish, Message, Outgoing, Piece, Start, Trailers
 from .config import Config
-from .messages import App, Exchange, FileBody, Headers, Request, Response, Session, Stream
+from .messages import App, Exchange, FileBody, Headers, Request, Response, Session, Stream, cacheable
 from .proxy import forwarded
 from .redaction import headers_repr, redact_values
 
@@ -1731,8 +1731,9 @@ def _validate(headers: Headers) -> _Verdict | None:
     validation as usual.
 
     Bounded: a full table starts afresh, so constant tuples come back at once and one-off
-    ones go. With a framing field, the verdict is trusted only when the handler frames the
-    body (a Stream or a Session's response: the core adds no Content-Length)."""
+    ones go; large tuples are not kept (`cacheable`). With a framing field, the verdict is
+    trusted only when the handler frames the body (a Stream or a Session's response: the
+    core adds no Content-Length)."""
     verdict: _Verdict | None
     try:
         fields = h11.Response(status_code=200, headers=list(headers)).headers._full_items
@@ -1741,9 +1742,14 @@ def _validate(headers: Headers) -> _Verdict | None:
         verdict = (fields, framing, lengths[0] if lengths else -1)
     except Exception:  # whatever h11 refuses, it refuses again when sending: a 500
         verdict = None
-    if len(_validated) >= _VALIDATED_MAX:
-        _validated.clear()
-    _validated[headers] = verdict  # hashable: the lookup above said so
+    try:
+        keep = cacheable(headers)
+    except TypeError:
+        keep = False
+    if keep:
+        if len(_validated) >= _VALIDATED_MAX:
+            _validated.clear()
+        _validated[headers] = verdict  # hashable: the lookup above said so
     return verdict
 
 

@@ -352,6 +352,21 @@ def test_a_first_body_that_is_not_bytes_is_a_500(more: bool) -> None:
     assert not [m for m in outcome.messages if isinstance(m, Start)]  # so: a 500
 
 
+def test_large_header_lists_are_not_kept_in_the_checked_cache() -> None:
+    """The cache of checked header lists is bounded by count: an app whose every response
+    carries a distinct megabyte header would hold hundreds of megabytes in it."""
+    from handlers import asgi
+
+    headers = ((b"x-big", b"a" * 100_000),)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    assert Driver().run(app).error is None
+    assert headers not in asgi._HEADS
+
+
 def test_an_error_after_the_body_started_is_passed_on_to_cut_the_connection(runtime: str) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200})

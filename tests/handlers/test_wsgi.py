@@ -478,6 +478,21 @@ def test_invalid_status_or_headers_are_a_500(bad: Callable[[StartResponse], obje
     assert call(app).status == 500
 
 
+def test_large_statuses_and_header_lists_are_not_kept_in_the_checked_caches() -> None:
+    """The caches of checked statuses and header lists are bounded by count: an app whose
+    every response carries a distinct megabyte header held a gigabyte in them."""
+    from handlers import wsgi
+
+    status, headers = "200 " + "k" * 100_000, [("X-Big", "a" * 100_000)]
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response(status, headers)
+        return [b"x"]
+
+    assert call(app).status == 200
+    assert status not in wsgi._STATUSES and tuple(headers) not in wsgi._CONVERTED
+
+
 def test_an_asgi_app_taken_for_wsgi_says_so(caplog: pytest.LogCaptureFixture) -> None:
     """An ASGI app whose `__call__` returns a coroutine without being a coroutine function
     (a wrapper) is WSGI to `--interface auto`: the log says what to do, and the coroutine

@@ -289,3 +289,15 @@ def test_an_invalid_response_is_logged_briefly(caplog: pytest.LogCaptureFixture)
     [record] = caplog.records
     message = record.getMessage()
     assert "invalid response" in message and len(message) < 4000, len(message)
+
+
+def test_large_header_sets_are_not_kept_in_the_validation_cache() -> None:
+    """The cache of checked header tuples is bounded by count: an app whose every response
+    carries a distinct megabyte header would hold hundreds of megabytes in it."""
+    from protocol import connection
+
+    headers = ((b"X-Big", b"a" * 100_000),)
+    d = Driver(lambda request: Response(200, headers, b"x"), Config(access_log=False))
+    d.feed(get(b"/"))
+    assert parse_one(d.take()).header(b"x-big") == headers[0][1]
+    assert headers not in connection._validated
