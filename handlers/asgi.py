@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
 from protocol import Channel, FileBody, Request, Response, cacheable, split_target
-from protocol.redaction import redact_values
+from protocol.redaction import brief_repr, redact_values
 
 from .notify import Notifier, notifier
 
@@ -387,7 +387,9 @@ def _head(message: Message) -> tuple[int, tuple[tuple[bytes, bytes], ...], bool]
     """(status, headers, is an event stream) from http.response.start, checked in one pass."""
     status = message["status"]
     if type(status) is not int or not 200 <= status <= 599:
-        raise ValueError(f"http.response.start's status must be an int from 200 to 599, not {status!r}")
+        raise ValueError(
+            f"http.response.start's status must be an int from 200 to 599, not {brief_repr(status)}"
+        )
     items = tuple(message.get("headers", ()))
     # Apps send the same few header lists again and again: each distinct one is checked
     # once. A hit stands for the check only when every pair is a tuple of two bytes
@@ -423,7 +425,9 @@ def _check_headers(items: tuple[Any, ...]) -> tuple[tuple[tuple[bytes, bytes], .
     try:
         for name, value in items:
             if not (isinstance(name, bytes) and isinstance(value, bytes)):
-                raise TypeError(f"header names and values must be bytes, not {name!r}: {value!r}")
+                raise TypeError(
+                    f"header names and values must be bytes, not {brief_repr(name)}: {brief_repr(value)}"
+                )
             headers.append((name, value))
             if name[:1] in _C_OR_T:  # the two names looked at, in any case, cheaply
                 lower = name.lower()
@@ -457,7 +461,9 @@ def _headers(items: Iterable[Any]) -> list[tuple[bytes, bytes]]:
         raise TypeError("headers must be an iterable of [name, value] pairs") from None
     for name, value in headers:
         if not (isinstance(name, bytes) and isinstance(value, bytes)):
-            raise TypeError(f"header names and values must be bytes, not {name!r}: {value!r}")
+            raise TypeError(
+                f"header names and values must be bytes, not {brief_repr(name)}: {brief_repr(value)}"
+            )
     return headers
 
 

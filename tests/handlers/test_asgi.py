@@ -367,6 +367,21 @@ def test_large_header_lists_are_not_kept_in_the_checked_cache() -> None:
     assert headers not in asgi._HEADS
 
 
+def test_a_huge_invalid_header_is_shown_briefly_and_redacted() -> None:
+    """The error names the field, its value cut short (no megabyte log line), still quoted
+    whole so that the log's redaction finds a credential field's value."""
+    from protocol.redaction import redact_text
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"set-cookie", "s3cr3t" * 100_000)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    error = Driver().run(app).error
+    assert isinstance(error, TypeError) and len(str(error)) < 500
+    assert "s3cr3t" not in redact_text(str(error)), redact_text(str(error))
+
+
 def test_an_error_after_the_body_started_is_passed_on_to_cut_the_connection(runtime: str) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200})

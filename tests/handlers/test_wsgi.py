@@ -493,6 +493,17 @@ def test_large_statuses_and_header_lists_are_not_kept_in_the_checked_caches() ->
     assert status not in wsgi._STATUSES and tuple(headers) not in wsgi._CONVERTED
 
 
+def test_a_huge_invalid_header_is_logged_briefly(caplog: pytest.LogCaptureFixture) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("X-Big", b"a" * 1_000_000)])
+        return [b"x"]
+
+    with caplog.at_level(logging.ERROR, "httpserver.error"):
+        assert call(app).status == 500
+    [record] = caplog.records
+    assert "native strings" in record.getMessage() and len(record.getMessage()) < 5000
+
+
 def test_an_asgi_app_taken_for_wsgi_says_so(caplog: pytest.LogCaptureFixture) -> None:
     """An ASGI app whose `__call__` returns a coroutine without being a coroutine function
     (a wrapper) is WSGI to `--interface auto`: the log says what to do, and the coroutine
