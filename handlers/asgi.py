@@ -52,8 +52,8 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
-from protocol import Channel, FileBody, Request, Response, split_target
-from protocol.redaction import redact_values
+from protocol import Channel, FileBody, Request, Response, cacheable, split_target
+from protocol.redaction import brief_repr, redact_values
 
 from .notify import Notifier, notifier
 
@@ -319,6 +319,8 @@ class _Cycle:
             raise RuntimeError(_unexpected(kind, state))
 
     def _start(self, body: bytes | FileBody, more: bool) -> None:
+        if type(body) is not bytes and not isinstance(body, FileBody):
+            body = _as_bytes(body)  # before the head goes out: a wrong type is still a 500
         status, headers, stream = self._head
         self._end_stream = stream
         if not more and type(body) is bytes and not self._wants_trailers:
@@ -333,9 +335,7 @@ class _Cycle:
 
     def _piece(self, body: bytes | FileBody, more: bool) -> None:
         if type(body) is not bytes and not isinstance(body, FileBody):
-            if not isinstance(body, bytes | bytearray | memoryview):
-                raise TypeError(f"http.response.body's body must be bytes, not {type(body).__name__}")
-            body = bytes(body)
+            body = _as_bytes(body)
         ticket = self._channel.send(body, more=more)
         if more:
             if type(body) is bytes and body:
@@ -387,7 +387,9 @@ def _head(message: Message) -> tuple[int, tuple[tuple[bytes, bytes], ...], bool]
     """(status, headers, is an event stream) from http.response.start, checked in one pass."""
     status = message["status"]
     if type(status) is not int or not 200 <= status <= 599:
-        raise ValueError(f"http.response.start's status must be an int from 200 to 599, not {status!r}")
+        raise ValueError(
+            f"http.response.start's status must be an int from 200 to 599, not {brief_repr(status)}"
+        )
     items = tuple(message.get("headers", ()))
     # Apps send the same few header lists again and again: each distinct one is checked
     # once. A hit stands for the check only when every pair is a tuple of two bytes
@@ -423,7 +425,9 @@ def _check_headers(items: tuple[Any, ...]) -> tuple[tuple[tuple[bytes, bytes], .
     try:
         for name, value in items:
             if not (isinstance(name, bytes) and isinstance(value, bytes)):
-                raise TypeError(f"header names and values must be bytes, not {name!r}: {value!r}")
+                raise TypeError(
+                    f"header names and values must be bytes, not {brief_repr(name)}: {brief_repr(value)}"
+                )
             headers.append((name, value))
             if name[:1] in _C_OR_T:  # the two names looked at, in any case, cheaply
                 lower = name.lower()
@@ -437,11 +441,17 @@ def _check_headers(items: tuple[Any, ...]) -> tuple[tuple[tuple[bytes, bytes], .
         headers = [item for item in headers if item[0].lower() != b"transfer-encoding"]
     # A tuple: the core validates each distinct tuple of headers once (apps repeat theirs).
     result = tuple(headers), stream
-    if _plain(items):
+    if _plain(items) and cacheable(items):
         if len(_HEADS) >= _HEADS_MAX:
             _HEADS.clear()
         _HEADS[items] = result  # hashable: tuples of bytes
     return result
+
+
+def _as_bytes(body: object) -> bytes:
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise TypeError(f"http.response.body's body must be bytes, not {type(body).__name__}")
+    return bytes(body)
 
 
 def _headers(items: Iterable[Any]) -> list[tuple[bytes, bytes]]:
@@ -451,7 +461,9 @@ def _headers(items: Iterable[Any]) -> list[tuple[bytes, bytes]]:
         raise TypeError("headers must be an iterable of [name, value] pairs") from None
     for name, value in headers:
         if not (isinstance(name, bytes) and isinstance(value, bytes)):
-            raise TypeError(f"header names and values must be bytes, not {name!r}: {value!r}")
+            raise TypeError(
+                f"header names and values must be bytes, not {brief_repr(name)}: {brief_repr(value)}"
+            )
     return headers
 
 

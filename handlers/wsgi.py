@@ -39,7 +39,8 @@ given and `HTTP_TRANSFER_ENCODING` is not.
 
 Rules from the app's side that are errors (a 500 when the response has not started):
 a hop-by-hop header (`Connection`, `Keep-Alive`, `Transfer-Encoding`, `Upgrade`, `TE`,
-`Trailer`, `Proxy-*`), `start_response` called twice without `exc_info`, a body piece
+`Trailer`, `Proxy-*`), a status whose code is not 200 to 599 (`600 X`, `103 Early Hints`),
+`start_response` called twice without `exc_info`, a body piece
 before `start_response`, a piece that is not bytes, headers that are not latin-1 strings.
 """
 
@@ -50,6 +51,7 @@ import inspect
 import io
 import logging
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -59,8 +61,8 @@ from types import TracebackType
 from typing import IO, Any, BinaryIO, Final, cast
 from urllib.parse import unquote_to_bytes
 
-from protocol import FileBody, Request, Response, split_target
-from protocol.redaction import redact_values
+from protocol import FileBody, Request, Response, cacheable, split_target
+from protocol.redaction import brief_repr, redact_values
 
 __all__ = ["FileWrapper", "WSGIApp"]
 
@@ -557,13 +559,22 @@ Converted = tuple[tuple[tuple[bytes, bytes], ...], int | None, tuple[tuple[bytes
 _CONVERTED: dict[tuple[tuple[str, str], ...], Converted] = {}
 """An app's header lists, checked and converted once (apps send the same few again and again)."""
 _STATUSES: dict[str, int] = {}
+_BAD_REASON: Final = re.compile("[^\t\x20-\x7e\x80-\xff]")
+"""What RFC 9112's reason-phrase (HTAB, SP, VCHAR, obs-text) does not allow."""
 
 
 def _status_code(status: object) -> int:
-    if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
-        raise ValueError(f"WSGI status must be a str like '200 OK', not {status!r}")
-    code = int(status[:3])
-    if len(_STATUSES) < _CACHE_MAX:
+    """The code of a final response (RFC 9110 §15: 200 to 599; the server sends interim ones)."""
+    if type(status) is not str or len(status) < 4 or not status[:3].isascii() or status[3] != " ":
+        raise ValueError(f"WSGI status must be a str like '200 OK', not {brief_repr(status)}")
+    code = int(status[:3]) if status[:3].isdigit() else 0
+    if not 200 <= code <= 599:
+        raise ValueError(
+            f"WSGI status must be a str like '200 OK', its code from 200 to 599, not {brief_repr(status)}"
+        )
+    if _BAD_REASON.search(status, 4):  # not sent (the core sends its own), but a bug all the same
+        raise ValueError(f"WSGI status must be latin-1 without control characters, not {brief_repr(status)}")
+    if len(_STATUSES) < _CACHE_MAX and len(status) <= 64:  # not one app's endless unique reasons
         _STATUSES[status] = code
     return code
 
@@ -575,27 +586,30 @@ def _convert(headers: Iterable[tuple[str, str]]) -> Converted:
     length: int | None = None
     for name, value in headers:
         if type(name) is not str or type(value) is not str:
-            raise TypeError(f"WSGI header fields must be native strings, not {(name, value)!r}")
+            raise TypeError(
+                f"WSGI header fields must be native strings, not ({brief_repr(name)}, {brief_repr(value)})"
+            )
         lower = name.lower()
         if lower in _HOP_BY_HOP or lower.startswith("proxy-"):
-            raise ValueError(f"hop-by-hop header {name!r} from a WSGI app (PEP 3333 forbids it)")
+            raise ValueError(f"hop-by-hop header {brief_repr(name)} from a WSGI app (PEP 3333 forbids it)")
         # Whitespace around a value is not part of it (RFC 9110 §5.5), and h11 refuses it:
         # Django's WSGI handler gives every Set-Cookie value a leading space. gunicorn strips too.
         value = value.strip(" \t")
         if lower == "content-length":
             if length is not None or not value.isdigit():
-                raise ValueError(f"invalid or repeated Content-Length {value!r} from a WSGI app")
+                raise ValueError(f"invalid or repeated Content-Length {brief_repr(value)} from a WSGI app")
             length = int(value)
         converted.append((name.encode("latin-1"), value.encode("latin-1")))
     fields = tuple(converted)
     result = (fields, length, tuple(field for field in fields if field[0].lower() != b"content-length"))
-    try:
-        key = tuple(headers)
-        if len(_CONVERTED) >= _CACHE_MAX:
-            _CONVERTED.clear()
-        _CONVERTED[key] = result
-    except TypeError:
-        pass
+    if cacheable(fields):  # large lists are not kept (see `cacheable`)
+        try:
+            key = tuple(headers)
+            if len(_CONVERTED) >= _CACHE_MAX:
+                _CONVERTED.clear()
+            _CONVERTED[key] = result
+        except TypeError:
+            pass
     return result
 
 

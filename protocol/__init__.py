@@ -87,7 +87,18 @@ from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile, Spa
 from .channel import Channel
 from .config import Config
 from .connection import Phase, ServerConnection
-from .messages import App, Exchange, FileBody, Headers, Request, Response, Session, Stream, split_target
+from .messages import (
+    App,
+    Exchange,
+    FileBody,
+    Headers,
+    Request,
+    Response,
+    Session,
+    Stream,
+    cacheable,
+    split_target,
+)
 from .parser import PARSERS, ParserUnavailable, select_parser
 from .proxy import TrustedProxies
 
@@ -116,6 +127,7 @@ __all__ = [
     "Stream",
     "TrustedProxies",
     "Wait",
+    "cacheable",
     "select_parser",
     "split_target",
 ]

@@ -67,7 +67,7 @@ from h11._headers import Headers as _H11Headers  # private, but h11 is pinned: s
 from .actions import Action, Close, HalfClose, Receive, Run, Send, SendFile, Spawn, Wait
 from .channel import Accept, Channel, Closing, Finish, Message, Outgoing, Piece, Start, Trailers
 from .config import Config
-from .messages import App, Exchange, FileBody, Headers, Request, Response, Session, Stream
+from .messages import App, Exchange, FileBody, Headers, Request, Response, Session, Stream, cacheable
 from .proxy import forwarded
 from .redaction import headers_repr, redact_values
 
@@ -772,6 +772,9 @@ class ServerConnection:
     def _send_head(self, status: int, headers: Headers, length: int | None, now: float) -> bool:
         """Gather a response head with the core's own fields (Content-Length unless `length`
         is None, Connection, Date, Server); False, after a 500 and a close, if h11 refused it."""
+        if status == 204 and _has_field(headers, b"content-length"):
+            # RFC 9110 §8.6: never in a 204, whatever the handler said (a 304 may keep its own)
+            headers = tuple(field for field in headers if field[0].lower() != b"content-length")
         # h11 checks every header it is given with regexes, on every response: the costliest
         # part of sending one. Handlers mostly return the same constant tuples, so each
         # distinct tuple is validated once and its verdict kept (see `_validate`).
@@ -815,9 +818,9 @@ class ServerConnection:
             error_log.error(
                 "handler gave an invalid response (status %r, headers %s) for %r: %s",
                 status,
-                headers_repr(headers),
+                _brief(headers_repr(headers)),
                 self._request,
-                redact_values(str(exc), headers),
+                _brief(redact_values(str(exc), headers)),
             )
             self._drop_session()
             self._close_after_response = True
@@ -1728,8 +1731,9 @@ def _validate(headers: Headers) -> _Verdict | None:
     validation as usual.
 
     Bounded: a full table starts afresh, so constant tuples come back at once and one-off
-    ones go. With a framing field, the verdict is trusted only when the handler frames the
-    body (a Stream or a Session's response: the core adds no Content-Length)."""
+    ones go; large tuples are not kept (`cacheable`). With a framing field, the verdict is
+    trusted only when the handler frames the body (a Stream or a Session's response: the
+    core adds no Content-Length)."""
     verdict: _Verdict | None
     try:
         fields = h11.Response(status_code=200, headers=list(headers)).headers._full_items
@@ -1738,9 +1742,14 @@ def _validate(headers: Headers) -> _Verdict | None:
         verdict = (fields, framing, lengths[0] if lengths else -1)
     except Exception:  # whatever h11 refuses, it refuses again when sending: a 500
         verdict = None
-    if len(_validated) >= _VALIDATED_MAX:
-        _validated.clear()
-    _validated[headers] = verdict  # hashable: the lookup above said so
+    try:
+        keep = cacheable(headers)
+    except TypeError:
+        keep = False
+    if keep:
+        if len(_validated) >= _VALIDATED_MAX:
+            _validated.clear()
+        _validated[headers] = verdict  # hashable: the lookup above said so
     return verdict
 
 
@@ -1753,6 +1762,17 @@ def _first_line(data: bytes) -> str:
     characters, quotes and backslashes escaped as nginx does (\\xHH); "-" when empty."""
     line = data[:_LOGGED_LINE_MAX].split(b"\n", 1)[0].removesuffix(b"\r")
     return line.decode("latin-1").translate(_LOG_ESCAPES) or "-"
+
+
+_BRIEF_MAX: Final = 1000
+
+
+def _brief(text: str) -> str:
+    """`text` for a log line, cut to about _BRIEF_MAX characters (a handler's megabyte
+    header, or ten thousand of them, makes no megabyte line per request)."""
+    if len(text) <= _BRIEF_MAX:
+        return text
+    return f"{text[:_BRIEF_MAX]}... ({len(text)} characters)"
 
 
 def _reason(status: int) -> bytes:

@@ -10,9 +10,10 @@ one (say, a value with CR LF) is replaced by a 500, never sent.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from itertools import chain
+from typing import TYPE_CHECKING, BinaryIO, Final, Protocol
 
 if TYPE_CHECKING:
     from .channel import Channel
@@ -22,6 +23,18 @@ from .redaction import headers_repr
 Headers = Sequence[tuple[bytes, bytes]]
 
 _BODY_SHOWN = 64
+CACHED_HEADERS_MAX: Final = 16 * 1024
+"""Names and values (bytes or characters) of a header list kept in a cache of checked ones."""
+
+
+def cacheable(headers: Iterable[tuple[Sized, Sized]]) -> bool:
+    """Whether a checked header list is small enough to be remembered. The caches that spare
+    apps' repeated lists a second check are bounded by count, so without this an app whose
+    every response carries a distinct large header (a megabyte) would fill them with hundreds
+    of megabytes. Raises TypeError for what is not a list of pairs of sized things."""
+    return sum(map(len, chain.from_iterable(headers))) <= CACHED_HEADERS_MAX
+
+
 """Bytes of a body a Response's repr shows (a log line is no place for a whole file)."""
 
 

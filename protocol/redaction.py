@@ -38,6 +38,19 @@ def redacted_headers(headers: Sequence[tuple[bytes, bytes]]) -> Sequence[tuple[b
     return tuple(fields) if isinstance(headers, tuple) else fields
 
 
+SHOWN_MAX: Final = 200
+"""Characters (bytes) of a long str (bytes) value that an error message shows."""
+
+
+def brief_repr(value: object) -> str:
+    """The repr of `value` for an error message; a long str or bytes cut to SHOWN_MAX (an app's
+    megabyte header value makes no megabyte log line). The cut value is still quoted whole, so
+    `redact_text` still finds it after a credential field's name."""
+    if isinstance(value, str | bytes) and len(value) > SHOWN_MAX:
+        return f"{value[:SHOWN_MAX]!r}... ({len(value)} long)"
+    return repr(value)
+
+
 def headers_repr(headers: object) -> str:
     """The repr of `headers` with credentials redacted; never raises (a handler may have given anything)."""
     try:

@@ -339,6 +339,49 @@ def test_the_head_waits_for_the_first_body_message_so_an_error_between_is_a_500(
     assert isinstance(outcome.error, ValueError) and outcome.finish_count == 1
 
 
+@pytest.mark.parametrize("more", [False, True])
+def test_a_first_body_that_is_not_bytes_is_a_500(more: bool) -> None:
+    """Checked before the head goes out: a clean 500, not a 200 cut short."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": "text", "more_body": more})
+
+    outcome = Driver().run(app)
+    assert isinstance(outcome.error, TypeError) and "bytes" in str(outcome.error)
+    assert not [m for m in outcome.messages if isinstance(m, Start)]  # so: a 500
+
+
+def test_large_header_lists_are_not_kept_in_the_checked_cache() -> None:
+    """The cache of checked header lists is bounded by count: an app whose every response
+    carries a distinct megabyte header would hold hundreds of megabytes in it."""
+    from handlers import asgi
+
+    headers = ((b"x-big", b"a" * 100_000),)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    assert Driver().run(app).error is None
+    assert headers not in asgi._HEADS
+
+
+def test_a_huge_invalid_header_is_shown_briefly_and_redacted() -> None:
+    """The error names the field, its value cut short (no megabyte log line), still quoted
+    whole so that the log's redaction finds a credential field's value."""
+    from protocol.redaction import redact_text
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"set-cookie", "s3cr3t" * 100_000)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    error = Driver().run(app).error
+    assert isinstance(error, TypeError) and len(str(error)) < 500
+    assert "s3cr3t" not in redact_text(str(error)), redact_text(str(error))
+
+
 def test_an_error_after_the_body_started_is_passed_on_to_cut_the_connection(runtime: str) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200})

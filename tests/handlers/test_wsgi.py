@@ -456,6 +456,14 @@ def test_whitespace_around_header_values_is_stripped() -> None:
     "bad",
     [
         lambda sr: sr("200", []),
+        lambda sr: sr("600 Beyond", []),  # RFC 9110 §15: 100 to 599
+        lambda sr: sr("099 Below", []),
+        lambda sr: sr("103 Early Hints", []),  # an interim response is no WSGI response
+        lambda sr: sr("101 Switching Protocols", []),
+        lambda sr: sr("\uff1200 OK", []),  # a fullwidth 2: str.isdigit() says yes
+        lambda sr: sr("200 OK\r\nX-Evil: 1", []),  # RFC 9112 §4: reason-phrase
+        lambda sr: sr("200 OK\x00", []),
+        lambda sr: sr("200 \u03a9\u03ba", []),  # PEP 3333: latin-1
         lambda sr: sr(b"200 OK", []),
         lambda sr: sr("200 OK", [(b"X", b"y")]),
         lambda sr: sr("200 OK", [("X", "\u20ac")]),
@@ -468,6 +476,32 @@ def test_invalid_status_or_headers_are_a_500(bad: Callable[[StartResponse], obje
         return [b"x"]
 
     assert call(app).status == 500
+
+
+def test_large_statuses_and_header_lists_are_not_kept_in_the_checked_caches() -> None:
+    """The caches of checked statuses and header lists are bounded by count: an app whose
+    every response carries a distinct megabyte header held a gigabyte in them."""
+    from handlers import wsgi
+
+    status, headers = "200 " + "k" * 100_000, [("X-Big", "a" * 100_000)]
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response(status, headers)
+        return [b"x"]
+
+    assert call(app).status == 200
+    assert status not in wsgi._STATUSES and tuple(headers) not in wsgi._CONVERTED
+
+
+def test_a_huge_invalid_header_is_logged_briefly(caplog: pytest.LogCaptureFixture) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("X-Big", b"a" * 1_000_000)])
+        return [b"x"]
+
+    with caplog.at_level(logging.ERROR, "httpserver.error"):
+        assert call(app).status == 500
+    [record] = caplog.records
+    assert "native strings" in record.getMessage() and len(record.getMessage()) < 5000
 
 
 def test_an_asgi_app_taken_for_wsgi_says_so(caplog: pytest.LogCaptureFixture) -> None:

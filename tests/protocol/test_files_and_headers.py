@@ -252,3 +252,52 @@ def test_the_logged_duration_runs_from_the_first_byte_of_the_request(
         d.expire()  # and never completes: 408 at its head deadline
     durations = [r.getMessage().rsplit(" ", 1)[1] for r in caplog.records]
     assert durations == ["2500.0ms", "10000.0ms"]
+
+
+class _Pieces:
+    """A Stream of the given pieces."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces = list(pieces)
+
+    def next_piece(self) -> bytes | None:
+        return self.pieces.pop(0) if self.pieces else None
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_204_never_carries_the_handlers_content_length(streamed: bool) -> None:
+    """RFC 9110 §8.6: a server MUST NOT send Content-Length in a 204 (a 304 may keep it)."""
+    headers = ((b"Content-Length", b"5"), (b"X-A", b"1"))
+    body = _Pieces(b"hello") if streamed else b"hello"
+    d = Driver(lambda request: Response(204, headers, body), Config(access_log=False))
+    d.feed(get(b"/") + get(b"/"))
+    data = d.take()
+    assert b"content-length" not in data.lower() and b"hello" not in data, data
+    assert [r.status for r in parse(data, 2)] == [204, 204]
+
+
+def test_an_invalid_response_is_logged_briefly(caplog: pytest.LogCaptureFixture) -> None:
+    """A megabyte header value, or ten thousand fields, makes no megabyte log line."""
+    headers = ((b"X-Big", b"a" * 1_000_000 + b"\n"), *((b"X-%d" % i, b"v") for i in range(10_000)))
+    d = Driver(lambda request: Response(200, headers, b"x"), Config(access_log=False))
+    with caplog.at_level(logging.ERROR, "httpserver.error"):
+        d.feed(get(b"/"))
+    assert parse_one(d.take()).status == 500
+    [record] = caplog.records
+    message = record.getMessage()
+    assert "invalid response" in message and len(message) < 4000, len(message)
+
+
+def test_large_header_sets_are_not_kept_in_the_validation_cache() -> None:
+    """The cache of checked header tuples is bounded by count: an app whose every response
+    carries a distinct megabyte header would hold hundreds of megabytes in it."""
+    from protocol import connection
+
+    headers = ((b"X-Big", b"a" * 100_000),)
+    d = Driver(lambda request: Response(200, headers, b"x"), Config(access_log=False))
+    d.feed(get(b"/"))
+    assert parse_one(d.take()).header(b"x-big") == headers[0][1]
+    assert headers not in connection._validated

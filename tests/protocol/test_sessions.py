@@ -123,6 +123,15 @@ def test_a_whole_response_posted_at_once_is_served_as_head_then_last_piece() -> 
     assert all(channel.done for channel in app.channels)
 
 
+@pytest.mark.parametrize("script", [reply, whole])
+def test_a_204_from_a_task_goes_out_without_its_content_length(script: Callable[..., Script]) -> None:
+    """RFC 9110 §8.6 (uvicorn sends it); the body is dropped and the connection goes on."""
+    d = Driver(SessionApp(script(status=204, headers=((b"Content-Length", b"5"),))))
+    d.feed(get() + get())
+    assert b"content-length" not in bytes(d.output).lower()
+    assert [r.status for r in parse(bytes(d.output), 2)] == [204, 204] and not d.closed
+
+
 def test_a_whole_response_is_framed_and_checked_as_pieces_are() -> None:
     d = Driver(SessionApp(whole()))
     d.feed(get())
