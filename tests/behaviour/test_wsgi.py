@@ -393,7 +393,7 @@ def test_a_slow_steady_reader_gets_a_large_app_body_whole(
         server, context = tls_server(start_server, tmp_path, *args)
     else:
         server = start_server(*app_args(SUITE, *args), directory=False)
-    size = 3 * 256 * 1024
+    size = 2 * 256 * 1024  # the bug cut the first piece: two show it
     raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window
     raw.settimeout(5.0)
