@@ -399,14 +399,13 @@ def test_limits_hold_for_asgi_apps(limited: Server) -> None:
 
 
 def test_timeouts_hold_for_asgi_apps(limited: Server) -> None:
-    with RawClient(limited.host, limited.port) as client:
+    with RawClient(limited.host, limited.port) as client, RawClient(limited.host, limited.port) as head:
         client.send(request("POST", "/body", [("Content-Length", "1000")]) + b"only part")
         started = time.monotonic()
+        head.send(b"GET /scope HTTP/1.1\r\nHost: x\r\n")  # a head that never ends, meanwhile
         assert client.read_response("POST").status == 408
         assert time.monotonic() - started < 4
-    with RawClient(limited.host, limited.port) as client:
-        client.send(b"GET /scope HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
-        assert client.read_response().status == 408
+        assert head.read_response().status == 408
 
 
 # --- lifespan and shutdown --------------------------------------------------------------

@@ -344,15 +344,14 @@ def test_limits_hold_for_apps(limited: Server) -> None:
 
 
 def test_timeouts_hold_for_apps(limited: Server) -> None:
-    with RawClient(limited.host, limited.port) as client:
+    with RawClient(limited.host, limited.port) as client, RawClient(limited.host, limited.port) as head:
         client.send(request("POST", "/upload", [("Content-Length", "1000")]) + b"only part")
         started = time.monotonic()
+        head.send(b"GET /environ HTTP/1.1\r\nHost: x\r\n")  # a head that never ends, meanwhile
         response = client.read_response("POST")
         assert response.status == 408
         assert time.monotonic() - started < 4
-    with RawClient(limited.host, limited.port) as client:
-        client.send(b"GET /environ HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
-        assert client.read_response().status == 408
+        assert head.read_response().status == 408
 
 
 def tls_server(start_server: StartServer, tmp_path: Path, *args: str) -> tuple[Server, ssl.SSLContext]:
