@@ -429,10 +429,10 @@ def test_tls_app_scheme(start_server: StartServer, tmp_path: Path) -> None:
 def test_graceful_shutdown_with_app_requests_in_flight(start_server: StartServer, tmp_path: Path) -> None:
     """SIGTERM: a slow app call finishes within the grace period; an endless stream is cut at
     its end, its iterable closed; the server exits 0."""
-    server = start_server(*app_args(SUITE, "--shutdown-grace", "2"), directory=False)
+    server = start_server(*app_args(SUITE, "--shutdown-grace", "1"), directory=False)
     record = tmp_path / "closed.txt"
     results: list[Response] = []
-    slow = threading.Thread(target=lambda: results.append(server.get("/sleep?seconds=1")))
+    slow = threading.Thread(target=lambda: results.append(server.get("/sleep?seconds=0.6")))
     reader = Reader(server, f"/endless?track=shutdown&record={record}&size=100&delay=0.05")
     try:
         assert reader.head().status_code == 200
