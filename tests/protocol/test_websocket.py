@@ -430,6 +430,7 @@ def test_a_frame_announced_over_the_limit_closes_with_1009_at_its_header() -> No
     assert close_of(peer.raw(head)).code == 1009
 
 
+@pytest.mark.parser_agnostic
 @pytest.mark.parametrize("deflate", [False, True])
 @pytest.mark.parametrize("size", [1, 5, 1 << 20])
 def test_both_paths_agree_on_a_mixed_stream(deflate: bool, size: int) -> None:
@@ -832,6 +833,7 @@ def test_deflate_offers_are_negotiated_per_rfc_7692(offer: bytes, answer: bytes 
     assert dict(response.headers).get(b"sec-websocket-extensions") == answer
 
 
+@pytest.mark.parser_agnostic
 def test_a_deflate_bomb_is_stopped_near_the_size_limit() -> None:
     """A small compressed message that inflates past ws_max_size closes with 1009 without
     inflating it all (input is fed to wsproto in slices under deflate)."""
@@ -916,6 +918,7 @@ MESSAGE = st.one_of(
 )
 
 
+@pytest.mark.parser_agnostic
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     plan=st.lists(st.tuples(MESSAGE, st.integers(1, 4), st.booleans()), min_size=1, max_size=8),
@@ -961,6 +964,7 @@ def test_any_stream_cut_anywhere_gives_the_task_its_messages(
     assert not d.closed
 
 
+@pytest.mark.parser_agnostic
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     garbage=st.lists(
