@@ -42,16 +42,23 @@ ACCELERATED: dict[str, frozenset[str]] = {
     "trio-mypyc": frozenset({"test_hostile", "test_stages"}),
 }
 """The modules each accelerated set-up runs (all of them would double CI's time)."""
+PARSER_ONLY = "trio-mypyc"
+"""The set-up that differs from another ("trio") by its parser alone: it skips the tests marked
+`parser_agnostic` (timeouts, slow readers, signals, fds), which read only plain requests, so its
+run would repeat trio's. Both parsers get the same hostile input in tests/protocol."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the accelerated set-ups' runs of modules outside ACCELERATED."""
+    """Deselect the accelerated set-ups' runs of modules outside ACCELERATED, and the
+    parser-only set-up's runs of tests marked `parser_agnostic`."""
     kept, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
         transport = callspec.params.get("transport") if callspec is not None else None
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
-        if transport in ACCELERATED and module not in ACCELERATED[transport]:
+        if (transport in ACCELERATED and module not in ACCELERATED[transport]) or (
+            transport == PARSER_ONLY and item.get_closest_marker("parser_agnostic") is not None
+        ):
             dropped.append(item)
         else:
             kept.append(item)

@@ -408,14 +408,13 @@ def test_limits_hold_for_asgi_apps(limited: Server) -> None:
 
 
 def test_timeouts_hold_for_asgi_apps(limited: Server) -> None:
-    with RawClient(limited.host, limited.port) as client:
+    with RawClient(limited.host, limited.port) as client, RawClient(limited.host, limited.port) as head:
         client.send(request("POST", "/body", [("Content-Length", "1000")]) + b"only part")
         started = time.monotonic()
+        head.send(b"GET /scope HTTP/1.1\r\nHost: x\r\n")  # a head that never ends, meanwhile
         assert client.read_response("POST").status == 408
         assert time.monotonic() - started < 4
-    with RawClient(limited.host, limited.port) as client:
-        client.send(b"GET /scope HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
-        assert client.read_response().status == 408
+        assert head.read_response().status == 408
 
 
 # --- lifespan and shutdown --------------------------------------------------------------
@@ -425,9 +424,9 @@ def test_lifespan_runs_before_serving_and_after_draining(start_server: StartServ
     server = start_server(*app_args("asgi_suite:slow_startup"), directory=False)
     assert get_json(server, "/state")["ready"] is True  # startup (0.5 s) completed before this was served
     result: list[Response] = []
-    thread = threading.Thread(target=lambda: result.append(server.get("/slow?delay=1")))
+    thread = threading.Thread(target=lambda: result.append(server.get("/slow?delay=0.6")))
     thread.start()
-    time.sleep(0.3)
+    time.sleep(0.3)  # the request is in the app, 0.3 s from its end
     stop(server, timeout=10)
     thread.join(5)
     assert result and result[0].body == b"slow done\n"

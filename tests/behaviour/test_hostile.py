@@ -392,6 +392,7 @@ def test_long_target_is_414(limited: Server, length: int) -> None:
     refused_and_closed(limited, request("GET", "/echo/" + "t" * length), (414,))
 
 
+@pytest.mark.parser_agnostic
 def test_max_connections_makes_room_by_closing_an_idle_connection(start_server: StartServer) -> None:
     """As nginx: at the limit, a connection waiting for a request is closed for a new client."""
     server = start_server("--max-connections", "4", "--keep-alive-timeout", "30")
@@ -457,6 +458,7 @@ def test_pipelining_flood_meets_backpressure(start_server: StartServer) -> None:
     server.assert_serving()
 
 
+@pytest.mark.parser_agnostic
 def test_connection_limit_bounds_threads(start_server: StartServer) -> None:
     server = start_server("--max-connections", "20")
     clients = [server.client() for _ in range(150)]
@@ -513,6 +515,7 @@ def test_slowloris_gets_408_and_others_are_served(limited: Server) -> None:
     assert worst < 0.5, f"a normal request took {worst:.2f}s while a slow client dribbled"
 
 
+@pytest.mark.parser_agnostic
 def test_idle_keep_alive_closes_silently(limited: Server) -> None:
     with limited.client() as client:
         client.send(request("GET", "/echo/then-idle"))
@@ -522,6 +525,7 @@ def test_idle_keep_alive_closes_silently(limited: Server) -> None:
         assert 0.3 <= time.monotonic() - started <= 2.0
 
 
+@pytest.mark.parser_agnostic
 def test_silent_connection_closes_silently(limited: Server) -> None:
     with limited.client() as client:
         started = time.monotonic()
@@ -564,6 +568,7 @@ def test_disconnect_mid_upload_leaves_nothing(server: Server, framing: str, how:
     server.assert_serving()
 
 
+@pytest.mark.parser_agnostic
 def test_non_regular_files_are_refused_without_blocking(start_server: StartServer) -> None:
     """A FIFO would block a naive open() forever; a directory is no file either."""
     server = start_server()
@@ -582,6 +587,7 @@ def test_non_regular_files_are_refused_without_blocking(start_server: StartServe
     server.assert_serving()
 
 
+@pytest.mark.parser_agnostic
 def test_abort_mid_download_frees_the_file(start_server: StartServer) -> None:
     server = start_server()
     (server.directory / "big").write_bytes(b"z" * (16 * 1024 * 1024))
@@ -596,8 +602,9 @@ def test_abort_mid_download_frees_the_file(start_server: StartServer) -> None:
     server.assert_serving()
 
 
+@pytest.mark.parser_agnostic
 def test_reader_that_stalls_is_dropped_after_send_timeout(start_server: StartServer) -> None:
-    server = start_server("--send-timeout", "1")
+    server = start_server("--send-timeout", "0.5")
     (server.directory / "big").write_bytes(b"z" * (32 * 1024 * 1024))
     server.assert_serving()
     baseline = server.settled_fd_count()
@@ -614,7 +621,7 @@ def test_reader_that_stalls_is_dropped_after_send_timeout(start_server: StartSer
             counts.append(server.fd_count())
         elapsed = time.monotonic() - started
         assert counts[-1] == baseline, (counts, baseline)
-        assert 0.5 <= elapsed <= 4.0, (elapsed, counts)
+        assert 0.25 <= elapsed <= 4.0, (elapsed, counts)
     finally:
         client.close()
     server.assert_serving()
@@ -644,25 +651,27 @@ def _read_steadily(sock: socket.socket, until: float, step: int = 8192, pause: f
     return bytes(data)
 
 
+@pytest.mark.parser_agnostic
 def test_a_slow_steady_reader_gets_a_file_of_many_pieces_whole(start_server: StartServer) -> None:
     """--send-timeout is for progress, as nginx's send_timeout: a client that keeps taking
     bytes is served however long a piece takes (was: trio cut it when one --send-chunk-size
     piece took longer than the send timeout, here ~0.65 s a piece against 0.5 s)."""
     server = start_server("--send-timeout", "0.5", "--send-chunk-size", "128k")
-    body = os.urandom(6 * 128 * 1024)
+    body = os.urandom(3 * 128 * 1024)  # the bug cut the first piece: three show it
     (server.directory / "big").write_bytes(body)
     with _small_window_client(server) as sock:
-        sock.sendall(request("GET", "/files/big"))
+        sock.sendall(request("GET", "/files/big", [("Connection", "close")]))  # ends at its last byte
         started = time.monotonic()
         data = _read_steadily(sock, started + 15.0)
         elapsed = time.monotonic() - started
         head, _, received = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), head
         assert len(received) == len(body) and received == body, (len(received), elapsed)
-        assert elapsed > 2.0, elapsed  # it was slow: several send timeouts long
+        assert elapsed > 1.5, elapsed  # it was slow: three send timeouts long
     server.assert_serving()
 
 
+@pytest.mark.parser_agnostic
 def test_a_reader_that_stops_is_cut_a_send_timeout_after_its_last_byte(start_server: StartServer) -> None:
     server = start_server("--send-timeout", "0.5", "--send-chunk-size", "128k")
     (server.directory / "big").write_bytes(b"z" * (32 * 1024 * 1024))
@@ -671,7 +680,7 @@ def test_a_reader_that_stops_is_cut_a_send_timeout_after_its_last_byte(start_ser
     sock = _small_window_client(server)
     try:
         sock.sendall(request("GET", "/files/big"))
-        data = _read_steadily(sock, time.monotonic() + 1.5)  # three send timeouts
+        data = _read_steadily(sock, time.monotonic() + 1.0)  # two send timeouts
         assert len(data) > 100_000, len(data)  # served all along (each read took bytes)
         assert server.fd_count() >= baseline + 2  # the connection and its file
         stopped = time.monotonic()  # and now it reads no more
@@ -685,6 +694,7 @@ def test_a_reader_that_stops_is_cut_a_send_timeout_after_its_last_byte(start_ser
     server.assert_serving()
 
 
+@pytest.mark.parser_agnostic
 def test_running_out_of_fds_pauses_accepting(start_server: StartServer) -> None:
     server = start_server(max_fds=64)
     server.assert_serving()
@@ -883,6 +893,7 @@ def _blocks_sigterm(pid: int, tid: str) -> bool:
     return False
 
 
+@pytest.mark.parser_agnostic
 @pytest.mark.skipif(os.uname().machine not in _TGKILL, reason="tgkill's number unknown here")
 def test_sigterm_delivered_to_a_worker_thread_still_stops_the_server(start_server: StartServer) -> None:
     """Regression: the kernel may hand a process's SIGTERM to any thread; when a threads
@@ -915,6 +926,7 @@ def test_sigterm_delivered_to_a_worker_thread_still_stops_the_server(start_serve
     assert server.process.returncode == 0
 
 
+@pytest.mark.parser_agnostic
 def test_sigterm_with_idle_keep_alive_exits_promptly(start_server: StartServer) -> None:
     server = start_server("--keep-alive-timeout", "30")
     clients = [server.client() for _ in range(20)]
@@ -932,6 +944,7 @@ def test_sigterm_with_idle_keep_alive_exits_promptly(start_server: StartServer) 
             client.close()
 
 
+@pytest.mark.parser_agnostic
 def test_sigint_exits_zero(start_server: StartServer) -> None:
     server = start_server()
     server.assert_serving()
@@ -940,6 +953,7 @@ def test_sigint_exits_zero(start_server: StartServer) -> None:
     server.stopped = True
 
 
+@pytest.mark.parser_agnostic
 def test_sigterm_during_upload_completes_or_leaves_nothing(start_server: StartServer) -> None:
     server = start_server("--shutdown-grace", "5")
     name = unique()
@@ -962,6 +976,7 @@ def test_sigterm_during_upload_completes_or_leaves_nothing(start_server: StartSe
         assert server.directory_entries() == set(), server.directory_entries()
 
 
+@pytest.mark.parser_agnostic
 def test_sigterm_lets_a_download_finish(start_server: StartServer) -> None:
     server = start_server("--shutdown-grace", "5")
     (server.directory / "big").write_bytes(b"d" * (32 * 1024 * 1024))
@@ -980,6 +995,7 @@ def test_sigterm_lets_a_download_finish(start_server: StartServer) -> None:
     assert time.monotonic() - started < 5.0
 
 
+@pytest.mark.parser_agnostic
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_second_signal_cuts_at_once_and_leaves_nothing(start_server: StartServer, signum: int) -> None:
     """Regression (trio): the second signal killed the process, which left `.upload-*` behind."""
@@ -999,12 +1015,13 @@ def test_a_second_signal_cuts_at_once_and_leaves_nothing(start_server: StartServ
     assert "Traceback" not in server.stderr()
 
 
+@pytest.mark.parser_agnostic
 def test_sigterm_grace_cuts_a_stalled_download(start_server: StartServer) -> None:
-    server = start_server("--shutdown-grace", "1")
+    server = start_server("--shutdown-grace", "0.5")
     (server.directory / "big").write_bytes(b"d" * (32 * 1024 * 1024))
     with server.client() as client:
         client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         client.send(request("GET", "/files/big"))
         client.receive_some()  # then never read again
         elapsed = stop(server, timeout=5.0)
-        assert elapsed < 3.0, f"shutdown took {elapsed:.2f}s with a 1s grace period"
+        assert elapsed < 2.5, f"shutdown took {elapsed:.2f}s with a 0.5s grace period"

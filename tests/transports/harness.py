@@ -140,13 +140,14 @@ def read_response_body(sock: socket.socket) -> bytes:
         chunk = sock.recv(65536)
         assert chunk, "closed before a response"
         data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, start = data.partition(b"\r\n\r\n")
     length = next(
         int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
     )
+    body = bytearray(start)  # appending stays linear for big bodies
     while len(body) < length:
         body += sock.recv(65536)
-    return body
+    return bytes(body)
 
 
 class StepCounter:
