@@ -578,9 +578,14 @@ class ServerConnection:
                 return 400
             if len(_VALID_HOSTS) < _VALID_HOSTS_MAX:
                 _VALID_HOSTS.add(host)
-        # Not origin-form ("/..."): absolute-form (made origin-form here), or refused.
-        if target[0] != 0x2F and target != b"*" and not self._to_origin_form(request, host is not None):
-            return 400
+        # Not origin-form ("/..."): asterisk-form for OPTIONS alone (RFC 9112 §3.2.4),
+        # absolute-form (made origin-form here), or refused.
+        if target[0] != 0x2F:
+            if target == b"*":
+                if method != b"OPTIONS":
+                    return 400
+            elif not self._to_origin_form(request, host is not None):
+                return 400
         declared = 0 if length is None else int(length)
         if declared > config.max_body_size:
             return 413

@@ -427,3 +427,14 @@ def test_an_absolute_form_target_becomes_origin_form_with_its_authority_as_host(
 def test_a_target_neither_origin_nor_absolute_form_is_400_as_in_nginx(target: bytes) -> None:
     status, d = refused(get(target))
     assert status == 400 and not d.app.requests
+
+
+@pytest.mark.parametrize("method", [b"GET", b"POST", b"DELETE"])
+def test_the_asterisk_form_is_only_for_options(method: bytes) -> None:
+    """RFC 9112 §3.2.4: `*` is a target of OPTIONS alone; with any other method it is 400
+    before any handler (an app would get a path of `*`)."""
+    status, d = refused(b"%s * HTTP/1.1\r\nHost: x\r\n\r\n" % method)
+    assert status == 400 and not d.app.requests
+    d = Driver(App())
+    d.feed(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert d.app.requests[0].target == b"*"
