@@ -52,7 +52,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
-from protocol import Channel, FileBody, Request, Response, cacheable, split_target
+from protocol import Channel, FileBody, Request, Response, cacheable
 from protocol.redaction import brief_repr, redact_values
 
 from .notify import Notifier, notifier
@@ -518,7 +518,7 @@ def _ours(error: BaseException) -> bool:
 
 def scope_path(request: Request, root_path: str) -> tuple[str, bytes, bytes]:
     """(path, raw_path, query_string) of a scope: the path percent-decoded and under `root_path`."""
-    raw_path, query = split_target(request.target)
+    raw_path, _, query = request.target.partition(b"?")  # origin-form or `*`: the core made it so
     path = raw_path.decode("ascii")  # h11 lets only visible ASCII through
     if "%" in path:
         path = unquote(path)

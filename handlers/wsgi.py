@@ -61,7 +61,7 @@ from types import TracebackType
 from typing import IO, Any, BinaryIO, Final, cast
 from urllib.parse import unquote_to_bytes
 
-from protocol import FileBody, Request, Response, cacheable, split_target
+from protocol import FileBody, Request, Response, cacheable
 from protocol.redaction import brief_repr, redact_values
 
 __all__ = ["FileWrapper", "WSGIApp"]
@@ -295,7 +295,7 @@ class WSGIApp:
 
     def _path_and_query(self, target: bytes) -> tuple[str, str]:
         """(PATH_INFO, QUERY_STRING) for a request target, remembered (see `_targets`)."""
-        path, query = split_target(target)
+        path, _, query = target.partition(b"?")  # origin-form or `*`: the core made it so
         path_info = (unquote_to_bytes(path) if path.find(b"%") >= 0 else path).decode("latin-1")
         root = self._root
         if root and path_info.startswith(root) and path_info[len(root) : len(root) + 1] in ("", "/"):

@@ -97,7 +97,6 @@ from .messages import (
     Session,
     Stream,
     cacheable,
-    split_target,
 )
 from .parser import PARSERS, ParserUnavailable, select_parser
 from .proxy import TrustedProxies
@@ -129,5 +128,4 @@ __all__ = [
     "Wait",
     "cacheable",
     "select_parser",
-    "split_target",
 ]

@@ -23,6 +23,7 @@ from .redaction import headers_repr
 Headers = Sequence[tuple[bytes, bytes]]
 
 _BODY_SHOWN = 64
+"""Bytes of a body a Response's repr shows (a log line is no place for a whole file)."""
 CACHED_HEADERS_MAX: Final = 16 * 1024
 """Names and values (bytes or characters) of a header list kept in a cache of checked ones."""
 
@@ -33,16 +34,6 @@ def cacheable(headers: Iterable[tuple[Sized, Sized]]) -> bool:
     every response carries a distinct large header (a megabyte) would fill them with hundreds
     of megabytes. Raises TypeError for what is not a list of pairs of sized things."""
     return sum(map(len, chain.from_iterable(headers))) <= CACHED_HEADERS_MAX
-
-
-"""Bytes of a body a Response's repr shows (a log line is no place for a whole file)."""
-
-
-def split_target(target: bytes) -> tuple[bytes, bytes]:
-    """(path, query) of a request's target, the query raw. The core gives handlers origin-form
-    (`/p?q`) or `*` only: it turns absolute-form into origin-form (see `Request.target`)."""
-    path, _, query = target.partition(b"?")
-    return path, query
 
 
 @dataclass(slots=True, repr=False)
